@@ -1,0 +1,1 @@
+"""Model serving: Triton model repository, text generation, client, publish and hot-swap."""
