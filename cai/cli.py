@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import sys
+from pathlib import Path
 
 from cai.processes import ServiceError
 from cai.settings import ModelSettings, StackSettings
@@ -49,6 +50,15 @@ def cmd_stack(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_repository(args: argparse.Namespace) -> int:
+    from serving.repository import render_repository
+
+    settings = _stack_settings(args)
+    target = render_repository(args.directory, _model_settings(args), settings.cache_dir)
+    print(f"rendered the model repository in {target}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cai",
@@ -74,6 +84,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="model for every role: smollm2, tiny, a folder or a hub id (env CAI_MODEL)")
     p.add_argument("--no-models", action="store_true", help="start Triton with an empty model repository")
     p.set_defaults(func=cmd_stack)
+
+    p = sub.add_parser("repository", help="render the Triton model repository from settings",
+                       description="Write config.pbtxt and model.py for policy, critic, reviser and judge "
+                       "into DIRECTORY, using CAI_MODEL / CAI_<ROLE>_MODEL (used by the Triton container).")
+    p.add_argument("action", choices=["render"])
+    p.add_argument("directory", type=Path, help="model repository folder to write")
+    p.add_argument("--model", help="model for every role (env CAI_MODEL)")
+    p.set_defaults(func=cmd_repository)
 
     for register in _registrations():
         register(sub)

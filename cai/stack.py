@@ -56,7 +56,7 @@ def kafka_healthy(settings: StackSettings) -> bool:
 
         admin = KafkaAdminClient(
             bootstrap_servers=settings.kafka_address, request_timeout_ms=3000,
-            api_version_auto_timeout_ms=3000, client_id="cai-health",
+            client_id="cai-health",
         )
         try:
             admin.list_topics()

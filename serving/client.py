@@ -1,0 +1,178 @@
+"""Async gRPC client for the four Triton roles (policy, critic, reviser, judge).
+
+Agents and the trainer call ``InferenceClient.generate`` / ``judge`` instead of talking to
+Triton directly. Each prompt is its own Triton request, sent concurrently, so Triton's
+dynamic batcher forms the batches and one bad prompt fails alone. While the server is
+unavailable (starting, restarting, connection refused) a call is retried with exponential
+backoff; every error names the role, the URL and what failed.
+
+Example::
+
+    client = InferenceClient("127.0.0.1:18001")
+    [[answer]] = await client.generate("policy", ["How do I bake bread?"], GenerationParams())
+    [verdict] = await client.judge(["...(A) ... (B) ... The answer is:"], ["(A)", "(B)"])
+    await client.close()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import random
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from serving import protocol
+
+logger = logging.getLogger(__name__)
+
+RETRYABLE = ("UNAVAILABLE", "Connection refused", "failed to connect", "Socket closed",
+             "connection reset", "is not ready", "Request for unknown model")
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    """Sampling knobs of one generate call; ``chat=False`` means raw text continuation."""
+
+    max_new_tokens: int = 128
+    temperature: float = 0.7  # 0 = greedy
+    top_p: float = 0.95
+    seed: int | None = None  # per prompt: prompt k of a call uses seed + k * num_samples
+    stop: tuple[str, ...] = ()
+    num_samples: int = 1
+    chat: bool = True
+    system: str | None = None
+
+
+@dataclass
+class Generation:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    model_version: int
+    logprob_sum: float | None = None
+    finish_reason: str = "length"
+
+
+@dataclass
+class JudgeResult:
+    probs: list[float]
+    model_version: int
+    reasoning: str | None = None
+    logprobs: list[float] = field(default_factory=list)
+
+
+class InferenceError(RuntimeError):
+    """A Triton call failed; the message names role, URL and cause."""
+
+    def __init__(self, message: str, role: str, url: str, retryable: bool = False) -> None:
+        super().__init__(message)
+        self.role = role
+        self.url = url
+        self.retryable = retryable
+
+
+def _is_retryable(exc: Exception) -> bool:
+    text = f"{getattr(exc, 'status', lambda: '')()} {exc}"
+    return any(marker.lower() in text.lower() for marker in RETRYABLE)
+
+
+class InferenceClient:
+    """Call the Triton roles over gRPC (``host:port``), with timeouts and retries."""
+
+    def __init__(self, grpc_url: str, timeout_s: float = 120.0, max_retries: int = 5,
+                 backoff_s: float = 0.5, max_backoff_s: float = 8.0) -> None:
+        self.url = grpc_url
+        self.timeout_s = timeout_s
+        self.max_retries = max_retries
+        self.backoff_s = backoff_s
+        self.max_backoff_s = max_backoff_s
+        self._client = None
+
+    def _grpc(self):
+        if self._client is None:
+            import tritonclient.grpc.aio as grpcclient
+
+            self._client = grpcclient.InferenceServerClient(self.url)
+        return self._client
+
+    async def _infer_one(self, role: str, payload: bytes) -> dict:
+        import tritonclient.grpc.aio as grpcclient
+        from tritonclient.utils import InferenceServerException
+
+        data = np.array([[payload]], dtype=np.object_)
+        attempt = 0
+        while True:
+            tensor = grpcclient.InferInput(protocol.INPUT_NAME, list(data.shape), "BYTES")
+            tensor.set_data_from_numpy(data)
+            try:
+                result = await self._grpc().infer(
+                    role, [tensor], outputs=[grpcclient.InferRequestedOutput(protocol.OUTPUT_NAME)],
+                    client_timeout=self.timeout_s,
+                )
+                return protocol.decode_response(result.as_numpy(protocol.OUTPUT_NAME).reshape(-1)[0])
+            except InferenceServerException as exc:
+                status = exc.status() or ""
+                if "DEADLINE_EXCEEDED" in status or "Deadline" in str(exc):
+                    raise InferenceError(f"{role} at {self.url}: no answer within {self.timeout_s:.0f}s "
+                                         "(timeout_s); the server is overloaded or the request too long",
+                                         role, self.url) from exc
+                if not _is_retryable(exc) or attempt >= self.max_retries:
+                    hint = (f" after {attempt + 1} attempts; is Triton running (`cai stack status`)?"
+                            if _is_retryable(exc) else "")
+                    raise InferenceError(f"{role} at {self.url} failed: {exc.message() or exc}{hint}",
+                                         role, self.url, retryable=_is_retryable(exc)) from exc
+            delay = min(self.max_backoff_s, self.backoff_s * 2**attempt) * (0.5 + random.random() / 2)
+            attempt += 1
+            logger.warning("%s at %s unavailable; retry %d/%d in %.1fs", role, self.url, attempt,
+                           self.max_retries, delay)
+            await asyncio.sleep(delay)
+
+    async def generate(self, role: str, prompts: list[str],
+                       params: GenerationParams | None = None) -> list[list[Generation]]:
+        """Complete every prompt; returns, per prompt, ``params.num_samples`` generations."""
+        params = params or GenerationParams()
+        base = dataclasses.asdict(params)
+        base["stop"] = list(params.stop)
+
+        def payload(k: int) -> bytes:
+            mine = dict(base)
+            if params.seed is not None:
+                mine["seed"] = params.seed + k * params.num_samples
+            return protocol.encode_generate(prompts[k], mine)
+
+        answers = await asyncio.gather(*(self._infer_one(role, payload(k)) for k in range(len(prompts))))
+        return [[Generation(text=s["text"], prompt_tokens=s["prompt_tokens"],
+                            completion_tokens=s["completion_tokens"], model_version=a["model_version"],
+                            logprob_sum=s.get("logprob_sum"), finish_reason=s.get("finish_reason", "length"))
+                 for s in a["samples"]] for a in answers]
+
+    async def judge(self, prompts: list[str], choices: list[str], cot: bool = False,
+                    role: str = "judge", **params) -> list[JudgeResult]:
+        """Probability of each choice per prompt. ``params``: chat, system, clamp, cot_max_new_tokens,
+        cot_temperature, cot_stop, answer_prefix, seed (see serving.textgen.JudgeRequest)."""
+        params = {k: list(v) if isinstance(v, tuple) else v for k, v in params.items()}
+        answers = await asyncio.gather(*(
+            self._infer_one(role, protocol.encode_judge(p, choices, cot, params)) for p in prompts))
+        return [JudgeResult(probs=a["probs"], model_version=a["model_version"],
+                            reasoning=a.get("reasoning"), logprobs=a.get("logprobs", []))
+                for a in answers]
+
+    async def ready(self, role: str) -> bool:
+        try:
+            return await self._grpc().is_model_ready(role)
+        except Exception:
+            return False
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
+
+    async def __aenter__(self) -> InferenceClient:
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()

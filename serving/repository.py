@@ -1,0 +1,112 @@
+"""Render the Triton model repository (policy, critic, reviser, judge) from settings.
+
+Layout, one folder per role::
+
+    <repo>/<role>/config.pbtxt          python backend, dynamic batching, CPU instances, knobs
+    <repo>/<role>/<version>/model.py    a copy of serving/triton_model.py
+    <repo>/<role>/<version>/source.json {"model": <folder or hub id>, ...}: the weights it serves
+    <repo>/policy/<version>/weights/    a published checkpoint (versions >= 2, see publish.py)
+
+Version 1 of every role points at the model resolved from ``ModelSettings``. Published
+policy versions are never touched by a re-render, so ``render_repository`` is idempotent and
+safe to run against a live repository. The policy's ``version_policy`` is ``latest 1``:
+Triton serves only the newest version, and loading a newer one swaps it in atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+from cai.settings import ROLES, ModelSettings
+from serving.models import resolve
+
+logger = logging.getLogger(__name__)
+
+MODEL_FILE = Path(__file__).with_name("triton_model.py")
+SOURCE_FILE = "source.json"
+WEIGHTS_DIR = "weights"
+
+
+def _write_if_changed(path: Path, text: str) -> None:
+    if path.exists() and path.read_text() == text:
+        return
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def config_pbtxt(role: str, spec: str, threads: int = 1, instances: int = 1, max_batch_size: int = 16,
+                 batching: bool = True, max_queue_delay_us: int = 10_000, dtype: str = "float32") -> str:
+    """The config.pbtxt text of one role."""
+    batching_block = (
+        f"dynamic_batching {{\n  max_queue_delay_microseconds: {max_queue_delay_us}\n}}\n"
+        if batching else ""
+    )
+    params = {"role": role, "model": spec, "threads": str(threads), "dtype": dtype}
+    params_block = "".join(
+        f'parameters: {{ key: "{k}" value: {{ string_value: {json.dumps(v)} }} }}\n'
+        for k, v in params.items()
+    )
+    return (
+        f'name: "{role}"\n'
+        'backend: "python"\n'
+        f"max_batch_size: {max_batch_size}\n"
+        f'input [ {{ name: "request" data_type: TYPE_STRING dims: [ 1 ] }} ]\n'
+        f'output [ {{ name: "response" data_type: TYPE_STRING dims: [ 1 ] }} ]\n'
+        "version_policy: { latest: { num_versions: 1 } }\n"
+        f"{batching_block}"
+        f"instance_group [ {{ count: {instances} kind: KIND_CPU }} ]\n"
+        f"{params_block}"
+    )
+
+
+def write_version(role_dir: Path, version: int, source: dict) -> Path:
+    """Create ``role_dir/<version>/`` with model.py and source.json; returns the folder."""
+    folder = role_dir / str(version)
+    folder.mkdir(parents=True, exist_ok=True)
+    _write_if_changed(folder / "model.py", MODEL_FILE.read_text())
+    _write_if_changed(folder / SOURCE_FILE, json.dumps(source, indent=2, sort_keys=True) + "\n")
+    return folder
+
+
+def read_version_source(version_dir: Path) -> str:
+    """The folder or hub id that a version serves (``weights/`` inside it for published versions)."""
+    path = Path(version_dir) / SOURCE_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: every version folder needs source.json naming "
+                                "its weights; re-render the repository or re-publish the version")
+    model = json.loads(path.read_text())["model"]
+    local = Path(version_dir) / model
+    return str(local) if not Path(model).is_absolute() and local.exists() else model
+
+
+def versions(role_dir: Path) -> list[int]:
+    """Version numbers present in a role folder, ascending."""
+    if not role_dir.exists():
+        return []
+    return sorted(int(p.name) for p in role_dir.iterdir() if p.is_dir() and p.name.isdigit())
+
+
+def render_repository(
+    repo_dir: Path, models: ModelSettings, cache_dir: Path, roles: tuple[str, ...] = ROLES,
+    threads: int = 1, instances: int = 1, max_batch_size: int = 16, batching: bool = True,
+    max_queue_delay_us: int = 10_000, dtype: str = "float32",
+) -> Path:
+    """Write config.pbtxt and version 1 of every role; refresh model.py in existing versions."""
+    repo_dir = Path(repo_dir)
+    for role in roles:
+        spec = models.for_role(role)
+        role_dir = repo_dir / role
+        role_dir.mkdir(parents=True, exist_ok=True)
+        _write_if_changed(role_dir / "config.pbtxt", config_pbtxt(
+            role, spec, threads=threads, instances=instances, max_batch_size=max_batch_size,
+            batching=batching, max_queue_delay_us=max_queue_delay_us, dtype=dtype))
+        write_version(role_dir, 1, {"model": resolve(spec, Path(cache_dir)), "spec": spec})
+        for version in versions(role_dir):
+            if version > 1 and (role_dir / str(version) / SOURCE_FILE).exists():
+                _write_if_changed(role_dir / str(version) / "model.py", MODEL_FILE.read_text())
+        logger.info("rendered %s (model %s) in %s", role, spec, role_dir)
+    return repo_dir

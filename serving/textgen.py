@@ -1,0 +1,407 @@
+"""Batched text generation and multiple-choice judging with a causal LM, without Triton.
+
+This is the engine behind every Triton role (``serving/triton_model.py`` is a thin
+adapter around it) and it runs the same in-process, which is how it is unit-tested and
+benchmarked (``python -m serving.bench``).
+
+Generation is a custom sampling loop rather than ``model.generate`` because one batch
+mixes requests with different ``max_new_tokens``, temperature, top-p, seed and stop
+strings. Rows are left-padded; each row samples with its own ``torch.Generator`` so a
+seeded request gives the same text whatever else shares its batch; finished rows are
+dropped from the batch and the KV cache, so a short request does not pay for a long one.
+``logprob_sum`` is the sum of the *model's* log-probabilities (temperature 1, no top-p)
+of the generated tokens, which is what a policy-gradient or DPO step needs.
+
+Judging scores each choice string (for example ``"(A)"``) as a continuation of the
+prompt. Prompt and choice are tokenised jointly, because a tokenizer may merge the last
+prompt characters with the first choice characters; every choice is then scored from
+the longest token prefix shared by all choices, so each score is
+``log P(rest of prompt + choice | shared prefix)`` and a softmax over choices is a proper
+posterior. Chain-of-thought judging generates reasoning first, then scores, and clamps
+the probabilities into a range (default 0.4-0.6, as in Bai et al. 2022).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+
+class RequestError(ValueError):
+    """A request is invalid (bad parameter, prompt too long); the message names the field."""
+
+
+@dataclass
+class GenRequest:
+    """One prompt to complete; ``num_samples`` completions are drawn from it."""
+
+    prompt: str
+    max_new_tokens: int = 128
+    temperature: float = 0.7
+    top_p: float = 0.95
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    num_samples: int = 1
+    chat: bool = True
+    system: str | None = None
+
+    def validate(self) -> None:
+        if not isinstance(self.prompt, str):
+            raise RequestError(f"prompt must be a string, got {type(self.prompt).__name__}")
+        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
+            raise RequestError(f"max_new_tokens must be an integer >= 1, got {self.max_new_tokens!r}")
+        if not isinstance(self.temperature, (int, float)) or self.temperature < 0:
+            raise RequestError(f"temperature must be >= 0 (0 = greedy), got {self.temperature!r}")
+        if not isinstance(self.top_p, (int, float)) or not 0 < self.top_p <= 1:
+            raise RequestError(f"top_p must be in (0, 1], got {self.top_p!r}")
+        if not isinstance(self.num_samples, int) or self.num_samples < 1:
+            raise RequestError(f"num_samples must be an integer >= 1, got {self.num_samples!r}")
+        if self.seed is not None and not isinstance(self.seed, int):
+            raise RequestError(f"seed must be an integer or null, got {self.seed!r}")
+        if any(not isinstance(s, str) or not s for s in self.stop):
+            raise RequestError(f"stop must be a list of non-empty strings, got {list(self.stop)!r}")
+
+
+@dataclass
+class GenResult:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    logprob_sum: float
+    token_ids: list[int] = field(default_factory=list, repr=False)
+    finish_reason: str = "length"  # "eos" | "stop" | "length"
+
+
+@dataclass
+class JudgeRequest:
+    """Which of ``choices`` best continues ``prompt``; optional chain-of-thought first."""
+
+    prompt: str
+    choices: tuple[str, ...] = ("(A)", "(B)")
+    cot: bool = False
+    chat: bool = True
+    system: str | None = None
+    cot_max_new_tokens: int = 128
+    cot_temperature: float = 0.0
+    cot_stop: tuple[str, ...] = ()
+    answer_prefix: str = "\nTherefore, the answer is "
+    clamp: tuple[float, float] = (0.4, 0.6)
+    seed: int | None = None
+
+    def validate(self) -> None:
+        if not isinstance(self.prompt, str):
+            raise RequestError(f"prompt must be a string, got {type(self.prompt).__name__}")
+        if len(self.choices) < 2 or any(not isinstance(c, str) or not c for c in self.choices):
+            raise RequestError(f"choices must be >= 2 non-empty strings, got {list(self.choices)!r}")
+        lo, hi = self.clamp
+        if not 0 <= lo < hi <= 1:
+            raise RequestError(f"clamp must be (low, high) with 0 <= low < high <= 1, got {self.clamp!r}")
+        if not isinstance(self.cot_max_new_tokens, int) or self.cot_max_new_tokens < 1:
+            raise RequestError(f"cot_max_new_tokens must be >= 1, got {self.cot_max_new_tokens!r}")
+
+
+@dataclass
+class JudgeOutput:
+    probs: list[float]
+    logprobs: list[float]  # per-choice log-likelihood before normalisation
+    reasoning: str | None = None
+
+
+@dataclass
+class _Row:
+    """One sequence being generated (one sample of one request)."""
+
+    request_index: int
+    sample_index: int
+    prompt_ids: list[int]
+    max_new_tokens: int
+    temperature: float
+    top_p: float
+    generator: torch.Generator
+    stop: tuple[str, ...]
+    generated: list[int] = field(default_factory=list)
+    logprob_sum: float = 0.0
+    finish_reason: str | None = None
+    stop_at: int | None = None  # character offset of the first stop string in the text
+
+
+def _make_generator(seed: int | None) -> torch.Generator:
+    generator = torch.Generator(device="cpu")
+    generator.manual_seed(seed if seed is not None else random.SystemRandom().randrange(2**63))
+    return generator
+
+
+class TextGenerator:
+    """A causal LM plus tokenizer that serves batched generation and choice scoring."""
+
+    def __init__(self, source: str | Path, threads: int | None = None, dtype: str = "float32",
+                 max_context: int | None = None) -> None:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        if threads:
+            torch.set_num_threads(int(threads))
+        started = time.monotonic()
+        self.source = str(source)
+        self.tokenizer = AutoTokenizer.from_pretrained(self.source)
+        self.model = AutoModelForCausalLM.from_pretrained(self.source, dtype=getattr(torch, dtype))
+        self.model.eval()
+        config = self.model.config
+        self.max_context = max_context or getattr(config, "max_position_embeddings", None) or 2048
+        eos = set()
+        for value in (self.tokenizer.eos_token_id, getattr(self.model.generation_config, "eos_token_id", None)):
+            if isinstance(value, int):
+                eos.add(value)
+            elif isinstance(value, (list, tuple)):
+                eos.update(int(v) for v in value)
+        self.eos_ids = eos
+        pad = self.tokenizer.pad_token_id
+        self.pad_id = pad if pad is not None else (min(eos) if eos else 0)
+        logger.info("loaded %s in %.1fs (threads=%s)", self.source, time.monotonic() - started,
+                    torch.get_num_threads())
+
+    # ----------------------------------------------------------------- prompts
+    def format_prompt(self, prompt: str, chat: bool, system: str | None = None) -> str:
+        """Chat-template the prompt as one user turn when asked and possible; else raw text."""
+        if not chat or not getattr(self.tokenizer, "chat_template", None):
+            return prompt
+        messages = ([{"role": "system", "content": system}] if system else []) + [
+            {"role": "user", "content": prompt}
+        ]
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def encode(self, text: str) -> list[int]:
+        # The chat template already contains its special tokens; raw prompts get none either,
+        # so prompt+choice scoring tokenises exactly the text it is given.
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    # --------------------------------------------------------------- generate
+    @torch.inference_mode()
+    def generate(self, requests: list[GenRequest]) -> list[list[GenResult]]:
+        """Complete every request; returns, per request, ``num_samples`` results."""
+        rows: list[_Row] = []
+        for index, request in enumerate(requests):
+            request.validate()
+            ids = self.encode(self.format_prompt(request.prompt, request.chat, request.system))
+            if not ids:
+                ids = [self.tokenizer.bos_token_id if self.tokenizer.bos_token_id is not None else self.pad_id]
+            if len(ids) + request.max_new_tokens > self.max_context:
+                raise RequestError(
+                    f"prompt has {len(ids)} tokens and max_new_tokens is {request.max_new_tokens}: "
+                    f"more than the model's context of {self.max_context}; shorten the prompt or "
+                    "lower max_new_tokens"
+                )
+            for sample in range(request.num_samples):
+                seed = None if request.seed is None else request.seed + sample
+                rows.append(_Row(
+                    request_index=index, sample_index=sample, prompt_ids=ids,
+                    max_new_tokens=request.max_new_tokens, temperature=float(request.temperature),
+                    top_p=float(request.top_p), generator=_make_generator(seed), stop=tuple(request.stop),
+                ))
+        if rows:
+            self._run(rows)
+        results: list[list[GenResult]] = [[] for _ in requests]
+        for row in rows:
+            results[row.request_index].append(self._result(row))
+        return results
+
+    def _result(self, row: _Row) -> GenResult:
+        ids = row.generated
+        if row.finish_reason == "eos":
+            ids = ids[:-1]
+        text = self.tokenizer.decode(ids, skip_special_tokens=True)
+        if row.stop_at is not None:
+            text = text[: row.stop_at]
+        return GenResult(
+            text=text, prompt_tokens=len(row.prompt_ids), completion_tokens=len(row.generated),
+            logprob_sum=row.logprob_sum, token_ids=list(row.generated),
+            finish_reason=row.finish_reason or "length",
+        )
+
+    def _run(self, rows: list[_Row]) -> None:
+        from transformers import DynamicCache
+
+        width = max(len(r.prompt_ids) for r in rows)
+        input_ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, row in enumerate(rows):
+            input_ids[i, width - len(row.prompt_ids):] = torch.tensor(row.prompt_ids)
+            mask[i, width - len(row.prompt_ids):] = 1
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        cache = DynamicCache(config=self.model.config)
+        out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
+                         past_key_values=cache, use_cache=True, logits_to_keep=1)
+        logits = out.logits[:, -1, :]
+        active = list(range(len(rows)))  # indices into rows, one per batch row
+        next_pos = positions[:, -1] + 1
+        while True:
+            choices = self._choose(logits, [rows[i] for i in active])
+            tokens = [token for token, _ in choices]
+            keep: list[int] = []
+            for b, i in enumerate(active):
+                if self._append(rows[i], choices[b]):
+                    keep.append(b)
+            if not keep:
+                return
+            if len(keep) < len(active):
+                index = torch.tensor(keep, dtype=torch.long)
+                cache.batch_select_indices(index)
+                mask, next_pos, tokens_t = mask[index], next_pos[index], torch.tensor(tokens)[index]
+                active = [active[b] for b in keep]
+            else:
+                tokens_t = torch.tensor(tokens)
+            mask = torch.cat([mask, torch.ones((len(active), 1), dtype=torch.long)], dim=1)
+            out = self.model(input_ids=tokens_t[:, None], attention_mask=mask,
+                             position_ids=next_pos[:, None], past_key_values=cache, use_cache=True)
+            logits = out.logits[:, -1, :]
+            next_pos = next_pos + 1
+
+    def _choose(self, logits: torch.Tensor, rows: list[_Row]) -> list[tuple[int, float]]:
+        """Pick each row's next token with its own temperature/top-p/generator; with its logprob."""
+        logits = logits.float()
+        logprobs = torch.log_softmax(logits, dim=-1)
+        chosen: list[tuple[int, float]] = []
+        temps = torch.tensor([max(r.temperature, 1e-6) for r in rows])[:, None]
+        probs = torch.softmax(logits / temps, dim=-1)
+        for b, row in enumerate(rows):
+            if row.temperature <= 0:
+                token = int(torch.argmax(logits[b]))
+            else:
+                p = probs[b]
+                if row.top_p < 1.0:
+                    sorted_p, order = torch.sort(p, descending=True)
+                    cumulative = torch.cumsum(sorted_p, dim=0)
+                    # Keep the smallest prefix whose mass reaches top_p (always the top token).
+                    cut = int(torch.searchsorted(cumulative, torch.tensor(row.top_p))) + 1
+                    sorted_p = sorted_p[:cut]
+                    token = int(order[torch.multinomial(sorted_p / sorted_p.sum(), 1,
+                                                        generator=row.generator)])
+                else:
+                    token = int(torch.multinomial(p, 1, generator=row.generator))
+            chosen.append((token, float(logprobs[b, token])))
+        return chosen
+
+    def _append(self, row: _Row, choice: tuple[int, float]) -> bool:
+        """Record a token; return True while the row should keep generating."""
+        token, logprob = choice
+        row.generated.append(token)
+        row.logprob_sum += logprob
+        if token in self.eos_ids:
+            row.finish_reason = "eos"
+            return False
+        if row.stop:
+            text = self.tokenizer.decode(row.generated, skip_special_tokens=True)
+            hits = [text.find(s) for s in row.stop]
+            hits = [h for h in hits if h >= 0]
+            if hits:
+                row.stop_at = min(hits)
+                row.finish_reason = "stop"
+                return False
+        if len(row.generated) >= row.max_new_tokens:
+            row.finish_reason = "length"
+            return False
+        return True
+
+    # ------------------------------------------------------------------ judge
+    @torch.inference_mode()
+    def judge(self, requests: list[JudgeRequest]) -> list[JudgeOutput]:
+        """Probability of each choice per request (softmax over choice log-likelihoods)."""
+        for request in requests:
+            request.validate()
+        prefixes = [self.format_prompt(r.prompt, r.chat, r.system) for r in requests]
+        reasoning: list[str | None] = [None] * len(requests)
+        cot = [i for i, r in enumerate(requests) if r.cot]
+        if cot:
+            generated = self.generate([
+                GenRequest(prompt=prefixes[i], chat=False, max_new_tokens=requests[i].cot_max_new_tokens,
+                           temperature=requests[i].cot_temperature, top_p=1.0, seed=requests[i].seed,
+                           stop=tuple(requests[i].cot_stop))
+                for i in cot
+            ])
+            for i, samples in zip(cot, generated):
+                reasoning[i] = samples[0].text
+                prefixes[i] = prefixes[i] + samples[0].text + requests[i].answer_prefix
+        scores = self.score_continuations([(p, list(r.choices)) for p, r in zip(prefixes, requests)])
+        outputs = []
+        for request, logps, why in zip(requests, scores, reasoning):
+            probs = torch.softmax(torch.tensor(logps, dtype=torch.float64), dim=0).tolist()
+            if request.cot:
+                probs = clamp_probs(probs, *request.clamp)
+            outputs.append(JudgeOutput(probs=probs, logprobs=logps, reasoning=why))
+        return outputs
+
+    def score_continuations(self, items: list[tuple[str, list[str]]]) -> list[list[float]]:
+        """For each (prefix, choices): log P(choice text | prefix), tokenised jointly with the prefix."""
+        sequences: list[list[int]] = []
+        spans: list[int] = []  # how many trailing tokens of each sequence are scored
+        owners: list[tuple[int, int]] = []
+        for item_index, (prefix, choices) in enumerate(items):
+            prefix_ids = self.encode(prefix)
+            joint = [self.encode(prefix + choice) for choice in choices]
+            # The longest token prefix that the bare prompt and every prompt+choice share.
+            shared = len(prefix_ids)
+            for ids in joint:
+                common = 0
+                for a, b in zip(prefix_ids, ids):
+                    if a != b:
+                        break
+                    common += 1
+                shared = min(shared, common)
+            shared = max(shared, 1)  # the first token has no prediction; keep it as context
+            for choice_index, ids in enumerate(joint):
+                if len(ids) > self.max_context:
+                    raise RequestError(f"prompt + choice has {len(ids)} tokens, more than the "
+                                       f"model's context of {self.max_context}; shorten the prompt")
+                sequences.append(ids)
+                spans.append(len(ids) - shared)
+                owners.append((item_index, choice_index))
+        results = [[0.0] * len(choices) for _, choices in items]
+        if not sequences:
+            return results
+        width = max(len(s) for s in sequences)
+        keep = max(spans) + 1
+        input_ids = torch.full((len(sequences), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros_like(input_ids)
+        for i, ids in enumerate(sequences):
+            input_ids[i, width - len(ids):] = torch.tensor(ids)
+            mask[i, width - len(ids):] = 1
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        logits = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
+                            use_cache=False, logits_to_keep=keep).logits.float()
+        logprobs = torch.log_softmax(logits, dim=-1)  # (rows, keep, vocab): last `keep` positions
+        for i, (span, (item_index, choice_index)) in enumerate(zip(spans, owners)):
+            targets = input_ids[i, width - span:]
+            # Position width-1-k predicts token width-k; the kept window ends at width-1.
+            predictors = logprobs[i, keep - 1 - span: keep - 1]
+            total = predictors.gather(1, targets[:, None]).sum() if span else torch.tensor(0.0)
+            results[item_index][choice_index] = float(total)
+        return results
+
+
+def clamp_probs(probs: list[float], low: float, high: float) -> list[float]:
+    """Clamp each probability into [low, high] and renormalise (exact for two choices when low+high=1)."""
+    clamped = [min(max(p, low), high) for p in probs]
+    total = sum(clamped)
+    return [p / total for p in clamped]
+
+
+def sequence_logprob(model, prompt_ids: list[int], completion_ids: list[int]) -> float:
+    """Sum of log P(completion | prompt) from one plain forward pass (a reference for tests)."""
+    ids = torch.tensor([prompt_ids + completion_ids])
+    with torch.inference_mode():
+        logits = model(input_ids=ids).logits.float()[0]
+    logprobs = torch.log_softmax(logits, dim=-1)
+    start = len(prompt_ids)
+    return float(sum(logprobs[start - 1 + k, t] for k, t in enumerate(completion_ids)))
+
+
+__all__ = [
+    "GenRequest", "GenResult", "JudgeRequest", "JudgeOutput", "RequestError", "TextGenerator",
+    "clamp_probs", "sequence_logprob",
+]

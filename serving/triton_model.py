@@ -1,0 +1,145 @@
+"""Triton python-backend adapter: one role (policy, critic, reviser or judge), one version.
+
+``serving/repository.py`` copies this file to ``<repository>/<role>/<version>/model.py``.
+``initialize`` reads the knobs from config.pbtxt ``parameters`` (role, threads) and the
+version's ``source.json`` (which weights this version serves), then loads them through
+``serving/textgen.py``. ``execute`` receives the requests that Triton's dynamic batcher
+grouped, runs all generate requests in one batch and all judge requests in another, and
+returns one response per request. A request that fails to parse or run gets its own
+``TritonError``; the others still succeed. Every answer names the version that produced it.
+
+Custom Prometheus counters (``cai_requests_total`` and friends, labelled by role and
+version) appear on Triton's ``/metrics`` endpoint next to Triton's own.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from serving.protocol import INPUT_NAME, OUTPUT_NAME, decode_request, encode_response
+from serving.repository import read_version_source
+from serving.textgen import GenRequest, JudgeRequest, TextGenerator
+
+logger = logging.getLogger(__name__)
+
+_COUNTERS = {
+    "cai_requests_total": "Inference requests answered (one per prompt), by role and version.",
+    "cai_request_errors_total": "Inference requests that failed, by role and version.",
+    "cai_batches_total": "execute() calls: requests / batches is the mean dynamic batch size.",
+    "cai_prompt_tokens_total": "Prompt tokens processed, by role and version.",
+    "cai_generated_tokens_total": "Tokens generated, by role and version.",
+}
+
+
+class TritonPythonModel:
+    def initialize(self, args: dict) -> None:
+        config = json.loads(args["model_config"])
+        params = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
+        self.role = params.get("role") or args["model_name"]
+        self.version = int(args["model_version"])
+        version_dir = Path(args["model_repository"]) / args["model_version"]
+        source = read_version_source(version_dir)
+        threads = int(params.get("threads") or 1)
+        self.generator = TextGenerator(source, threads=threads, dtype=params.get("dtype") or "float32")
+        self._metrics = self._make_metrics()
+        logger.info("%s v%d serving %s", self.role, self.version, source)
+
+    def _make_metrics(self) -> dict:
+        # pb_utils.MetricFamily exists in the python backend since Triton 23.05 (2.34).
+        if not hasattr(pb_utils, "MetricFamily"):
+            return {}
+        labels = {"role": self.role, "version": str(self.version)}
+        self._families = {
+            name: pb_utils.MetricFamily(name=name, description=text, kind=pb_utils.MetricFamily.COUNTER)
+            for name, text in _COUNTERS.items()
+        }
+        return {name: family.Metric(labels=labels) for name, family in self._families.items()}
+
+    def _count(self, name: str, value: float) -> None:
+        metric = self._metrics.get(name)
+        if metric is not None and value:
+            metric.increment(value)
+
+    def execute(self, requests: list) -> list:
+        started = time.monotonic()
+        responses: list = [None] * len(requests)
+        parsed: dict[int, list] = {}
+        for r, request in enumerate(requests):
+            try:
+                raw = pb_utils.get_input_tensor_by_name(request, INPUT_NAME).as_numpy().reshape(-1)
+                parsed[r] = [decode_request(bytes(item)) for item in raw]
+            except Exception as exc:  # a malformed request fails alone
+                responses[r] = self._error(exc)
+        answers: dict[int, list] = {r: [None] * len(items) for r, items in parsed.items()}
+        gen = [(r, i, req) for r, items in parsed.items() for i, req in enumerate(items)
+               if isinstance(req, GenRequest)]
+        judge = [(r, i, req) for r, items in parsed.items() for i, req in enumerate(items)
+                 if isinstance(req, JudgeRequest)]
+        failed: dict[int, Exception] = {}
+        self._run(gen, self._generate, answers, failed)
+        self._run(judge, self._judge, answers, failed)
+        for r, items in answers.items():
+            if r in failed:
+                responses[r] = self._error(failed[r])
+                continue
+            out = np.array([[encode_response(a)] for a in items], dtype=np.object_)
+            responses[r] = pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(OUTPUT_NAME, out)])
+        self._count("cai_batches_total", 1)
+        self._count("cai_requests_total", sum(len(items) for r, items in parsed.items() if r not in failed))
+        logger.debug("%s v%d: %d requests in %.2fs", self.role, self.version, len(requests),
+                     time.monotonic() - started)
+        return responses
+
+    def _run(self, work: list, runner, answers: dict, failed: dict) -> None:
+        """Run the whole batch; if it fails, rerun request by request so only the culprit fails."""
+        if not work:
+            return
+        try:
+            for (r, i, _), answer in zip(work, runner([req for _, _, req in work])):
+                answers[r][i] = answer
+            return
+        except Exception as exc:
+            if len({r for r, _, _ in work}) == 1:
+                failed[work[0][0]] = exc
+                return
+        for r in sorted({r for r, _, _ in work}):
+            mine = [(rr, i, req) for rr, i, req in work if rr == r]
+            try:
+                for (_, i, _), answer in zip(mine, runner([req for _, _, req in mine])):
+                    answers[r][i] = answer
+            except Exception as exc:
+                failed[r] = exc
+
+    def _generate(self, requests: list[GenRequest]) -> list[dict]:
+        results = self.generator.generate(requests)
+        self._count("cai_prompt_tokens_total", sum(s.prompt_tokens for rs in results for s in rs[:1]))
+        self._count("cai_generated_tokens_total", sum(s.completion_tokens for rs in results for s in rs))
+        return [{
+            "model_version": self.version, "role": self.role,
+            "samples": [{"text": s.text, "prompt_tokens": s.prompt_tokens,
+                         "completion_tokens": s.completion_tokens, "logprob_sum": s.logprob_sum,
+                         "finish_reason": s.finish_reason} for s in samples],
+        } for samples in results]
+
+    def _judge(self, requests: list[JudgeRequest]) -> list[dict]:
+        outputs = self.generator.judge(requests)
+        return [{"model_version": self.version, "role": self.role, "probs": o.probs,
+                 "logprobs": o.logprobs, "reasoning": o.reasoning} for o in outputs]
+
+    def _error(self, exc: Exception):
+        self._count("cai_request_errors_total", 1)
+        message = f"{self.role} v{self.version}: {type(exc).__name__}: {exc}"
+        logger.warning(message)
+        return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(message))
+
+    def finalize(self) -> None:
+        # Metrics must go before their families (the backend enforces the order).
+        self._metrics = {}
+        self._families = {}
+        logger.info("%s v%d unloaded", self.role, self.version)

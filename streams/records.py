@@ -1,0 +1,345 @@
+"""Typed wire records for every pipeline topic, and strict decoding with field-named errors.
+
+Every record is a flat ``faust.Record`` (``validation=True``) that travels as a JSON object.
+Fields added later always get defaults, so old messages still decode; unknown keys (faust's
+``__faust`` marker, fields from newer producers) are ignored. Each record carries lineage:
+prompt id, round, principle ids, the model versions that produced it, the constitution version
+and timestamps, so any dataset can be rebuilt by replaying topics.
+
+Faust's own validation coerces silently (``None`` becomes ``"None"``), so ``decode`` checks the
+JSON types strictly first and raises ``RecordError`` naming the record, the field and the fix.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import typing
+from typing import Any, TypeVar
+
+import faust
+import faust.exceptions
+from faust.models.fields import StringField
+
+KINDS = ("harmful", "helpful")
+STRATEGIES = ("critique-revise", "direct", "context")
+
+
+class RecordError(ValueError):
+    """A message that is not a valid record; ``field`` names the offending field (or None)."""
+
+    def __init__(self, record: str, field: str | None, problem: str, fix: str = "") -> None:
+        self.record = record
+        self.field = field
+        self.problem = problem
+        where = f"{record}.{field}" if field else record
+        message = f"{where}: {problem}"
+        if fix:
+            message += f". Fix: {fix}"
+        super().__init__(message)
+
+
+def blank(default: str | None = None) -> Any:
+    """A string field that may be empty (model output can be); required when no default."""
+    if default is None:
+        return StringField(allow_blank=True, required=True)
+    return StringField(allow_blank=True, required=False, default=default)
+
+
+def now() -> float:
+    return time.time()
+
+
+class WireRecord(faust.Record, abstract=True, validation=True, serializer="json"):
+    """Base class: semantic checks shared by every record run in ``__post_init__``."""
+
+    def __post_init__(self) -> None:
+        name = type(self).__name__
+        for field in ("prompt_id",):
+            if field in self._options.fields and not getattr(self, field):
+                raise RecordError(name, field, "must be a non-empty string", "give every prompt an id")
+        kind = getattr(self, "kind", None)
+        if kind is not None and kind not in KINDS:
+            raise RecordError(name, "kind", f"{kind!r} is not one of {', '.join(KINDS)}",
+                              "use 'harmful' for red-team prompts and 'helpful' for benign ones")
+        strategy = getattr(self, "strategy", None)
+        if strategy is not None and strategy not in STRATEGIES:
+            raise RecordError(name, "strategy", f"{strategy!r} is not one of {', '.join(STRATEGIES)}")
+        for field in ("round", "rounds", "sample_index", "attempts"):
+            value = getattr(self, field, None)
+            if value is not None and value < 0:
+                raise RecordError(name, field, f"must be >= 0, got {value}")
+        p = getattr(self, "p_chosen", None)
+        if p is not None and not (0.0 <= p <= 1.0):
+            raise RecordError(name, "p_chosen", f"must lie in [0, 1], got {p}",
+                              "send a probability, not a logit")
+
+
+# ---- stage messages ---------------------------------------------------------------------------
+
+class PromptRecord(WireRecord, validation=True, serializer="json"):
+    """A prompt to answer (topic ``prompts``); written by ``cai feed``."""
+
+    prompt_id: str
+    prompt: str
+    kind: str = "harmful"
+    source: str = blank("")
+    created_at: float = 0.0
+
+
+class CritiqueRecord(WireRecord, validation=True, serializer="json"):
+    """An answer waiting for critique round ``round`` (topic ``critique``)."""
+
+    prompt_id: str
+    prompt: str
+    response: str = blank()  # the answer to critique (initial or latest revision)
+    initial_response: str = blank("")
+    kind: str = "harmful"
+    source: str = blank("")
+    sample_index: int = 0
+    round: int = 1                      # 1-based: the round this critique belongs to
+    rounds: int = 1                     # total rounds planned for this chain
+    steps_json: str = "[]"              # finished rounds so far
+    strategy: str = "critique-revise"
+    policy_version: int = 0
+    constitution_version: str = blank("")
+    seed: int = 0
+    prompt_created_at: float = 0.0
+    created_at: float = 0.0
+
+
+class ReviseRecord(WireRecord, validation=True, serializer="json"):
+    """A critique waiting for its revision (topic ``revise``)."""
+
+    prompt_id: str
+    prompt: str
+    response: str = blank()  # the answer that was critiqued
+    critique: str = blank()
+    principle_id: str
+    initial_response: str = blank("")
+    kind: str = "harmful"
+    source: str = blank("")
+    sample_index: int = 0
+    round: int = 1
+    rounds: int = 1
+    steps_json: str = "[]"
+    strategy: str = "critique-revise"
+    policy_version: int = 0
+    critic_version: int = 0
+    constitution_version: str = blank("")
+    seed: int = 0
+    prompt_created_at: float = 0.0
+    created_at: float = 0.0
+
+
+class CompareRecord(WireRecord, validation=True, serializer="json"):
+    """A pair of answers for the judge (topic ``compare``).
+
+    ``pair`` says where they came from: "initial-vs-final" (policy answer vs last revision)
+    or "policy-samples" (two samples from the policy).
+    """
+
+    prompt_id: str
+    prompt: str
+    response_a: str = blank()
+    response_b: str = blank()
+    pair: str = "initial-vs-final"
+    pair_index: int = 0
+    kind: str = "harmful"
+    source: str = blank("")
+    strategy: str = "critique-revise"
+    policy_version: int = 0
+    constitution_version: str = blank("")
+    seed: int = 0
+    prompt_created_at: float = 0.0
+    created_at: float = 0.0
+
+
+# ---- outputs the trainer reads ------------------------------------------------------------------
+
+class SFTRecord(WireRecord, validation=True, serializer="json"):
+    """A finished critique-revision chain (topic ``sft``): train on ``prompt`` -> ``response``."""
+
+    prompt_id: str
+    prompt: str
+    response: str = blank()  # final revision
+    initial_response: str = blank("")
+    kind: str = "harmful"
+    strategy: str = "critique-revise"
+    policy_version: int = 0
+    constitution_version: str = blank("")
+    steps_json: str = "[]"              # [{round, principle_id, critique, revision, ...}]
+    created_at: float = 0.0
+    record_id: str = blank("")  # stable id: duplicates after a crash share it
+    sample_index: int = 0
+    source: str = blank("")
+    rounds: int = 0
+    critic_version: int = 0
+    reviser_version: int = 0
+    seed: int = 0
+    prompt_created_at: float = 0.0
+
+
+class PreferenceRecord(WireRecord, validation=True, serializer="json"):
+    """A soft-labelled preference pair (topic ``preferences``), TRL field names."""
+
+    prompt_id: str
+    prompt: str
+    chosen: str = blank()
+    rejected: str = blank()
+    p_chosen: float = 0.5               # P(chosen is better), averaged over orders/principles
+    orders_agree: bool = True
+    principle_ids: str = blank("")  # comma-separated comparison principle ids
+    policy_version: int = 0
+    judge_version: int = 0
+    strategy: str = "critique-revise"
+    created_at: float = 0.0
+    record_id: str = blank("")
+    pair: str = "initial-vs-final"
+    kind: str = "harmful"
+    source: str = blank("")
+    constitution_version: str = blank("")
+    probs_json: str = "[]"              # per (principle, order) P(first-listed answer wins)
+    seed: int = 0
+    prompt_created_at: float = 0.0
+
+
+class PolicyVersionRecord(WireRecord, validation=True, serializer="json"):
+    """A new policy version is serving (topic ``policy-versions``)."""
+
+    version: int
+    checkpoint: str = blank("")
+    metrics_json: str = "{}"
+    created_at: float = 0.0
+
+
+class DeadLetterRecord(WireRecord, validation=True, serializer="json"):
+    """A message a stage could not process, with the reason and the (truncated) raw payload."""
+
+    stage: str
+    reason: str = blank()
+    topic: str = blank("")
+    partition: int = -1
+    offset: int = -1
+    key: str = blank("")
+    prompt_id: str = "-"
+    round: int = 0
+    attempts: int = 0
+    payload: str = blank("")  # raw bytes decoded with errors="replace", truncated
+    payload_bytes: int = 0
+    truncated: bool = False
+    created_at: float = 0.0
+
+
+RECORDS: dict[str, type[WireRecord]] = {
+    "prompts": PromptRecord,
+    "critique": CritiqueRecord,
+    "revise": ReviseRecord,
+    "compare": CompareRecord,
+    "sft": SFTRecord,
+    "preferences": PreferenceRecord,
+    "policy-versions": PolicyVersionRecord,
+    "dead-letter": DeadLetterRecord,
+}
+
+R = TypeVar("R", bound=WireRecord)
+
+
+def _field_types(cls: type[WireRecord]) -> dict[str, tuple[type, bool]]:
+    """{field: (python type, required)} from the class annotations."""
+    hints = typing.get_type_hints(cls)
+    fields = cls._options.fields
+    defaults = cls._options.defaults
+    return {name: (hints[name], name not in defaults) for name in fields}
+
+
+_JSON_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false"}
+
+
+def _check_value(cls_name: str, field: str, kind: type, value: Any) -> Any:
+    if kind is bool:
+        ok = isinstance(value, bool)
+    elif kind is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif kind is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if ok and not math.isfinite(value):
+            raise RecordError(cls_name, field, f"must be a finite number, got {value}")
+        value = float(value) if ok else value
+    elif kind is str:
+        ok = isinstance(value, str)
+    else:  # pragma: no cover - records are flat by design
+        ok = True
+    if not ok:
+        raise RecordError(cls_name, field,
+                          f"expected {_JSON_NAMES.get(kind, kind.__name__)}, got {type(value).__name__} "
+                          f"{_short(value)}", f"send {field} as {_JSON_NAMES.get(kind, kind.__name__)}")
+    return value
+
+
+def _short(value: Any, limit: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def from_dict(cls: type[R], data: Any) -> R:
+    """Build a record from a decoded JSON value, strictly typed; unknown keys are dropped."""
+    name = cls.__name__
+    if not isinstance(data, dict):
+        raise RecordError(name, None, f"expected a JSON object, got {type(data).__name__}",
+                          "send one JSON object per message")
+    values = {}
+    for field, (kind, required) in _field_types(cls).items():
+        if field not in data or data[field] is None:
+            if required:
+                raise RecordError(name, field, "is missing", f"add {field!r} to the message")
+            continue
+        values[field] = _check_value(name, field, kind, data[field])
+    try:
+        return cls(**values)
+    except RecordError:
+        raise
+    except faust.exceptions.ValidationError as exc:
+        field = getattr(getattr(exc, "field", None), "field", None)
+        raise RecordError(name, field, str(exc.reason) if hasattr(exc, "reason") else str(exc),
+                          f"give {field!r} a non-empty value" if field else "") from exc
+    except (TypeError, ValueError) as exc:
+        raise RecordError(name, None, str(exc)) from exc
+
+
+def decode(cls: type[R], raw: bytes | str | dict) -> R:
+    """Decode one message (bytes, text or dict) into ``cls``; raises RecordError."""
+    name = cls.__name__
+    if isinstance(raw, dict):
+        return from_dict(cls, raw)
+    if isinstance(raw, (bytes, bytearray, memoryview)):
+        try:
+            raw = bytes(raw).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise RecordError(name, None, f"payload is not valid UTF-8 ({exc.reason} at byte {exc.start})",
+                              "encode messages as UTF-8 JSON") from exc
+    if raw is None:
+        raise RecordError(name, None, "empty message (tombstone)", "send a JSON object")
+    try:
+        data = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise RecordError(name, None, f"payload is not JSON ({exc.msg} at char {exc.pos})",
+                          "send one JSON object per message") from exc
+    return from_dict(cls, data)
+
+
+def encode(record: WireRecord) -> bytes:
+    """The JSON bytes that go on the wire (faust adds a ``__faust`` key that readers ignore)."""
+    return record.dumps(serializer="json")
+
+
+def to_dict(record: WireRecord) -> dict:
+    """Plain field dict, without faust's marker: what export writes for TRL / datasets."""
+    return {field: getattr(record, field) for field in record._options.fields}
+
+
+def stamp(record: R) -> R:
+    """Set ``created_at`` to now (records are built before they are sent)."""
+    record.created_at = now()
+    return record

@@ -1,0 +1,50 @@
+"""Topic names and partition counts: the one place that says which topics exist.
+
+Short names are fixed by the contract; the full name is ``prefix + short name``
+(default ``cai.prompts`` ...). ``partitions_for`` gives each topic's partition count.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from streams.settings import StreamSettings
+
+PROMPTS = "prompts"
+CRITIQUE = "critique"
+REVISE = "revise"
+COMPARE = "compare"
+SFT = "sft"
+PREFERENCES = "preferences"
+POLICY_VERSIONS = "policy-versions"
+DEAD_LETTER = "dead-letter"
+
+TOPICS = (PROMPTS, CRITIQUE, REVISE, COMPARE, SFT, PREFERENCES, POLICY_VERSIONS, DEAD_LETTER)
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    short: str
+    name: str
+    partitions: int
+    replication_factor: int
+
+
+def topic_name(short: str, settings: StreamSettings | None = None) -> str:
+    if short not in TOPICS:
+        raise ValueError(f"unknown topic {short!r}; use one of {', '.join(TOPICS)}")
+    settings = settings or StreamSettings()
+    return settings.topic_prefix + short
+
+
+def partitions_for(short: str, settings: StreamSettings) -> int:
+    return settings.topic_partitions.get(short, settings.partitions)
+
+
+def all_topics(settings: StreamSettings | None = None) -> list[TopicSpec]:
+    settings = settings or StreamSettings()
+    return [
+        TopicSpec(short, topic_name(short, settings), partitions_for(short, settings),
+                  settings.replication_factor)
+        for short in TOPICS
+    ]

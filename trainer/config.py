@@ -1,0 +1,177 @@
+"""Trainer hyper-parameters: one dataclass, help text in field metadata, checked on creation.
+
+The resolved config is written as ``trainer_config.json`` next to every checkpoint (the
+name ``config.json`` belongs to the model's own config, which serving loads), so a
+round can always be traced back to the exact settings that produced it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+MODES = ("dpo", "reward")
+STALENESS_POLICIES = ("drop", "downweight")
+CONFIG_FILE = "trainer_config.json"
+
+
+def _help(text: str, **extra: Any) -> dict:
+    return {"help": text, **extra}
+
+
+@dataclass
+class TrainerConfig:
+    """Everything that decides what a training round does."""
+
+    # What to train.
+    mode: str = field(default="dpo", metadata=_help(
+        "preference stage: 'dpo' trains the policy directly on soft labels; 'reward' trains a "
+        "preference model (base model + scalar head) that can score answers"))
+    sft: bool = field(default=True, metadata=_help(
+        "also fine-tune the policy on the critiqued revisions (SL-CAI) each round"))
+    model: str | None = field(default=None, metadata=_help(
+        "starting policy: 'tiny', 'smollm2', a folder or a hub id; default: the policy role's "
+        "model from ModelSettings (env CAI_POLICY_MODEL / CAI_MODEL)"))
+
+    # How to train.
+    lora: bool = field(default=True, metadata=_help(
+        "train LoRA adapters (merged into the weights before each checkpoint) instead of "
+        "every weight; the CPU-friendly default"))
+    lora_r: int = field(default=8, metadata=_help("LoRA rank"))
+    lora_alpha: int = field(default=16, metadata=_help("LoRA scaling numerator (scale = alpha / r)"))
+    lora_dropout: float = field(default=0.0, metadata=_help("dropout on the LoRA path"))
+    lora_targets: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
+        metadata=_help("module names that get LoRA adapters"))
+    lr: float = field(default=1e-4, metadata=_help("AdamW learning rate"))
+    weight_decay: float = field(default=0.0, metadata=_help("AdamW weight decay"))
+    batch_size: int = field(default=4, metadata=_help("examples (or preference pairs) per step"))
+    epochs: int = field(default=1, metadata=_help("passes over a round's new examples"))
+    max_grad_norm: float = field(default=1.0, metadata=_help("gradient clipping; 0 turns it off"))
+    beta: float = field(default=0.1, metadata=_help(
+        "DPO temperature: how far the policy may move from the round-start reference"))
+    max_length: int = field(default=512, metadata=_help(
+        "tokens per prompt+answer; prompts are cut from the left, answers from the right"))
+
+    # When to train.
+    round_every_examples: int = field(default=32, metadata=_help(
+        "K: start a round once this many new (non-dropped) examples have arrived"))
+    round_every_seconds: float = field(default=300.0, metadata=_help(
+        "T: start a round after this many seconds if at least one new example arrived"))
+
+    # Which data to use.
+    max_staleness: int = field(default=2, metadata=_help(
+        "records produced by a policy more than this many versions behind the current one "
+        "are stale"))
+    staleness_policy: str = field(default="drop", metadata=_help(
+        "'drop' skips stale records; 'downweight' multiplies their loss weight by "
+        "stale_weight for every version beyond max_staleness"))
+    stale_weight: float = field(default=0.5, metadata=_help(
+        "loss weight factor per version of excess staleness (downweight policy)"))
+    helpful_mix: float = field(default=0.5, metadata=_help(
+        "share of the SFT loss given to helpfulness examples (kind='helpful') when a round has "
+        "both kinds; the rest goes to harmlessness revisions"))
+    probe_size: int = field(default=8, metadata=_help(
+        "held-out examples of each kind (SFT, preference) taken from the start of the stream "
+        "and never trained on; used to gate promotion"))
+    promotion_threshold: float = field(default=0.05, metadata=_help(
+        "largest allowed regression on the probe before a round is rejected: relative rise "
+        "of the probe SFT loss, and absolute fall of probe preference accuracy"))
+    seed: int = field(default=0, metadata=_help("seed for weight init of adapters/heads and shuffling"))
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"mode={self.mode!r} is not valid; set mode to one of {', '.join(MODES)}")
+        if self.staleness_policy not in STALENESS_POLICIES:
+            raise ValueError(
+                f"staleness_policy={self.staleness_policy!r} is not valid; "
+                f"set it to one of {', '.join(STALENESS_POLICIES)}")
+        _positive(self, "lr", "batch_size", "epochs", "beta", "max_length",
+                  "round_every_examples", "round_every_seconds")
+        if self.lora:
+            _positive(self, "lora_r", "lora_alpha")
+            if not self.lora_targets:
+                raise ValueError("lora_targets is empty; name at least one module (e.g. q_proj) "
+                                 "or set lora=False for full fine-tuning")
+        _in_unit_interval(self, "helpful_mix", "lora_dropout", "stale_weight")
+        if self.max_staleness < 0:
+            raise ValueError(f"max_staleness={self.max_staleness} is negative; use 0 or more "
+                             "(0 keeps only records from the current policy)")
+        if self.probe_size < 0:
+            raise ValueError(f"probe_size={self.probe_size} is negative; use 0 (no gate) or more")
+        if self.promotion_threshold < 0:
+            raise ValueError(f"promotion_threshold={self.promotion_threshold} is negative; "
+                             "use 0 (no regression allowed) or a small positive tolerance")
+        if self.max_grad_norm < 0:
+            raise ValueError(f"max_grad_norm={self.max_grad_norm} is negative; use 0 to turn "
+                             "clipping off")
+        if self.max_length < 16:
+            raise ValueError(f"max_length={self.max_length} leaves no room for a chat turn; "
+                             "use at least 16 tokens")
+
+    # --- persistence ---------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def save(self, folder: str | Path) -> Path:
+        path = Path(folder) / CONFIG_FILE
+        path.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+        return path
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TrainerConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown trainer config field(s) {', '.join(unknown)}; "
+                             f"valid fields: {', '.join(sorted(known))}")
+        return cls(**data)
+
+    @classmethod
+    def load(cls, folder: str | Path) -> TrainerConfig:
+        return cls.from_dict(json.loads((Path(folder) / CONFIG_FILE).read_text()))
+
+    # --- command line ------------------------------------------------------------------
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        """One ``--flag`` per field, with the field's help text and default."""
+        for f in dataclasses.fields(cls):
+            flag = "--" + f.name.replace("_", "-")
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            help_text = f"{f.metadata.get('help', '')} (default: {default})"
+            if f.type in ("bool", bool):
+                parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
+                                    default=None, help=help_text)
+            elif f.name == "lora_targets":
+                parser.add_argument(flag, dest=f.name, nargs="+", default=None, help=help_text)
+            else:
+                kind = {"int": int, "float": float}.get(str(f.type), str)
+                parser.add_argument(flag, dest=f.name, type=kind, default=None, help=help_text)
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, base: TrainerConfig | None = None) -> TrainerConfig:
+        """Fields given on the command line override ``base`` (or the defaults)."""
+        data = (base or cls()).to_dict()
+        for f in dataclasses.fields(cls):
+            value = getattr(args, f.name, None)
+            if value is not None:
+                data[f.name] = value
+        return cls(**data)
+
+
+def _positive(config: TrainerConfig, *names: str) -> None:
+    for name in names:
+        value = getattr(config, name)
+        if not value > 0:
+            raise ValueError(f"{name}={value} must be greater than 0; set a positive {name}")
+
+
+def _in_unit_interval(config: TrainerConfig, *names: str) -> None:
+    for name in names:
+        value = getattr(config, name)
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"{name}={value} must lie between 0 and 1; pick a value in [0, 1]")

@@ -1,0 +1,100 @@
+"""Losses: SFT on assistant tokens, soft-label DPO, soft-label Bradley-Terry.
+
+Soft labels come from the judge (``p_chosen`` = probability that ``chosen`` is better).
+With ``p = 1`` both preference losses reduce to their usual hard-label forms.
+
+Log-probabilities are computed without materialising the full ``[batch, length, vocab]``
+logits: the decoder's hidden states are gathered at the label positions first and only
+those rows go through the output layer. Prompts are most of each sequence, so this saves
+most of the memory and time of the output layer (49k-token vocabulary for SmolLM2).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from trainer.data import IGNORE_INDEX
+
+
+def token_logps(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-probability of every labelled token, flat, and the batch row each one belongs to.
+
+    ``model`` is a causal LM (plain or wrapped by peft); position ``t`` predicts token ``t+1``.
+    """
+    decoder = model.get_decoder()
+    head = model.get_output_embeddings()
+    hidden = decoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    targets = labels[:, 1:]
+    selected = targets != IGNORE_INDEX
+    rows = torch.arange(labels.shape[0], device=labels.device).unsqueeze(1).expand_as(targets)[selected]
+    logits = head(hidden[:, :-1][selected]).float()
+    picked = targets[selected]
+    logps = logits.gather(1, picked.unsqueeze(1)).squeeze(1) - torch.logsumexp(logits, dim=-1)
+    return logps, rows
+
+
+def sequence_logps(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Sum of the answer tokens' log-probabilities, one value per row."""
+    logps, rows = token_logps(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
+    out = torch.zeros(batch["input_ids"].shape[0], dtype=logps.dtype, device=logps.device)
+    return out.index_add(0, rows, logps)
+
+
+def sft_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Weighted mean over examples of each example's mean token NLL on its assistant tokens."""
+    logps, rows = token_logps(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
+    n = batch["input_ids"].shape[0]
+    total = torch.zeros(n, dtype=logps.dtype, device=logps.device).index_add(0, rows, -logps)
+    count = torch.zeros(n, dtype=logps.dtype, device=logps.device).index_add(
+        0, rows, torch.ones_like(logps))
+    per_example = total / count.clamp(min=1)
+    return (per_example * batch["weights"].to(per_example)).mean()
+
+
+def soft_dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor,
+                  ref_chosen: torch.Tensor, ref_rejected: torch.Tensor, p_chosen: torch.Tensor,
+                  beta: float, weights: torch.Tensor | None = None,
+                  ) -> tuple[torch.Tensor, dict[str, float]]:
+    """``-(p log σ(βΔ) + (1-p) log σ(-βΔ))`` with ``Δ = (π_c - ref_c) - (π_r - ref_r)``.
+
+    Inputs are per-pair sequence log-probabilities. Returns the weighted mean loss and
+    metrics named like TRL's (``rewards/chosen`` = mean β(π_c - ref_c), ...).
+    """
+    chosen_reward = beta * (policy_chosen - ref_chosen)
+    rejected_reward = beta * (policy_rejected - ref_rejected)
+    logits = chosen_reward - rejected_reward  # = βΔ
+    losses = -(p_chosen * F.logsigmoid(logits) + (1 - p_chosen) * F.logsigmoid(-logits))
+    if weights is not None:
+        losses = losses * weights
+    loss = losses.mean()
+    with torch.no_grad():
+        agree = ((logits > 0) == (p_chosen > 0.5)).float()
+        metrics = {
+            "rewards/chosen": chosen_reward.mean().item(),
+            "rewards/rejected": rejected_reward.mean().item(),
+            "rewards/margins": logits.mean().item(),
+            "rewards/accuracy": agree.mean().item(),
+            "logps/chosen": policy_chosen.mean().item(),
+            "logps/rejected": policy_rejected.mean().item(),
+        }
+    return loss, metrics
+
+
+def bradley_terry_loss(reward_chosen: torch.Tensor, reward_rejected: torch.Tensor,
+                       p_chosen: torch.Tensor, weights: torch.Tensor | None = None,
+                       ) -> tuple[torch.Tensor, dict[str, float]]:
+    """Soft-label preference-model loss ``-(p log σ(r_c - r_r) + (1-p) log σ(r_r - r_c))``."""
+    diff = reward_chosen - reward_rejected
+    losses = -(p_chosen * F.logsigmoid(diff) + (1 - p_chosen) * F.logsigmoid(-diff))
+    if weights is not None:
+        losses = losses * weights
+    with torch.no_grad():
+        metrics = {
+            "rewards/chosen": reward_chosen.mean().item(),
+            "rewards/rejected": reward_rejected.mean().item(),
+            "rewards/margins": diff.mean().item(),
+            "rewards/accuracy": ((diff > 0) == (p_chosen > 0.5)).float().mean().item(),
+        }
+    return losses.mean(), metrics

@@ -1,0 +1,253 @@
+"""Training steps for the policy (SFT, soft DPO) and the preference model (Bradley-Terry).
+
+A round always starts from the last promoted weights:
+
+* LoRA (default): fresh adapters are attached at round start. The DPO reference policy is
+  the same model with its adapters disabled, i.e. exactly the round-start policy, at no
+  memory cost. At round end the adapters are merged (kept) or dropped (rejected round).
+* Full fine-tuning: a frozen deep copy made at round start is the reference and the
+  snapshot a rejected round returns to.
+
+Checkpoints hold merged weights only (safetensors, ``config.json``, tokenizer), so serving
+and ``AutoModelForCausalLM.from_pretrained`` load them with no peft involved.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from pathlib import Path
+
+import torch
+
+from trainer.config import TrainerConfig
+from trainer.data import PreferenceExample, SFTExample, preference_batch, sft_batch
+from trainer.losses import bradley_terry_loss, sequence_logps, sft_loss, soft_dpo_loss
+from trainer.reward import PreferenceModel
+
+logger = logging.getLogger(__name__)
+
+
+def _lora_config(config: TrainerConfig, causal_lm: bool):
+    from peft import LoraConfig, TaskType
+
+    return LoraConfig(
+        r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+        target_modules=list(config.lora_targets), bias="none",
+        task_type=TaskType.CAUSAL_LM if causal_lm else None,
+    )
+
+
+def _attach_lora(module, config: TrainerConfig, causal_lm: bool):
+    from peft import get_peft_model
+
+    try:
+        return get_peft_model(module, _lora_config(config, causal_lm))
+    except ValueError as exc:
+        raise ValueError(f"lora_targets={config.lora_targets} do not match this model's modules "
+                         f"({exc}); set lora_targets to its projection names") from exc
+
+
+def _detach_lora(peft_model, keep: bool):
+    base = peft_model.merge_and_unload() if keep else peft_model.unload()
+    return base
+
+
+def _clip_and_step(optimizer, params, loss: torch.Tensor, max_grad_norm: float) -> float:
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm if max_grad_norm > 0 else math.inf)
+    optimizer.step()
+    return float(norm)
+
+
+class PolicyLearner:
+    """The policy: a causal LM trained with SFT and soft-label DPO."""
+
+    def __init__(self, model_path: str | Path, config: TrainerConfig):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.config = config
+        self.tokenizer = AutoTokenizer.from_pretrained(model_path)
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+        self._ref = None
+        self._optimizer = None
+        self._params: list[torch.nn.Parameter] = []
+        self.in_round = False
+
+    # --- round lifecycle -----------------------------------------------------------------
+    def begin_round(self, seed: int) -> None:
+        if self.in_round:
+            raise RuntimeError("begin_round called twice; call end_round first")
+        torch.manual_seed(seed)
+        if self.config.lora:
+            self.model = _attach_lora(self.model, self.config, causal_lm=True)
+        else:
+            self._ref = copy.deepcopy(self.model).eval().requires_grad_(False)
+        self._params = [p for p in self.model.parameters() if p.requires_grad]
+        self._optimizer = torch.optim.AdamW(self._params, lr=self.config.lr,
+                                            weight_decay=self.config.weight_decay)
+        self.in_round = True
+
+    def end_round(self, keep: bool) -> None:
+        """Merge the round's update into the weights (``keep``) or return to the round start."""
+        if not self.in_round:
+            raise RuntimeError("end_round called outside a round")
+        if self.config.lora:
+            self.model = _detach_lora(self.model, keep)
+        elif not keep:
+            self.model.load_state_dict(self._ref.state_dict())
+        self._ref = None
+        self._optimizer = None
+        self._params = []
+        self.model.eval()
+        self.in_round = False
+
+    # --- steps ---------------------------------------------------------------------------
+    @torch.no_grad()
+    def reference_logps(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        if self.config.lora:
+            with self.model.disable_adapter():
+                return sequence_logps(self.model, batch)
+        return sequence_logps(self._ref, batch)
+
+    def sft_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        self.model.train()
+        loss = sft_loss(self.model, batch)
+        norm = _clip_and_step(self._optimizer, self._params, loss, self.config.max_grad_norm)
+        return {"loss/sft": loss.item(), "grad_norm/sft": norm}
+
+    def dpo_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        n = batch["p_chosen"].shape[0]
+        ref = self.reference_logps(batch)
+        self.model.train()
+        logps = sequence_logps(self.model, batch)
+        loss, metrics = soft_dpo_loss(logps[:n], logps[n:], ref[:n], ref[n:], batch["p_chosen"],
+                                      self.config.beta, batch["weights"])
+        norm = _clip_and_step(self._optimizer, self._params, loss, self.config.max_grad_norm)
+        return {"loss/dpo": loss.item(), "grad_norm/dpo": norm, **metrics}
+
+    def sft_batch(self, examples: list[SFTExample], weights: list[float] | None = None):
+        return sft_batch(self.tokenizer, examples, self.config.max_length, weights)
+
+    def preference_batch(self, examples: list[PreferenceExample]):
+        return preference_batch(self.tokenizer, examples, self.config.max_length)
+
+    # --- probe ---------------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self, sft_probe: list[SFTExample],
+                 pref_probe: list[PreferenceExample]) -> dict[str, float]:
+        """Probe SFT loss and how often the policy's per-token log-likelihood prefers ``chosen``."""
+        self.model.eval()
+        out: dict[str, float] = {}
+        bs = self.config.batch_size
+        if sft_probe:
+            total = 0.0
+            for start in range(0, len(sft_probe), bs):
+                chunk = sft_probe[start:start + bs]
+                batch = self.sft_batch(chunk, weights=[1.0] * len(chunk))
+                total += sft_loss(self.model, batch).item() * len(chunk)
+            out["probe/sft_loss"] = total / len(sft_probe)
+        if pref_probe:
+            agree, margin = 0.0, 0.0
+            for start in range(0, len(pref_probe), bs):
+                chunk = pref_probe[start:start + bs]
+                batch = self.preference_batch(chunk)
+                n = len(chunk)
+                sums = sequence_logps(self.model, batch)
+                counts = (batch["labels"][:, 1:] != -100).sum(dim=1).clamp(min=1)
+                per_token = sums / counts
+                diff = per_token[:n] - per_token[n:]
+                agree += ((diff > 0) == (batch["p_chosen"] > 0.5)).float().sum().item()
+                margin += diff.sum().item()
+            out["probe/pref_accuracy"] = agree / len(pref_probe)
+            out["probe/pref_margin"] = margin / len(pref_probe)
+        return out
+
+    def save(self, folder: str | Path) -> None:
+        """Merged weights (safetensors), model config and tokenizer; loadable without peft."""
+        if self.in_round:
+            raise RuntimeError("save called inside a round; end_round(keep=True) merges first")
+        self.model.save_pretrained(folder, safe_serialization=True)
+        self.tokenizer.save_pretrained(folder)
+
+
+class PreferenceLearner:
+    """The preference model, trained on soft labels with the Bradley-Terry loss."""
+
+    def __init__(self, model_path: str | Path, config: TrainerConfig):
+        self.config = config
+        self.pm = PreferenceModel.from_pretrained(model_path)
+        self.tokenizer = self.pm.tokenizer
+        self._snapshot = None
+        self._optimizer = None
+        self._params: list[torch.nn.Parameter] = []
+        self.in_round = False
+
+    def begin_round(self, seed: int) -> None:
+        if self.in_round:
+            raise RuntimeError("begin_round called twice; call end_round first")
+        torch.manual_seed(seed)
+        head_copy = copy.deepcopy(self.pm.head.state_dict())
+        if self.config.lora:
+            self.pm.decoder = _attach_lora(self.pm.decoder, self.config, causal_lm=False)
+            self._snapshot = {"head": head_copy}
+        else:
+            self._snapshot = {"head": head_copy,
+                              "decoder": copy.deepcopy(self.pm.decoder.state_dict())}
+        self.pm.head.requires_grad_(True)
+        self._params = [p for p in self.pm.parameters() if p.requires_grad]
+        self._optimizer = torch.optim.AdamW(self._params, lr=self.config.lr,
+                                            weight_decay=self.config.weight_decay)
+        self.in_round = True
+
+    def end_round(self, keep: bool) -> None:
+        if not self.in_round:
+            raise RuntimeError("end_round called outside a round")
+        if self.config.lora:
+            self.pm.decoder = _detach_lora(self.pm.decoder, keep)
+        elif not keep:
+            self.pm.decoder.load_state_dict(self._snapshot["decoder"])
+        if not keep:
+            self.pm.head.load_state_dict(self._snapshot["head"])
+        self._snapshot = None
+        self._optimizer = None
+        self.pm.eval()
+        self.in_round = False
+
+    def preference_batch(self, examples: list[PreferenceExample]):
+        return preference_batch(self.tokenizer, examples, self.config.max_length)
+
+    def step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        self.pm.train()
+        n = batch["p_chosen"].shape[0]
+        rewards = self.pm(batch["input_ids"], batch["attention_mask"])
+        loss, metrics = bradley_terry_loss(rewards[:n], rewards[n:], batch["p_chosen"],
+                                           batch["weights"])
+        norm = _clip_and_step(self._optimizer, self._params, loss, self.config.max_grad_norm)
+        return {"loss/reward": loss.item(), "grad_norm/reward": norm, **metrics}
+
+    @torch.no_grad()
+    def evaluate(self, pref_probe: list[PreferenceExample]) -> dict[str, float]:
+        if not pref_probe:
+            return {}
+        self.pm.eval()
+        agree, loss_sum = 0.0, 0.0
+        for start in range(0, len(pref_probe), self.config.batch_size):
+            chunk = pref_probe[start:start + self.config.batch_size]
+            batch = self.preference_batch(chunk)
+            n = len(chunk)
+            rewards = self.pm(batch["input_ids"], batch["attention_mask"])
+            loss, metrics = bradley_terry_loss(rewards[:n], rewards[n:], batch["p_chosen"])
+            agree += metrics["rewards/accuracy"] * n
+            loss_sum += loss.item() * n
+        return {"probe/pm_accuracy": agree / len(pref_probe),
+                "probe/pm_loss": loss_sum / len(pref_probe)}
+
+    def save(self, folder: str | Path) -> None:
+        if self.in_round:
+            raise RuntimeError("save called inside a round; end_round(keep=True) merges first")
+        self.pm.save(folder)
