@@ -59,6 +59,26 @@ def cmd_repository(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_monitor(args: argparse.Namespace) -> int:
+    import json
+
+    from cai import monitor
+    from streams.settings import StreamSettings
+
+    stack_settings, stream_settings = _stack_settings(args), StreamSettings()
+    if args.once:
+        snap = monitor.snapshot(stack_settings, stream_settings)
+        if args.json:
+            print(json.dumps(snap, indent=2, default=str))
+        else:
+            from rich.console import Console
+
+            Console().print(monitor.render(snap))
+        return 0
+    monitor.run(stack_settings, stream_settings, interval_s=args.interval)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cai",
@@ -92,6 +112,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("directory", type=Path, help="model repository folder to write")
     p.add_argument("--model", help="model for every role (env CAI_MODEL)")
     p.set_defaults(func=cmd_repository)
+
+    p = sub.add_parser("monitor", help="live view of the topic streams, judge, trainer and serving",
+                       description="Per-topic rates and consumer lag, prompts in flight per stage, the "
+                       "newest example, per-principle statistics, judge order agreement, trainer rounds "
+                       "and the serving policy version. Reads Kafka and Redis only.")
+    p.add_argument("--once", action="store_true", help="print one snapshot and exit")
+    p.add_argument("--json", action="store_true", help="with --once: print JSON")
+    p.add_argument("--interval", type=float, default=2.0, help="refresh period in seconds")
+    p.set_defaults(func=cmd_monitor)
 
     for register in _registrations():
         register(sub)

@@ -1,0 +1,189 @@
+"""`cai monitor`: a live view of the topic streams, the judge and the trainer.
+
+It reads only Kafka and Redis, so it works the same against a docker-compose deployment
+(set ``CAI_KAFKA_BOOTSTRAP`` and ``CAI_REDIS_URL``). ``--once --json`` prints one snapshot.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from collections import defaultdict
+
+from cai.settings import StackSettings
+from cai.topic_stats import TopicReader
+from streams import topics
+from streams.settings import StreamSettings
+
+STAGE_TOPICS = (topics.PROMPTS, topics.CRITIQUE, topics.REVISE, topics.COMPARE)
+OUTPUT_TOPICS = (topics.SFT, topics.PREFERENCES, topics.POLICY_VERSIONS, topics.DEAD_LETTER)
+TRAINER_GROUP = "cai-trainer"
+POLICY_VERSION_KEY = "cai:policy:version"
+
+
+def _normalise(text: str) -> str:
+    return " ".join(text.lower().split())
+
+
+def principle_stats(sft_records: list[dict], preferences: list[dict]) -> dict[str, dict]:
+    """Per principle: rounds seen, share where the revision left the answer unchanged, judge margin."""
+    stats: dict[str, dict] = defaultdict(lambda: {"rounds": 0, "unchanged": 0, "margins": []})
+    for record in sft_records:
+        previous = record.get("initial_response", "")
+        for step in json.loads(record.get("steps_json") or "[]"):
+            entry = stats[str(step.get("principle_id", "?"))]
+            entry["rounds"] += 1
+            revision = step.get("revision", "")
+            entry["unchanged"] += int(_normalise(revision) == _normalise(previous))
+            previous = revision
+    for pref in preferences:
+        for pid in filter(None, (pref.get("principle_ids") or "").split(",")):
+            stats[pid]["margins"].append(abs(float(pref.get("p_chosen", 0.5)) - 0.5))
+    return {
+        pid: {
+            "rounds": e["rounds"],
+            "no_change_rate": round(e["unchanged"] / e["rounds"], 3) if e["rounds"] else None,
+            "judge_margin": round(statistics.fmean(e["margins"]), 3) if e["margins"] else None,
+            "labels": len(e["margins"]),
+        }
+        for pid, e in sorted(stats.items())
+    }
+
+
+def newest_example(sft_records: list[dict], preferences: list[dict]) -> dict | None:
+    if not sft_records:
+        return None
+    latest = sft_records[-1]
+    steps = json.loads(latest.get("steps_json") or "[]")
+    example = {
+        "prompt_id": latest.get("prompt_id"),
+        "prompt": latest.get("prompt"),
+        "answer": latest.get("initial_response"),
+        "steps": [{"principle_id": s.get("principle_id"), "critique": s.get("critique"),
+                   "revision": s.get("revision")} for s in steps],
+        "final": latest.get("response"),
+        "policy_version": latest.get("policy_version"),
+    }
+    for pref in reversed(preferences):
+        if pref.get("prompt_id") == latest.get("prompt_id"):
+            example["judge"] = {"p_chosen": pref.get("p_chosen"), "orders_agree": pref.get("orders_agree"),
+                                "chosen_is_revision": pref.get("chosen") == latest.get("response")}
+            break
+    return example
+
+
+def snapshot(stack_settings: StackSettings, stream_settings: StreamSettings, window: int = 200) -> dict:
+    """Everything the monitor shows, as one JSON-serialisable dict."""
+    reader = TopicReader(stream_settings.kafka_address)
+    try:
+        groups = (stream_settings.app_id, TRAINER_GROUP)
+        flows = {short: reader.flow(topics.topic_name(short, stream_settings), groups)
+                 for short in STAGE_TOPICS + OUTPUT_TOPICS}
+        sft = reader.tail(topics.topic_name(topics.SFT, stream_settings), window)
+        prefs = reader.tail(topics.topic_name(topics.PREFERENCES, stream_settings), window)
+        versions = reader.tail(topics.topic_name(topics.POLICY_VERSIONS, stream_settings), 20)
+    finally:
+        reader.close()
+    agree = [bool(p.get("orders_agree")) for p in prefs]
+    trainer_rounds = []
+    for event in versions:
+        metrics = json.loads(event.get("metrics_json") or "{}")
+        trainer_rounds.append({"version": event.get("version"), **metrics})
+    return {
+        "time": time.time(),
+        "topics": {
+            short: {"total": f.total, "per_minute": f.last_minute, "lag": f.lag}
+            for short, f in flows.items()
+        },
+        "in_flight": {short: flows[short].lag.get(stream_settings.app_id, 0) for short in STAGE_TOPICS},
+        "newest_example": newest_example(sft, prefs),
+        "principles": principle_stats(sft, prefs),
+        "judge": {
+            "labels": len(prefs),
+            "order_agreement": round(sum(agree) / len(agree), 3) if agree else None,
+            "mean_p_chosen": round(statistics.fmean(float(p.get("p_chosen", 0.5)) for p in prefs), 3)
+            if prefs else None,
+        },
+        "trainer": {"rounds": trainer_rounds[-5:], "published": len(versions)},
+        "serving_policy_version": _serving_version(stack_settings),
+    }
+
+
+def _serving_version(settings: StackSettings) -> int | None:
+    import redis
+
+    try:
+        value = redis.Redis.from_url(settings.redis_address, socket_timeout=2).get(POLICY_VERSION_KEY)
+    except redis.RedisError:
+        return None
+    return int(value) if value else None
+
+
+def render(snap: dict):
+    """A rich renderable of one snapshot."""
+    from rich.console import Group
+    from rich.panel import Panel
+    from rich.table import Table
+
+    flow = Table(title="topics", expand=True)
+    for col in ("topic", "total", "/min", "lag (group)", "in flight"):
+        flow.add_column(col, justify="right" if col != "topic" else "left")
+    for short, info in snap["topics"].items():
+        lag = ", ".join(f"{g}={n}" for g, n in info["lag"].items()) or "-"
+        flight = snap["in_flight"].get(short)
+        flow.add_row(short, str(info["total"]), str(info["per_minute"]), lag,
+                     "-" if flight is None else str(flight))
+
+    principles = Table(title="principles (recent window)", expand=True)
+    for col in ("principle", "rounds", "no change", "judge margin", "labels"):
+        principles.add_column(col)
+    for pid, p in list(snap["principles"].items())[:16]:
+        principles.add_row(pid, str(p["rounds"]), _pct(p["no_change_rate"]),
+                           "-" if p["judge_margin"] is None else f"{p['judge_margin']:.2f}", str(p["labels"]))
+
+    judge = snap["judge"]
+    trainer = snap["trainer"]
+    last_round = trainer["rounds"][-1] if trainer["rounds"] else {}
+    status = (
+        f"policy version serving: {snap['serving_policy_version'] or '-'}   "
+        f"published: {trainer['published']}   "
+        f"last round: {json.dumps({k: v for k, v in last_round.items() if isinstance(v, (int, float))})[:200]}\n"
+        f"judge labels: {judge['labels']}   order-swap agreement: {_pct(judge['order_agreement'])}   "
+        f"mean p_chosen: {judge['mean_p_chosen'] if judge['mean_p_chosen'] is not None else '-'}"
+    )
+    parts = [flow, Panel(status, title="trainer / judge"), principles]
+    example = snap["newest_example"]
+    if example:
+        lines = [f"[b]prompt[/b] {_clip(example['prompt'])}", f"[b]answer[/b] {_clip(example['answer'])}"]
+        for step in example["steps"]:
+            lines.append(f"[b]critique[/b] ({step['principle_id']}) {_clip(step['critique'])}")
+            lines.append(f"[b]revision[/b] {_clip(step['revision'])}")
+        if "judge" in example:
+            lines.append(f"[b]judge[/b] p_chosen={example['judge']['p_chosen']:.3f} "
+                         f"orders agree={example['judge']['orders_agree']}")
+        parts.append(Panel("\n".join(lines), title=f"newest example {example['prompt_id']}"))
+    return Group(*parts)
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.0f}%"
+
+
+def _clip(text: str | None, limit: int = 240) -> str:
+    from rich.markup import escape
+
+    text = " ".join((text or "").split())
+    return escape(text if len(text) <= limit else text[: limit - 1] + "…")
+
+
+def run(stack_settings: StackSettings, stream_settings: StreamSettings, interval_s: float = 2.0,
+        until=None) -> None:
+    """Refresh the view every ``interval_s`` until Ctrl-C or ``until()`` returns True."""
+    from rich.live import Live
+
+    with Live(render(snapshot(stack_settings, stream_settings)), refresh_per_second=1,
+              screen=False) as live:
+        while until is None or not until():
+            time.sleep(interval_s)
+            live.update(render(snapshot(stack_settings, stream_settings)))

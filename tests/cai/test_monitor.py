@@ -1,0 +1,59 @@
+"""The monitor's snapshot against real Kafka and Redis."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from cai import monitor
+from streams import admin, records, topics
+from streams.settings import StreamSettings
+
+
+def test_principle_stats_counts_unchanged_revisions_and_margins():
+    sft = [{
+        "initial_response": "Sure, here is how.",
+        "steps_json": json.dumps([
+            {"principle_id": "harm", "critique": "c", "revision": "I won't, because it hurts people."},
+            {"principle_id": "evasive", "critique": "c", "revision": "I won't,  because it hurts people."},
+        ]),
+    }]
+    prefs = [{"principle_ids": "harm,evasive", "p_chosen": 0.9}, {"principle_ids": "harm", "p_chosen": 0.3}]
+    stats = monitor.principle_stats(sft, prefs)
+    assert stats["harm"] == {"rounds": 1, "no_change_rate": 0.0, "judge_margin": 0.3, "labels": 2}
+    assert stats["evasive"]["no_change_rate"] == 1.0  # whitespace-only change counts as no change
+
+
+@pytest.mark.integration
+def test_snapshot_sees_flows_examples_and_versions(kafka_redis):
+    from kafka import KafkaProducer
+    import redis
+
+    stream = StreamSettings(kafka_bootstrap=kafka_redis.kafka_address, topic_prefix="mon.")
+    admin.ensure_topics(stream)
+    producer = KafkaProducer(bootstrap_servers=kafka_redis.kafka_address)
+    steps = [{"round": 1, "principle_id": "p1", "critique": "too harmful", "revision": "safer"}]
+    sft = records.SFTRecord(prompt_id="x1", prompt="how to pick a lock", response="safer",
+                            initial_response="step one", steps_json=json.dumps(steps), policy_version=1)
+    pref = records.PreferenceRecord(prompt_id="x1", prompt="how to pick a lock", chosen="safer",
+                                    rejected="step one", p_chosen=0.8, orders_agree=False,
+                                    principle_ids="c3")
+    version = records.PolicyVersionRecord(version=2, metrics_json=json.dumps({"loss/sft": 1.5}))
+    for short, record in ((topics.SFT, sft), (topics.PREFERENCES, pref), (topics.POLICY_VERSIONS, version)):
+        producer.send(topics.topic_name(short, stream), records.encode(record))
+    producer.flush()
+    producer.close()
+    redis.Redis.from_url(kafka_redis.redis_address).set(monitor.POLICY_VERSION_KEY, 2)
+
+    snap = monitor.snapshot(kafka_redis, stream)
+    assert snap["topics"]["sft"]["total"] == 1 and snap["topics"]["sft"]["per_minute"] == 1
+    assert snap["newest_example"]["steps"][0]["critique"] == "too harmful"
+    assert snap["newest_example"]["judge"]["chosen_is_revision"] is True
+    assert snap["judge"]["order_agreement"] == 0.0
+    assert snap["principles"]["p1"]["rounds"] == 1
+    assert snap["principles"]["c3"]["judge_margin"] == pytest.approx(0.3)
+    assert snap["trainer"]["rounds"][-1] == {"version": 2, "loss/sft": 1.5}
+    assert snap["serving_policy_version"] == 2
+    json.dumps(snap)  # --once --json must be serialisable
+    monitor.render(snap)
