@@ -79,6 +79,68 @@ def cmd_monitor(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    from cai import run, stack
+
+    settings = _stack_settings(args)
+    options = run.RunOptions(
+        model=args.model or ModelSettings().model, prompts=args.prompts, rounds=args.rounds,
+        duration_s=args.duration * 60, report=args.report, keep=args.keep, seed=args.seed,
+        eval_harmful=args.eval_harmful, eval_benign=args.eval_benign,
+    )
+    try:
+        run.run(settings, options)
+    except KeyboardInterrupt:
+        print("\ncai run: interrupted; stopping the worker and trainer", file=sys.stderr)
+        run.stop_children(settings)
+        if not args.keep:
+            stack.down(settings)
+        print("cai run: start it again to resume (fed prompts are not processed twice)", file=sys.stderr)
+        return 130
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    import json
+
+    from cai import evaluate, run, splits
+
+    settings, models = _stack_settings(args), _model_settings(args)
+    report: dict = {}
+    if args.builtin or args.prompts:
+        from agents import prompt_sets
+
+        items = (prompt_sets.builtin(args.builtin) if args.builtin
+                 else prompt_sets.from_file(args.prompts, args.kind))
+        if args.builtin and not args.all_prompts:
+            items = splits.held_out_part(items)
+        items = items[: args.limit] if args.limit else items
+        harmful = [i.prompt for i in items if i.kind == "harmful"]
+        benign = [i.prompt for i in items if i.kind == "helpful"]
+        source = run.policy_source(settings, models, args.version)
+        print(f"eval: policy {source}: {len(harmful)} harmful, {len(benign)} benign prompts", file=sys.stderr)
+        report["policies"] = {f"v{args.version or 1}": evaluate.evaluate_policy(
+            source, harmful, benign, args.max_new_tokens)}
+    if args.judge_file:
+        from serving.models import resolve
+
+        judge = resolve(models.for_role("judge"), settings.cache_dir)
+        items = evaluate.load_choice_file(args.judge_file)[: args.limit or None]
+        report["judge_agreement"] = evaluate.judge_agreement(judge, items).as_dict()
+    if args.classifier_check:
+        report["classifier_accuracy"] = {
+            k: v.as_dict() for k, v in evaluate.classifier_accuracy(args.classifier_check).items()}
+    if not report:
+        print("error: give --builtin/--prompts, --judge-file or --classifier-check", file=sys.stderr)
+        return 2
+    if args.report:
+        run.write_report(report, args.report)
+    else:
+        print(evaluate.markdown(report))
+        print(json.dumps(report, indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cai",
@@ -122,6 +184,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--interval", type=float, default=2.0, help="refresh period in seconds")
     p.set_defaults(func=cmd_monitor)
 
+    p = sub.add_parser("run", help="the main job: stack, worker, trainer, live monitor, evaluation report",
+                       description="Set up what is missing, start the stack, the worker and the trainer, "
+                       "feed a built-in mix of harmful and benign prompts, watch the live monitor, then "
+                       "evaluate the first policy version against the last on held-out prompts. "
+                       "Ctrl-C stops cleanly; running it again resumes.")
+    p.add_argument("--model", help="smollm2 (default), tiny, a folder or a hub id (env CAI_MODEL)")
+    p.add_argument("--prompts", type=int, default=24, help="training prompts to feed (default 24)")
+    p.add_argument("--rounds", type=int, default=2, help="critique/revision rounds per prompt")
+    p.add_argument("--duration", type=float, default=10.0,
+                   help="minutes of streaming before evaluation starts (default 10)")
+    p.add_argument("--eval-harmful", type=int, default=32, help="held-out harmful prompts to evaluate")
+    p.add_argument("--eval-benign", type=int, default=16, help="held-out benign prompts to evaluate")
+    p.add_argument("--report", type=Path, default=Path("reports/run.json"),
+                   help="JSON report; a Markdown copy is written beside it")
+    p.add_argument("--keep", action="store_true", help="leave the stack, worker and trainer running")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--state-dir", help="data, logs and PIDs (default .cai)")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("eval", help="harmlessness, non-evasiveness, over-refusal and judge agreement",
+                       description="Answers are generated greedily in-process by a policy version (or "
+                       "--model) and classified by the documented rule classifier (cai/classify.py). "
+                       "Every figure has a 95%% Wilson interval.")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--builtin", help="a built-in set (harmbench, donotanswer, advbench, benign); "
+                     "only its held-out split unless --all-prompts")
+    src.add_argument("--prompts", type=Path, help="JSONL/CSV/txt prompt file")
+    p.add_argument("--kind", choices=["harmful", "helpful"], default="harmful", help="kind of file prompts")
+    p.add_argument("--all-prompts", action="store_true", help="use the whole built-in set")
+    p.add_argument("--limit", type=int, help="evaluate only the first N")
+    p.add_argument("--version", type=int, help="policy version from the model repository (default 1)")
+    p.add_argument("--model", help="policy/judge model family (env CAI_MODEL)")
+    p.add_argument("--max-new-tokens", type=int, default=96)
+    p.add_argument("--judge-file", type=Path, help="labelled two-choice JSONL (prompt, corrects, incorrects)")
+    p.add_argument("--classifier-check", type=Path, help="hand-labelled answers (answer, declined, explains_why)")
+    p.add_argument("--report", type=Path, help="write JSON (+ .md) here instead of printing")
+    p.add_argument("--state-dir", help="state folder holding the model repository (default .cai)")
+    p.set_defaults(func=cmd_eval)
+
     for register in _registrations():
         register(sub)
     return parser
@@ -129,9 +230,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _registrations():
     """Subcommands that live with the package they drive."""
+    from agents.cli import register as agents_register
     from serving.cli import register as serving_register
+    from trainer.cli import register as trainer_register
 
-    return [serving_register]
+    return [agents_register, serving_register, trainer_register]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -65,7 +65,11 @@ class TopicReader:
 
     def _committed(self, group: str) -> dict:
         try:
-            offsets = self._admin.list_consumer_group_offsets(group)
+            # kafka-python 3 answers {group: {tp: meta}}; 2.x had list_consumer_group_offsets.
+            if hasattr(self._admin, "list_group_offsets"):
+                offsets = self._admin.list_group_offsets(group).get(group, {})
+            else:
+                offsets = self._admin.list_consumer_group_offsets(group)
         except Exception as exc:  # group unknown yet
             logger.debug("no offsets for %s: %s", group, exc)
             return {}

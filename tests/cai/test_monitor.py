@@ -46,7 +46,18 @@ def test_snapshot_sees_flows_examples_and_versions(kafka_redis):
     producer.close()
     redis.Redis.from_url(kafka_redis.redis_address).set(monitor.POLICY_VERSION_KEY, 2)
 
+    # A consumer group that has committed nothing of sft yet lags by the one record.
+    from kafka import KafkaConsumer, TopicPartition
+    from kafka.structs import OffsetAndMetadata
+
+    group = KafkaConsumer(bootstrap_servers=kafka_redis.kafka_address, group_id=stream.app_id,
+                          enable_auto_commit=False)
+    group.commit({TopicPartition(topics.topic_name(topics.PREFERENCES, stream), 0):
+                  OffsetAndMetadata(0, "", -1)})
+    group.close()
+
     snap = monitor.snapshot(kafka_redis, stream)
+    assert snap["topics"]["preferences"]["lag"] == {stream.app_id: 1}
     assert snap["topics"]["sft"]["total"] == 1 and snap["topics"]["sft"]["per_minute"] == 1
     assert snap["newest_example"]["steps"][0]["critique"] == "too harmful"
     assert snap["newest_example"]["judge"]["chosen_is_revision"] is True

@@ -1,0 +1,205 @@
+"""`cai run`: the main job, end to end, on one machine.
+
+1. set up what is missing and start Kafka, Redis and Triton (models from ``--model``);
+2. start the Faust worker and the trainer as child processes (logs under the state folder);
+3. feed a built-in mix of harmful and benign *training* prompts (the held-out split is kept
+   for evaluation);
+4. show the live monitor until every prompt has been revised, judged and trained on, or the
+   ``--duration`` runs out;
+5. evaluate the first policy version against the last on held-out prompts and write the report
+   (JSON, with a Markdown copy beside it);
+6. stop what it started, unless ``--keep``.
+
+Prompt ids are content hashes and every stage is idempotent, so a run started again after
+Ctrl-C or a crash resumes: fed prompts are not processed twice, the trainer continues from its
+last checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cai import evaluate, monitor, setup_machine, splits, stack
+from cai.processes import ManagedProcess
+from cai.settings import ModelSettings, StackSettings
+from streams.settings import StreamSettings
+
+logger = logging.getLogger(__name__)
+
+HARMFUL_SETS = ("harmbench", "donotanswer", "advbench")
+
+
+@dataclass
+class RunOptions:
+    model: str = "smollm2"
+    prompts: int = 24
+    benign_share: float = 0.25
+    rounds: int = 2
+    duration_s: float = 600.0
+    eval_harmful: int = 32
+    eval_benign: int = 16
+    eval_max_new_tokens: int = 96
+    report: Path = Path("reports/run.json")
+    keep: bool = False
+    seed: int = 0
+    trainer_args: list[str] = field(default_factory=list)
+
+
+def training_mix(options: RunOptions):
+    """The prompts to feed: a seeded sample of the training split of the built-in sets."""
+    from agents import prompt_sets
+
+    rng = random.Random(options.seed)
+    harmful = [p for name in HARMFUL_SETS for p in splits.train_part(prompt_sets.builtin(name))]
+    benign = splits.train_part(prompt_sets.builtin("benign"))
+    n_benign = min(len(benign), round(options.prompts * options.benign_share))
+    n_harmful = options.prompts - n_benign
+    mix = rng.sample(harmful, n_harmful) + rng.sample(benign, n_benign)
+    rng.shuffle(mix)
+    return mix
+
+
+def evaluation_sets(options: RunOptions) -> tuple[list[str], list[str]]:
+    from agents import prompt_sets
+
+    rng = random.Random(options.seed + 1)
+    harmful = [p.prompt for name in HARMFUL_SETS for p in splits.held_out_part(prompt_sets.builtin(name))]
+    benign = [p.prompt for p in splits.held_out_part(prompt_sets.builtin("benign"))]
+    return (rng.sample(harmful, min(options.eval_harmful, len(harmful))),
+            benign[: options.eval_benign])
+
+
+def _child(settings: StackSettings, name: str) -> ManagedProcess:
+    return ManagedProcess(name, settings.state_dir / "pids" / f"{name}.pid",
+                          settings.logs_dir / f"{name}.log")
+
+
+def _child_env(settings: StackSettings, options: RunOptions) -> dict[str, str]:
+    env = dict(os.environ)
+    env["CAI_STATE_DIR"] = str(settings.state_dir)
+    env["CAI_MODEL"] = options.model
+    env["CAI_PIPELINE_ROUNDS"] = str(options.rounds)
+    env["CAI_PIPELINE_DATA_DIR"] = str(settings.state_dir / "faust")
+    env.setdefault("OMP_NUM_THREADS", "1")
+    return env
+
+
+def start_children(settings: StackSettings, options: RunOptions) -> None:
+    cai = [sys.executable, "-m", "cai.cli"]
+    env = _child_env(settings, options)
+    every = max(4, options.prompts // 2)
+    trainer_argv = cai + ["trainer", "--round-every-examples", str(every),
+                          "--round-every-seconds", "90", *options.trainer_args]
+    for name, argv in (("worker", cai + ["worker", "--worker-id", "run-worker"]), ("trainer", trainer_argv)):
+        proc = _child(settings, name)
+        if proc.read_pid() is not None:
+            continue
+        proc.start(argv, healthy=lambda: True, timeout_s=5, env=env,
+                   fix_hint=f"read {proc.log_file}")
+
+
+def stop_children(settings: StackSettings) -> None:
+    for name in ("worker", "trainer"):
+        _child(settings, name).stop(grace_s=30)
+
+
+def _children_alive(settings: StackSettings) -> list[str]:
+    return [n for n in ("worker", "trainer") if _child(settings, n).read_pid() is None]
+
+
+def pipeline_done(snap: dict, fed: int) -> bool:
+    """Every fed prompt reached sft, and the trainer has consumed and published it all."""
+    sft = snap["topics"]["sft"]
+    trainer_lag = sft["lag"].get(monitor.TRAINER_GROUP)
+    prefs_lag = snap["topics"]["preferences"]["lag"].get(monitor.TRAINER_GROUP, 0)
+    return (sft["total"] >= fed and trainer_lag == 0 and prefs_lag == 0
+            and (snap["serving_policy_version"] or 0) >= 2)
+
+
+def policy_source(settings: StackSettings, models: ModelSettings, version: int | None) -> str:
+    from serving.models import resolve
+    from serving.repository import read_version_source
+
+    if version is None or version <= 1:
+        return resolve(models.for_role("policy"), settings.cache_dir)
+    return read_version_source(settings.triton_repository / "policy" / str(version))
+
+
+def watch(settings: StackSettings, stream: StreamSettings, fed: int, deadline: float) -> dict:
+    from rich.console import Console
+    from rich.live import Live
+
+    console = Console()
+    snap = monitor.snapshot(settings, stream)
+    with Live(monitor.render(snap), console=console, refresh_per_second=1, transient=False) as live:
+        while time.monotonic() < deadline and not pipeline_done(snap, fed):
+            dead = _children_alive(settings)
+            if dead:
+                raise RuntimeError(f"{', '.join(dead)} exited; see {settings.logs_dir}")
+            time.sleep(3)
+            snap = monitor.snapshot(settings, stream)
+            live.update(monitor.render(snap))
+    return snap
+
+
+def run(settings: StackSettings, options: RunOptions) -> dict:
+    from agents import feed
+    from streams.admin import ensure_topics
+
+    started = time.monotonic()
+    models = ModelSettings(model=options.model)
+    print(f"cai run: model {options.model}, {options.prompts} prompts, {options.rounds} revision "
+          f"rounds, up to {options.duration_s / 60:.0f} min of streaming", flush=True)
+    setup_machine.run(settings, with_models=(options.model,))
+    stack.print_status(settings, stack.up(settings, models), as_json=False)
+    stream = StreamSettings(kafka_bootstrap=settings.kafka_address)
+    ensure_topics(stream)
+    report: dict = {"model": options.model, "prompts": options.prompts, "rounds": options.rounds}
+    try:
+        start_children(settings, options)
+        mix = training_mix(options)
+        feed.publish(mix, stream, progress=False)
+        print(f"cai run: fed {len(mix)} prompts; worker and trainer logs in {settings.logs_dir}",
+              flush=True)
+        snap = watch(settings, stream, len(mix), started + options.duration_s)
+        report["pipeline_done"] = pipeline_done(snap, len(mix))
+        report["stream_seconds"] = round(time.monotonic() - started, 1)
+        report["monitor"] = {k: snap[k] for k in ("topics", "judge", "trainer", "serving_policy_version")}
+        report["example"] = snap["newest_example"]
+        if not options.keep:
+            stop_children(settings)  # free the CPU for evaluation
+        last = report["monitor"]["serving_policy_version"] or 1
+        harmful, benign = evaluation_sets(options)
+        print(f"cai run: evaluating policy v1 against v{last} on {len(harmful)} held-out harmful and "
+              f"{len(benign)} held-out benign prompts", flush=True)
+        report["policies"] = {
+            f"v{v}": evaluate.evaluate_policy(policy_source(settings, models, v), harmful, benign,
+                                              options.eval_max_new_tokens)
+            for v in sorted({1, last})
+        }
+        labels = Path(__file__).with_name("data") / "decline_labels.jsonl"
+        if labels.exists():
+            report["classifier_accuracy"] = {
+                k: s.as_dict() for k, s in evaluate.classifier_accuracy(labels).items()}
+        report["total_seconds"] = round(time.monotonic() - started, 1)
+        write_report(report, options.report)
+    finally:
+        if not options.keep:
+            stop_children(settings)
+            stack.down(settings)
+    return report
+
+
+def write_report(report: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    path.with_suffix(".md").write_text(evaluate.markdown(report))
+    print(evaluate.markdown(report))
+    print(f"report: {path} and {path.with_suffix('.md')}")
