@@ -141,6 +141,60 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    import json
+
+    from cai import bench, run, setup_machine, stack
+    from agents.constitution import load
+    from agents.settings import PipelineSettings
+    from serving.models import resolve
+    from serving.textgen import TextGenerator
+    from streams.admin import ensure_topics
+    from streams.settings import StreamSettings
+
+    settings, models = _stack_settings(args), _model_settings(args)
+    pipeline = PipelineSettings(rounds=args.rounds)
+    from agents import prompt_sets
+
+    texts = [p.prompt for p in prompt_sets.builtin("harmbench")][: args.prompts]
+    work = bench.Workload(texts, args.rounds, pipeline.policy_max_new_tokens, pipeline.critique_max_new_tokens,
+                          pipeline.revision_max_new_tokens, pipeline.temperature, pipeline.critic_temperature)
+    constitution = load(pipeline.constitution)
+    results: dict = {"model": models.model, "prompts": len(texts), "rounds": args.rounds, "modes": {}}
+    if "pipeline" in args.modes:
+        setup_machine.run(settings, with_models=(models.model,))
+        stack.up(settings, models)
+        stream = StreamSettings(kafka_bootstrap=settings.kafka_address)
+        ensure_topics(stream)
+        options = run.RunOptions(model=models.model, rounds=args.rounds)
+        run.start_children(settings, options, names=("worker",))
+        try:
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(resolve(models.for_role("policy"), settings.cache_dir))
+            result, detail = bench.run_pipeline(settings, stream, tokenizer, work, args.timeout)
+            results["modes"]["pipeline"] = result.as_dict()
+            results["pipeline_detail"] = detail
+        finally:
+            if not args.keep:
+                run.stop_children(settings)
+                stack.down(settings)
+    if {"raw", "sequential"} & set(args.modes):
+        generator = TextGenerator(resolve(models.for_role("policy"), settings.cache_dir), threads=args.threads)
+        if "raw" in args.modes:
+            results["modes"]["raw"] = bench.run_raw(generator, constitution, work).as_dict()
+        if "sequential" in args.modes:
+            results["modes"]["sequential"] = bench.run_sequential(generator, constitution, work).as_dict()
+    modes = results["modes"]
+    if "pipeline" in modes:
+        for other in ("raw", "sequential"):
+            if other in modes and modes[other]["tokens_per_s"]:
+                results[f"pipeline_vs_{other}"] = round(
+                    modes["pipeline"]["tokens_per_s"] / modes[other]["tokens_per_s"], 3)
+    print(json.dumps(results, indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cai",
@@ -222,6 +276,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report", type=Path, help="write JSON (+ .md) here instead of printing")
     p.add_argument("--state-dir", help="state folder holding the model repository (default .cai)")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("bench", help="benchmark: pipeline vs raw batched vs sequential loop (prints figures)",
+                       description="Runs the same critique/revise/judge workload three ways on one machine: "
+                       "through the live pipeline, in-process batched (the hardware limit) and one prompt at a "
+                       "time (a sequential chain). Prints tokens/s, prompts/min, their ratios, per-stage "
+                       "latency percentiles and the Kafka+Faust overhead per hop.")
+    p.add_argument("--model", help="model for every role (env CAI_MODEL)")
+    p.add_argument("--prompts", type=int, default=16, help="prompts in the workload (from harmbench)")
+    p.add_argument("--rounds", type=int, default=1, help="critique/revision rounds")
+    p.add_argument("--modes", nargs="+", default=["pipeline", "raw", "sequential"],
+                   choices=["pipeline", "raw", "sequential"])
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads for the in-process modes (default 1, like each Triton instance)")
+    p.add_argument("--timeout", type=float, default=1800, help="seconds to wait for the pipeline")
+    p.add_argument("--keep", action="store_true", help="leave the stack and worker running")
+    p.add_argument("--state-dir", help="state folder (default .cai)")
+    p.set_defaults(func=cmd_bench)
 
     for register in _registrations():
         register(sub)

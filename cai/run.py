@@ -91,13 +91,18 @@ def _child_env(settings: StackSettings, options: RunOptions) -> dict[str, str]:
     return env
 
 
-def start_children(settings: StackSettings, options: RunOptions) -> None:
+def start_children(settings: StackSettings, options: RunOptions,
+                   names: tuple[str, ...] = ("worker", "trainer")) -> None:
     cai = [sys.executable, "-m", "cai.cli"]
     env = _child_env(settings, options)
     every = max(4, options.prompts // 2)
-    trainer_argv = cai + ["trainer", "--round-every-examples", str(every),
-                          "--round-every-seconds", "90", *options.trainer_args]
-    for name, argv in (("worker", cai + ["worker", "--worker-id", "run-worker"]), ("trainer", trainer_argv)):
+    argvs = {
+        "worker": cai + ["worker", "--worker-id", "run-worker"],
+        "trainer": cai + ["trainer", "--round-every-examples", str(every),
+                          "--round-every-seconds", "90", *options.trainer_args],
+    }
+    for name in names:
+        argv = argvs[name]
         proc = _child(settings, name)
         if proc.read_pid() is not None:
             continue
