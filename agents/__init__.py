@@ -1,1 +1,3 @@
-"""agents package."""
+"""The Constitutional AI agents: one Faust agent per stage (policy, critique, revise, compare),
+the constitution and prompt templates, delivery (idempotency, retries, dead-letter) and the
+``cai worker`` / ``cai feed`` / ``cai export`` commands."""

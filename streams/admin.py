@@ -52,7 +52,9 @@ def ensure_topics(settings: StreamSettings, timeout_s: float = 30.0) -> dict[str
 
 
 def _check_partitions(admin, specs: list[TopicSpec]) -> None:
-    described = {d["topic"]: len(d["partitions"]) for d in admin.describe_topics([s.name for s in specs])}
+    # kafka-python 2.x names the topic "topic", 3.x "name"
+    described = {d.get("name", d.get("topic")): len(d["partitions"])
+                 for d in admin.describe_topics([s.name for s in specs])}
     for spec in specs:
         have = described.get(spec.name)
         if have is not None and have != spec.partitions:

@@ -1,0 +1,86 @@
+"""Policy stage: ``prompts`` -> answer (k samples) -> ``critique`` (and ``compare`` / ``sft``).
+
+Sample 0 of each prompt starts a critique-revision chain. With ``compare='policy-samples'``
+consecutive samples (0,1), (2,3), ... also go to the judge as pairs. Helpful prompts are not
+revised unless ``revise_helpful`` is set: their answer goes straight to ``sft`` so training data
+stays helpful, as in the paper's SL-CAI mix.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from agents.delivery import Output, Stage, handle, stable_seed
+from agents.services import Services
+from serving.client import GenerationParams
+from streams import topics
+from streams.records import CompareRecord, CritiqueRecord, PromptRecord, RecordError, SFTRecord, now
+
+logger = logging.getLogger(__name__)
+
+NAME = "policy"
+
+
+def check(svc: Services, record: PromptRecord) -> None:
+    limit = svc.settings.max_prompt_chars
+    if len(record.prompt) > limit:
+        raise RecordError("PromptRecord", "prompt", f"has {len(record.prompt)} characters, more than "
+                          f"max_prompt_chars={limit}", "shorten it or raise CAI_PIPELINE_MAX_PROMPT_CHARS")
+
+
+def key(record: PromptRecord) -> str:
+    return record.prompt_id
+
+
+def _outputs(svc: Services, record: PromptRecord, samples: list) -> list[Output]:
+    s = svc.settings
+    version = samples[0].model_version
+    first = samples[0].text.strip()
+    outs: list[Output] = []
+    lineage = {"prompt_id": record.prompt_id, "prompt": record.prompt, "kind": record.kind,
+               "source": record.source, "policy_version": version, "seed": s.seed,
+               "prompt_created_at": record.created_at, "strategy": s.strategy}
+    if record.kind == "helpful" and not s.revise_helpful:
+        outs.append(Output(topics.SFT, record.prompt_id, SFTRecord(
+            response=first, initial_response=first, rounds=0, steps_json="[]",
+            constitution_version=svc.constitution.version, record_id=f"sft:{record.prompt_id}:0",
+            created_at=now(), **lineage)))
+    else:
+        outs.append(Output(topics.CRITIQUE, record.prompt_id, CritiqueRecord(
+            response=first, initial_response=first, round=1, rounds=s.rounds, sample_index=0,
+            constitution_version=svc.constitution.version, created_at=now(), **lineage)))
+    if s.compare == "policy-samples":
+        for pair_index in range(len(samples) // 2):
+            a, b = samples[2 * pair_index], samples[2 * pair_index + 1]
+            outs.append(Output(topics.COMPARE, record.prompt_id, CompareRecord(
+                response_a=a.text.strip(), response_b=b.text.strip(), pair="policy-samples",
+                pair_index=pair_index, constitution_version=svc.constitution.version,
+                created_at=now(), **lineage)))
+    return outs
+
+
+async def process(svc: Services, records: list[PromptRecord]) -> list[list[Output]]:
+    s = svc.settings
+    params = GenerationParams(max_new_tokens=s.policy_max_new_tokens, temperature=s.temperature,
+                              num_samples=s.num_samples, chat=True)
+    items = [(r.prompt, stable_seed(NAME, r.prompt_id, s.seed)) for r in records]
+    generations = await svc.inference.generate("policy", items, params)
+    for record, samples in zip(records, generations):
+        if len(samples) < s.num_samples:
+            raise RuntimeError(f"policy returned {len(samples)} samples for {record.prompt_id}, "
+                               f"expected num_samples={s.num_samples}")
+    return [_outputs(svc, r, g) for r, g in zip(records, generations)]
+
+
+STAGE = Stage(NAME, topics.PROMPTS, PromptRecord, key, process, check)
+
+
+def register(app, svc_ref, source_topic):
+    """Add the policy agent to ``app``; ``svc_ref()`` returns the running Services."""
+
+    @app.agent(source_topic, name=f"cai-{NAME}")
+    async def policy_agent(stream):
+        async for batch in stream.take(svc_ref().settings.batch_size, within=svc_ref().settings.batch_within_s):
+            await handle(svc_ref(), STAGE, batch)
+
+    return policy_agent

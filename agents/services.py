@@ -1,0 +1,86 @@
+"""The outbound calls of every stage, behind small objects that tests replace.
+
+* ``Inference``: the Triton roles through ``serving.client.InferenceClient``, one call per
+  prompt so each prompt keeps its own seed while Triton's dynamic batcher still forms batches.
+* ``TopicSender``: send a record to a pipeline topic and wait for the broker's ack.
+* ``Ledger`` (agents.idempotency): Redis idempotency keys and counters.
+
+``Services`` bundles them with the settings and the constitution; agents only see ``Services``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from agents.constitution import Constitution
+from agents.idempotency import Ledger
+from agents.settings import PipelineSettings
+from streams.records import WireRecord, encode
+
+logger = logging.getLogger(__name__)
+
+
+class Sender(Protocol):
+    async def __call__(self, topic: str, key: str, record: WireRecord) -> None: ...
+
+
+class Inference(Protocol):
+    async def generate(self, role: str, items: list[tuple[str, int]], params: Any) -> list[list[Any]]: ...
+
+    async def judge(self, prompts: list[str], choices: list[str], cot: bool, seed: int | None) -> list[Any]: ...
+
+
+class TritonInference:
+    """``Inference`` on a real ``InferenceClient``."""
+
+    def __init__(self, client) -> None:
+        self.client = client
+
+    async def generate(self, role: str, items: list[tuple[str, int]], params) -> list[list[Any]]:
+        from dataclasses import replace
+
+        results = await asyncio.gather(*(
+            self.client.generate(role, [prompt], replace(params, seed=seed)) for prompt, seed in items))
+        return [r[0] for r in results]
+
+    async def judge(self, prompts: list[str], choices: list[str], cot: bool, seed: int | None) -> list[Any]:
+        return await self.client.judge(prompts, list(choices), cot=cot, chat=False, seed=seed)
+
+    async def close(self) -> None:
+        await self.client.close()
+
+
+class TopicSender:
+    """Send to faust topics (raw bytes) and wait until the broker acknowledged each message."""
+
+    def __init__(self, topics: dict[str, Any]) -> None:
+        self.topics = topics
+
+    async def __call__(self, topic: str, key: str, record: WireRecord) -> None:
+        future = await self.topics[topic].send(key=key.encode(), value=encode(record))
+        await future
+
+
+@dataclass
+class Services:
+    settings: PipelineSettings
+    constitution: Constitution
+    inference: Inference
+    ledger: Ledger
+    send: Sender
+
+
+def connect(settings: PipelineSettings, constitution: Constitution, topics: dict[str, Any],
+            namespace: str = "") -> Services:
+    """Real services: Triton over gRPC, Redis, the faust topics."""
+    import redis.asyncio as redis
+
+    from serving.client import InferenceClient
+
+    client = InferenceClient(settings.triton_address, timeout_s=settings.triton_timeout_s)
+    ledger = Ledger(redis.Redis.from_url(settings.redis_address, decode_responses=True),
+                    settings.worker_id, settings.claim_lease_s, settings.seen_ttl_s, namespace=namespace)
+    return Services(settings, constitution, TritonInference(client), ledger, TopicSender(topics))

@@ -1,0 +1,76 @@
+"""Knobs of the critique -> revise -> compare pipeline (env prefix ``CAI_PIPELINE_``).
+
+Addresses default to the local stack (``cai.settings.StackSettings``). Read these at entry
+points (``cai worker``); tests pass values to the constructor.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from cai.settings import StackSettings
+
+COMPARE_MODES = ("initial-vs-final", "policy-samples", "none")
+
+
+class PipelineSettings(BaseSettings):
+    """How the agents draw principles, batch, retry and dedupe."""
+
+    model_config = SettingsConfigDict(env_prefix="CAI_PIPELINE_", extra="ignore")
+
+    rounds: int = Field(2, ge=1, le=16, description="critique/revision rounds per answer (the paper used 4)")
+    num_samples: int = Field(1, ge=1, le=16, description="policy samples per prompt (k)")
+    compare: Literal["initial-vs-final", "policy-samples", "none"] = Field(
+        "initial-vs-final", description="which pairs the judge labels")
+    judge_principles: int = Field(1, ge=1, le=16,
+                                  description="comparison principles averaged per label (each in both orders)")
+    judge_cot: bool = Field(False, description="chain-of-thought judging (probabilities clamped to 40-60%)")
+    revise_helpful: bool = Field(False, description="also critique/revise prompts of kind 'helpful'")
+    strategy: Literal["critique-revise"] = Field("critique-revise", description="revision strategy")
+    seed: int = Field(0, description="seeds principle draws and sampling; recorded on every record")
+    constitution: Path | None = Field(None, description="YAML file or paper-format folder; default built in")
+
+    batch_size: int = Field(8, ge=1, description="records per Triton batch (stream.take)")
+    batch_within_s: float = Field(0.5, gt=0, description="max wait to fill a batch")
+    max_attempts: int = Field(3, ge=1, description="Triton attempts before a record goes to dead-letter")
+    backoff_s: float = Field(0.5, ge=0)
+    max_backoff_s: float = Field(8.0, ge=0)
+    max_prompt_chars: int = Field(8000, ge=1, description="longer prompts go to dead-letter")
+    dead_letter_payload_bytes: int = Field(65536, ge=0, description="raw payload kept in dead-letter")
+
+    policy_max_new_tokens: int = Field(128, ge=1)
+    critique_max_new_tokens: int = Field(96, ge=1)
+    revision_max_new_tokens: int = Field(128, ge=1)
+    temperature: float = Field(0.7, ge=0)
+    critic_temperature: float = Field(0.3, ge=0)
+
+    redis_url: str | None = Field(None, description="default: the local stack's Redis")
+    triton_grpc: str | None = Field(None, description="default: the local stack's Triton")
+    triton_timeout_s: float = Field(300.0, gt=0)
+    worker_id: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}",
+                           description="stable id lets a restarted worker take back its own claims")
+    claim_lease_s: float = Field(60.0, ge=1, description="a dead worker's claims block others this long")
+    seen_ttl_s: int = Field(14 * 24 * 3600, ge=60, description="lifetime of idempotency keys")
+    session_timeout_s: float = Field(10.0, ge=6, description="a dead worker's partitions move after this")
+    data_dir: Path = Field(Path(".cai") / "faust", description="Faust's local state")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> PipelineSettings:
+        if self.compare == "policy-samples" and self.num_samples < 2:
+            raise ValueError("compare='policy-samples' needs num_samples >= 2; set "
+                             "CAI_PIPELINE_NUM_SAMPLES=2 or choose compare='initial-vs-final'")
+        return self
+
+    @property
+    def redis_address(self) -> str:
+        return self.redis_url or StackSettings().redis_address
+
+    @property
+    def triton_address(self) -> str:
+        return self.triton_grpc or StackSettings().triton_grpc

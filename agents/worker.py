@@ -1,0 +1,48 @@
+"""``cai worker``: create the topics, then run the Faust worker with every stage agent.
+
+Several workers with the same app id form one consumer group and split the partitions; kill
+one and the others take over its partitions (at-least-once + idempotency keys, no duplicates).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from agents.app import create_app
+from agents.settings import PipelineSettings
+from streams.admin import ensure_topics
+from streams.settings import StreamSettings
+
+logger = logging.getLogger(__name__)
+
+
+def run(stream_settings: StreamSettings, settings: PipelineSettings, loglevel: str = "WARNING") -> None:
+    import faust
+
+    ensure_topics(stream_settings)
+    (settings.data_dir / settings.worker_id).mkdir(parents=True, exist_ok=True)
+    pipeline = create_app(stream_settings, settings)
+    pipeline.svc()  # load the constitution now: a bad file fails before joining the group
+    logger.info("worker %s joining group %s at %s", settings.worker_id, stream_settings.app_id,
+                stream_settings.kafka_address)
+    worker = faust.Worker(pipeline.app, loglevel=loglevel, override_logging=False, quiet=True)
+    worker.execute_from_commandline()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m agents.worker``: the same as ``cai worker`` (settings from the environment)."""
+    import argparse
+
+    from agents.cli import cmd_worker, register
+
+    parser = argparse.ArgumentParser(prog="python -m agents.worker")
+    register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["worker", *(argv if argv is not None else __import__("sys").argv[1:])])
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("kafka", "aiokafka", "faust", "mode"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    return cmd_worker(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
