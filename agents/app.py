@@ -45,9 +45,9 @@ class Pipeline:
             constitution = constitution_mod.load(self.settings.constitution)
             self.services = connect(self.settings, constitution, self.topics,
                                     namespace_for(self.stream_settings.topic_prefix))
-            logger.info("worker %s: constitution %s %s, %d rounds, compare=%s", self.settings.worker_id,
-                        constitution.name, constitution.version, self.settings.rounds,
-                        self.settings.compare)
+            logger.info("worker %s: constitution %s %s, %d rounds, compare=%s, strategy=%s, preference=%s",
+                        self.settings.worker_id, constitution.name, constitution.version, self.settings.rounds,
+                        self.settings.compare, self.settings.strategy, self.settings.preference)
         return self.services
 
 

@@ -1,4 +1,4 @@
-"""Pipeline subcommands: ``cai worker``, ``cai feed``, ``cai export``, ``cai topics``."""
+"""Pipeline subcommands: ``cai worker``, ``cai feed``, ``cai export``, ``cai topics``, ``cai grid``."""
 
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     overrides = {k: v for k, v in {
         "worker_id": args.worker_id, "rounds": args.rounds, "num_samples": args.num_samples,
         "compare": args.compare, "constitution": args.constitution, "batch_size": args.batch_size,
+        "strategy": args.strategy, "preference": args.preference,
     }.items() if v is not None}
     worker.run(_stream_settings(args), PipelineSettings(**overrides), loglevel=args.faust_loglevel)
     return 0
@@ -88,6 +89,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--compare", choices=["initial-vs-final", "policy-samples", "none"])
     p.add_argument("--constitution", type=Path, help="YAML file, or a folder in the paper's JSON format")
     p.add_argument("--batch-size", type=int, help="records per Triton batch")
+    p.add_argument("--strategy", choices=["critique-revise", "direct", "context"],
+                   help="revision strategy (env CAI_PIPELINE_STRATEGY; docs/strategies.md)")
+    p.add_argument("--preference", choices=["judge", "revision-over-initial", "contrastive"],
+                   help="preference strategy (env CAI_PIPELINE_PREFERENCE)")
     p.add_argument("--bootstrap", help="Kafka bootstrap servers (env CAI_KAFKA_BOOTSTRAP)")
     p.add_argument("--faust-loglevel", default="WARNING")
     p.set_defaults(func=cmd_worker)
@@ -122,3 +127,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("topics", help="create the pipeline topics with their partition counts (idempotent)")
     p.add_argument("--bootstrap")
     p.set_defaults(func=cmd_topics)
+
+    from cai import grid
+
+    p = sub.add_parser("grid", help="compare revision x preference strategies in-process (same prompts, "
+                       "budget, seed) on held-out prompts",
+                       description="Runs the pipeline's stage functions and the trainer's steps in one "
+                       "process (no Kafka or Triton) and writes a Markdown + JSON table; docs/strategies.md.")
+    grid.add_arguments(p)
+    p.set_defaults(func=grid.cmd_grid)

@@ -5,6 +5,11 @@ every principle in both orders, so position bias cancels out. ``p_chosen`` is th
 probability that the chosen answer is better; ``orders_agree`` says whether both orders picked
 the same answer for every principle. With chain-of-thought judging the probabilities are
 clamped to 40-60% (the paper's finding that CoT labels are overconfident).
+
+``preference`` (agents/strategies.py) changes how labels are made: "revision-over-initial"
+gives the final revision a hard label with no judge call; "contrastive" pairs arrive empty and
+are filled here by the current policy (toward / away from the constitution), labelled by
+construction or, with ``contrastive_label='judge'``, by the judge.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ from __future__ import annotations
 import json
 import logging
 
-from agents import prompts
+from agents import prompts, strategies
 from agents.delivery import Output, Stage, handle, stable_seed
 from agents.services import Services
 from streams import topics
@@ -46,38 +51,82 @@ def label(p_a_by_order: list[tuple[float, float]], cot: bool = False) -> tuple[f
     return sum(values) / len(values), agree
 
 
-async def process(svc: Services, records: list[CompareRecord]) -> list[list[Output]]:
+async def _judge(svc: Services, pairs: list[tuple[CompareRecord, str, str]]) -> list[dict]:
+    """Soft labels for (record, first, second): P(first better), agreement, principles, version."""
     s, constitution = svc.settings, svc.constitution
-    plan = []      # per record: its principles
+    plan = []      # per pair: its principles
     questions = []
-    for r in records:
+    for r, first, second in pairs:
         principles = constitution.draw_comparisons(r.prompt_id, r.pair_index, r.seed, s.judge_principles)
         plan.append(principles)
         for p in principles:
-            questions.append(prompts.comparison_prompt(constitution, p, r.prompt, r.response_a, r.response_b))
-            questions.append(prompts.comparison_prompt(constitution, p, r.prompt, r.response_b, r.response_a))
+            questions.append(prompts.comparison_prompt(constitution, p, r.prompt, first, second))
+            questions.append(prompts.comparison_prompt(constitution, p, r.prompt, second, first))
     results = await svc.inference.judge(questions, list(prompts.JUDGE_CHOICES), s.judge_cot,
-                                        stable_seed(NAME, s.seed))
-    outputs, cursor = [], 0
-    for r, principles in zip(records, plan):
-        pairs, versions = [], set()
+                                        stable_seed(NAME, s.seed)) if questions else []
+    labels, cursor = [], 0
+    for principles in plan:
+        probs, versions = [], set()
         for _ in principles:
             straight, swapped = results[cursor], results[cursor + 1]
             cursor += 2
-            pairs.append((_first_wins(straight.probs), 1.0 - _first_wins(swapped.probs)))
+            probs.append((_first_wins(straight.probs), 1.0 - _first_wins(swapped.probs)))
             versions.update((straight.model_version, swapped.model_version))
-        p_a, agree = label(pairs, s.judge_cot)
-        a_wins = p_a >= 0.5
-        outputs.append([Output(topics.PREFERENCES, r.prompt_id, PreferenceRecord(
-            prompt_id=r.prompt_id, prompt=r.prompt,
-            chosen=r.response_a if a_wins else r.response_b,
-            rejected=r.response_b if a_wins else r.response_a,
-            p_chosen=p_a if a_wins else 1.0 - p_a, orders_agree=agree,
-            principle_ids=",".join(p.id for p in principles), policy_version=r.policy_version,
-            judge_version=max(versions), strategy=r.strategy, pair=r.pair, kind=r.kind, source=r.source,
-            constitution_version=constitution.version, probs_json=json.dumps(pairs), seed=r.seed,
-            prompt_created_at=r.prompt_created_at, record_id=f"pref:{key(r)}", created_at=now()))])
-    return outputs
+        p_first, agree = label(probs, s.judge_cot)
+        labels.append({"p_first": p_first, "orders_agree": agree, "probs": probs,
+                       "principle_ids": ",".join(p.id for p in principles), "judge_version": max(versions)})
+    return labels
+
+
+def _preference(svc: Services, r: CompareRecord, chosen: str, rejected: str, p_chosen: float,
+                strategy: str, judged: dict | None = None, policy_version: int | None = None) -> Output:
+    judged = judged or {}
+    return Output(topics.PREFERENCES, r.prompt_id, PreferenceRecord(
+        prompt_id=r.prompt_id, prompt=r.prompt, chosen=chosen, rejected=rejected, p_chosen=p_chosen,
+        orders_agree=judged.get("orders_agree", True), principle_ids=judged.get("principle_ids", ""),
+        policy_version=r.policy_version if policy_version is None else policy_version,
+        judge_version=judged.get("judge_version", 0), strategy=strategy,
+        revision_strategy=r.strategy if r.pair == "initial-vs-final" else "", pair=r.pair, kind=r.kind,
+        source=r.source, constitution_version=svc.constitution.version,
+        probs_json=json.dumps(judged.get("probs", [])), seed=r.seed, prompt_created_at=r.prompt_created_at,
+        record_id=f"pref:{key(r)}", created_at=now()))
+
+
+async def process(svc: Services, records: list[CompareRecord]) -> list[list[Output]]:
+    s = svc.settings
+    outputs: dict[int, list[Output]] = {}
+    judged: list[tuple[CompareRecord, str, str]] = []
+    contrastive = [r for r in records if r.pair == strategies.CONTRASTIVE_PAIR]
+    for r in records:
+        if r.pair == strategies.CONTRASTIVE_PAIR:
+            continue
+        if s.preference == "revision-over-initial" and r.pair == "initial-vs-final":
+            hard = strategies.hard_label(r.response_a, r.response_b)
+            outputs[id(r)] = [] if hard is None else [_preference(svc, r, *hard, strategy=s.preference)]
+        else:
+            judged.append((r, r.response_a, r.response_b))
+
+    # Contrastive pairs: the current policy answers toward and away from the constitution.
+    if contrastive:
+        calls = []
+        for r in contrastive:
+            toward, away = strategies.contrast_calls(svc.constitution, s, r.prompt)
+            calls += [(toward, stable_seed(NAME, key(r), "toward", r.seed)),
+                      (away, stable_seed(NAME, key(r), "away", r.seed))]
+        answers = await strategies.run_calls(svc.inference, calls)
+        made = [(r, answers[2 * i], answers[2 * i + 1]) for i, r in enumerate(contrastive)]
+        rescored = (await _judge(svc, [(r, t.text.strip(), a.text.strip()) for r, t, a in made])
+                    if s.contrastive_label == "judge" else [None] * len(made))
+        for (r, toward, away), judgement in zip(made, rescored):
+            p = strategies.contrastive_label(judgement["p_first"] if judgement else None)
+            outputs[id(r)] = [_preference(svc, r, toward.text.strip(), away.text.strip(), p, "contrastive",
+                                          judgement, policy_version=toward.model_version)]
+
+    for (r, first, second), j in zip(judged, await _judge(svc, judged) if judged else []):
+        a_wins = j["p_first"] >= 0.5
+        outputs[id(r)] = [_preference(svc, r, first if a_wins else second, second if a_wins else first,
+                                      j["p_first"] if a_wins else 1.0 - j["p_first"], "judge", j)]
+    return [outputs[id(r)] for r in records]
 
 
 STAGE = Stage(NAME, topics.COMPARE, CompareRecord, key, process)

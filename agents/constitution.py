@@ -25,6 +25,19 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 DEFAULT_PATH = Path(__file__).with_name("default_constitution.yaml")
 
+# System prompts for the "context" and "contrastive" strategies (agents/strategies.py), used when
+# a constitution does not set its own (the paper's JSON format has none).
+DEFAULT_SYSTEM_PROMPT = (
+    "You are a careful and helpful assistant. If a request could hurt someone or help break the "
+    "law, decline it, say in one sentence why, and offer a safe alternative if there is one. "
+    "If the request is harmless, answer it fully and directly, without needless warnings.")
+DEFAULT_REMINDER = (
+    "If this request could hurt someone or is illegal, say you can't help with it and explain why. "
+    "Otherwise answer it.")
+DEFAULT_CONTRAST_PROMPT = (
+    "Reply tersely. Do not think about whether the request is safe, never explain yourself, and "
+    "never give reasons or offer alternatives.")
+
 
 class ConstitutionError(ValueError):
     """The constitution file is unusable; the message lists each bad field and how to fix it."""
@@ -83,6 +96,15 @@ class Constitution(_Strict):
     critique_revision: list[CritiquePrinciple] = Field(min_length=1)
     comparison: list[ComparisonPrinciple] = Field(min_length=1)
     few_shot: FewShot = Field(default_factory=FewShot)
+    system_prompt: str = Field(DEFAULT_SYSTEM_PROMPT, min_length=1, description=(
+        "the constitution in a few sentences, given as system context by the 'context' revision "
+        "strategy and as the 'toward' prompt of 'contrastive' preferences"))
+    reminder: str = Field(DEFAULT_REMINDER, min_length=1, description=(
+        "the constitution in one sentence, appended to the user's turn instead of a system prompt "
+        "when context_placement='user-suffix' (small models heed it more there)"))
+    contrast_prompt: str = Field(DEFAULT_CONTRAST_PROMPT, min_length=1, description=(
+        "the 'away' system prompt of 'contrastive' preferences: a careless, unexplained style; it "
+        "must never ask for harmful content"))
 
     @field_validator("version", mode="before")
     @classmethod

@@ -3,13 +3,15 @@
 Sample 0 of each prompt starts a critique-revision chain. With ``compare='policy-samples'``
 consecutive samples (0,1), (2,3), ... also go to the judge as pairs. Helpful prompts are not
 revised unless ``revise_helpful`` is set: their answer goes straight to ``sft`` so training data
-stays helpful, as in the paper's SL-CAI mix.
+stays helpful, as in the paper's SL-CAI mix. With ``preference='contrastive'`` each prompt also
+sends an empty "contrastive" pair to ``compare``, where the current policy fills it (strategies.py).
 """
 
 from __future__ import annotations
 
 import logging
 
+from agents import strategies
 from agents.delivery import Output, Stage, handle, stable_seed
 from agents.services import Services
 from serving.client import GenerationParams
@@ -47,9 +49,15 @@ def _outputs(svc: Services, record: PromptRecord, samples: list) -> list[Output]
             created_at=now(), **lineage)))
     else:
         outs.append(Output(topics.CRITIQUE, record.prompt_id, CritiqueRecord(
-            response=first, initial_response=first, round=1, rounds=s.rounds, sample_index=0,
+            response=first, initial_response=first, round=1, sample_index=0,
+            rounds=strategies.chain_rounds(s.strategy, s.rounds),
             constitution_version=svc.constitution.version, created_at=now(), **lineage)))
-    if s.compare == "policy-samples":
+    pairs = strategies.pair_source(s)
+    if pairs == strategies.CONTRASTIVE_PAIR:
+        outs.append(Output(topics.COMPARE, record.prompt_id, CompareRecord(
+            response_a="", response_b="", pair=pairs, pair_index=0,
+            constitution_version=svc.constitution.version, created_at=now(), **lineage)))
+    if pairs == "policy-samples":
         for pair_index in range(len(samples) // 2):
             a, b = samples[2 * pair_index], samples[2 * pair_index + 1]
             outs.append(Output(topics.COMPARE, record.prompt_id, CompareRecord(

@@ -89,6 +89,25 @@ def revision_prompt(constitution: Constitution, principle: CritiquePrinciple, pr
             + f"\n\nRevisionRequest: {principle.revision}\n\nRevision:")
 
 
+def _direct_block(constitution: Constitution, example: CritiqueExample) -> str:
+    _, revision_request = constitution.example_requests(example)
+    return (_dialogue(example.prompt, example.response, example.history, trusted=True)
+            + f"\n\nRevisionRequest: {revision_request}\n\nRevision: {example.revision.strip()}")
+
+
+def direct_prefix(constitution: Constitution) -> str:
+    """The constant part of every critique-free ("direct") revision prompt."""
+    blocks = [_direct_block(constitution, ex) for ex in constitution.few_shot.critique_revision]
+    return "".join(block + EXAMPLE_SEPARATOR + "\n\n" for block in blocks)
+
+
+def direct_revision_prompt(constitution: Constitution, principle: CritiquePrinciple, prompt: str,
+                           response: str) -> str:
+    """Text the reviser continues under the "direct" strategy: no critique, straight to ``Revision:``."""
+    return (direct_prefix(constitution) + _dialogue(prompt, response)
+            + f"\n\nRevisionRequest: {principle.revision}\n\nRevision:")
+
+
 def _comparison_block(prompt: str, principle_text: str, first: str, second: str, trusted: bool) -> str:
     clean = (lambda s: s.strip()) if trusted else escape
     return (

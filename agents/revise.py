@@ -1,9 +1,9 @@
 """Revise stage: ``revise`` -> the reviser rewrites the answer -> ``critique`` again or, after the
 last round, ``sft`` (final revision plus every step) and ``compare`` (initial vs final).
 
-``strategy`` names how revisions are made; "critique-revise" is the paper's. Other strategies
-(for example "direct": revise without a written critique, or "context": the principle given as
-context to the policy) would be new stage functions that emit the same records.
+``strategy`` (carried on the record) names how revisions are made: "critique-revise" (the
+paper's), "direct" (no critique) or "context" (the current policy answers again with the
+constitution as system prompt); agents/strategies.py builds the call for each.
 """
 
 from __future__ import annotations
@@ -11,10 +11,9 @@ from __future__ import annotations
 import json
 import logging
 
-from agents import prompts
+from agents import prompts, strategies
 from agents.delivery import Output, Stage, handle, stable_seed
 from agents.services import Services
-from serving.client import GenerationParams
 from streams import topics
 from streams.records import CompareRecord, CritiqueRecord, ReviseRecord, SFTRecord, now
 
@@ -31,7 +30,8 @@ def _next(svc: Services, record: ReviseRecord, revision: str, version: int) -> l
     steps = json.loads(record.steps_json or "[]")
     # An empty revision, or one that copies a few-shot example, keeps the previous answer.
     rejected = not revision or prompts.copies_example(svc.constitution, revision)
-    steps.append({"round": record.round, "principle_id": record.principle_id, "critique": record.critique,
+    steps.append({"round": record.round, "strategy": record.strategy, "principle_id": record.principle_id,
+                  "critique": record.critique,
                   "revision": record.response if rejected else revision, "revision_rejected": rejected,
                   "raw_revision": revision if rejected else "", "critic_version": record.critic_version,
                   "reviser_version": version})
@@ -54,7 +54,7 @@ def _next(svc: Services, record: ReviseRecord, revision: str, version: int) -> l
         rounds=record.rounds, sample_index=record.sample_index, critic_version=record.critic_version,
         reviser_version=version, record_id=f"sft:{record.prompt_id}:{record.sample_index}",
         created_at=now(), **common))]
-    if svc.settings.compare == "initial-vs-final":
+    if strategies.pair_source(svc.settings) == "initial-vs-final":
         outs.append(Output(topics.COMPARE, record.prompt_id, CompareRecord(
             response_a=record.initial_response, response_b=revision, pair="initial-vs-final",
             pair_index=record.sample_index, created_at=now(), **common)))
@@ -63,17 +63,16 @@ def _next(svc: Services, record: ReviseRecord, revision: str, version: int) -> l
 
 async def process(svc: Services, records: list[ReviseRecord]) -> list[list[Output]]:
     s, constitution = svc.settings, svc.constitution
-    items = []
+    calls = []
     for r in records:
-        principle = constitution.critique_by_id.get(r.principle_id) or constitution.draw_critique(
-            r.prompt_id, r.round, r.seed, r.sample_index)
-        items.append((prompts.revision_prompt(constitution, principle, r.prompt, r.response, r.critique),
-                      stable_seed(NAME, key(r), r.seed)))
-    params = GenerationParams(max_new_tokens=s.revision_max_new_tokens, temperature=s.critic_temperature,
-                              stop=prompts.STOP, chat=False)
-    generations = await svc.inference.generate("reviser", items, params)
-    return [_next(svc, r, prompts.clean_generation(g[0].text), g[0].model_version)
-            for r, g in zip(records, generations)]
+        principle = None if r.strategy == "context" else (
+            constitution.critique_by_id.get(r.principle_id)
+            or constitution.draw_critique(r.prompt_id, r.round, r.seed, r.sample_index))
+        call = strategies.revision_call(constitution, s, r.strategy, principle, r.prompt, r.response, r.critique)
+        calls.append((call, stable_seed(NAME, key(r), r.seed)))
+    results = await strategies.run_calls(svc.inference, calls)
+    return [_next(svc, r, strategies.clean_output(call, g.text), g.model_version)
+            for r, (call, _), g in zip(records, calls, results)]
 
 
 STAGE = Stage(NAME, topics.REVISE, ReviseRecord, key, process)

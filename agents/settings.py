@@ -32,7 +32,24 @@ class PipelineSettings(BaseSettings):
                                   description="comparison principles averaged per label (each in both orders)")
     judge_cot: bool = Field(False, description="chain-of-thought judging (probabilities clamped to 40-60%)")
     revise_helpful: bool = Field(False, description="also critique/revise prompts of kind 'helpful'")
-    strategy: Literal["critique-revise"] = Field("critique-revise", description="revision strategy")
+    strategy: Literal["critique-revise", "direct", "context"] = Field(
+        "critique-revise", description="revision strategy: 'critique-revise' (the paper's), 'direct' "
+        "(revise under the principle, no critique) or 'context' (the policy answers again with the "
+        "constitution as system prompt; training on it distils the context); docs/strategies.md")
+    preference: Literal["judge", "revision-over-initial", "contrastive"] = Field(
+        "judge", description="preference strategy: 'judge' (soft (A)/(B) labels), "
+        "'revision-over-initial' (hard label for the final revision) or 'contrastive' (RLCD: a "
+        "policy answer prompted toward the constitution over one prompted away from it)")
+    context_placement: Literal["system", "user-suffix"] = Field(
+        "system", description="where context and contrast answers get the constitution: as system "
+        "prompt (system_prompt / contrast_prompt), or appended to the user's turn in parentheses "
+        "(reminder / contrast_prompt); training always uses the plain prompt")
+    context_temperature: float | None = Field(
+        None, ge=0, description="sampling temperature of context and contrast answers; default: "
+        "temperature (lower gives answers that follow the context more closely)")
+    contrastive_label: Literal["construction", "judge"] = Field(
+        "construction", description="contrastive pairs: p_chosen=1 by construction, or the judge's "
+        "soft probability that the 'toward' answer is better")
     seed: int = Field(0, description="seeds principle draws and sampling; recorded on every record")
     constitution: Path | None = Field(None, description="YAML file or paper-format folder; default built in")
 
@@ -62,6 +79,9 @@ class PipelineSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _consistent(self) -> PipelineSettings:
+        if self.preference == "revision-over-initial" and self.compare != "initial-vs-final":
+            raise ValueError("preference='revision-over-initial' labels (initial answer, final revision) "
+                             "pairs; set CAI_PIPELINE_COMPARE=initial-vs-final or choose another preference")
         if self.compare == "policy-samples" and self.num_samples < 2:
             raise ValueError("compare='policy-samples' needs num_samples >= 2; set "
                              "CAI_PIPELINE_NUM_SAMPLES=2 or choose compare='initial-vs-final'")

@@ -163,7 +163,7 @@ class InferenceClient:
     async def ready(self, role: str) -> bool:
         try:
             return await self._grpc().is_model_ready(role)
-        except Exception:
+        except Exception:  # noqa: BLE001
             return False
 
     async def close(self) -> None:
@@ -171,7 +171,7 @@ class InferenceClient:
             await self._client.close()
             self._client = None
 
-    async def __aenter__(self) -> InferenceClient:
+    async def __aenter__(self) -> InferenceClient:  # noqa: PYI034
         return self
 
     async def __aexit__(self, *exc) -> None:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -132,6 +133,33 @@ class _Row:
     stop_at: int | None = None  # character offset of the first stop string in the text
 
 
+MAX_NUCLEUS_DRAWS = 64
+
+
+def _sample_nucleus(probs: torch.Tensor, top_p: float, generator: torch.Generator) -> int:
+    """One token from the top-p nucleus of ``probs``, renormalised.
+
+    Rejection sampling instead of sorting the vocabulary: draw from the full distribution
+    and accept the token if the mass of strictly more probable tokens is below ``top_p``
+    (that is, it belongs to the nucleus). Accepted draws follow the renormalised nucleus
+    exactly; about 1/top_p draws are needed, each O(vocab), against an O(vocab log vocab)
+    sort per row and step.
+    """
+    cumulative = torch.cumsum(probs, dim=0)
+    for _ in range(MAX_NUCLEUS_DRAWS if top_p < 1.0 else 1):
+        u = torch.rand((), generator=generator) * cumulative[-1]
+        token = int(torch.searchsorted(cumulative, u, right=True).clamp(max=len(probs) - 1))
+        if top_p >= 1.0 or float(probs[probs > probs[token]].sum()) < top_p:
+            return token
+    # Very small top_p: fall back to an explicit sort (rarely reached).
+    values, order = torch.sort(probs, descending=True)
+    mass = torch.cumsum(values, dim=0)
+    cut = int(torch.searchsorted(mass, torch.tensor(top_p))) + 1
+    mass = mass[:cut]
+    u = torch.rand((), generator=generator) * mass[-1]
+    return int(order[int(torch.searchsorted(mass, u, right=True).clamp(max=cut - 1))])
+
+
 def _make_generator(seed: int | None) -> torch.Generator:
     generator = torch.Generator(device="cpu")
     generator.manual_seed(seed if seed is not None else random.SystemRandom().randrange(2**63))
@@ -142,13 +170,17 @@ class TextGenerator:
     """A causal LM plus tokenizer that serves batched generation and choice scoring."""
 
     def __init__(self, source: str | Path, threads: int | None = None, dtype: str = "float32",
-                 max_context: int | None = None) -> None:
+                 max_context: int | None = None, prefix_min_tokens: int = 32,
+                 prefix_cache_entries: int = 4) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         if threads:
             torch.set_num_threads(int(threads))
         started = time.monotonic()
         self.source = str(source)
+        self.prefix_min_tokens = prefix_min_tokens  # 0 disables prefix sharing
+        self.prefix_cache_entries = prefix_cache_entries
+        self._prefixes: OrderedDict[tuple[int, ...], list] = OrderedDict()
         self.tokenizer = AutoTokenizer.from_pretrained(self.source)
         self.model = AutoModelForCausalLM.from_pretrained(self.source, dtype=getattr(torch, dtype))
         self.model.eval()
@@ -227,19 +259,27 @@ class TextGenerator:
     def _run(self, rows: list[_Row]) -> None:
         from transformers import DynamicCache
 
-        width = max(len(r.prompt_ids) for r in rows)
-        input_ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, row in enumerate(rows):
-            input_ids[i, width - len(row.prompt_ids):] = torch.tensor(row.prompt_ids)
-            mask[i, width - len(row.prompt_ids):] = 1
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        shared, layers = self._shared_prefix(rows)
         cache = DynamicCache(config=self.model.config)
+        for index, (keys, values) in enumerate(layers):
+            # Expanded views: no copy until the cache grows (the first concatenation).
+            cache.update(keys.expand(len(rows), -1, -1, -1), values.expand(len(rows), -1, -1, -1), index)
+        # Each row's own tokens after the shared prefix, left-padded; the padding sits between
+        # the prefix and the row's tokens, which the attention mask hides.
+        width = max(len(r.prompt_ids) for r in rows) - shared
+        input_ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        own = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, row in enumerate(rows):
+            suffix = row.prompt_ids[shared:]
+            input_ids[i, width - len(suffix):] = torch.tensor(suffix)
+            own[i, width - len(suffix):] = 1
+        positions = (shared + own.cumsum(-1) - 1).clamp(min=shared)
+        mask = torch.cat([torch.ones((len(rows), shared), dtype=torch.long), own], dim=1)
         out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
                          past_key_values=cache, use_cache=True, logits_to_keep=1)
         logits = out.logits[:, -1, :]
-        active = list(range(len(rows)))  # indices into rows, one per batch row
         next_pos = positions[:, -1] + 1
+        active = list(range(len(rows)))  # indices into rows, one per batch row
         while True:
             choices = self._choose(logits, [rows[i] for i in active])
             tokens = [token for token, _ in choices]
@@ -262,28 +302,64 @@ class TextGenerator:
             logits = out.logits[:, -1, :]
             next_pos = next_pos + 1
 
+    def _shared_prefix(self, rows: list[_Row]) -> tuple[int, list[tuple[torch.Tensor, torch.Tensor]]]:
+        """Length and per-layer KV (batch 1) of a token prefix that every row starts with.
+
+        Critique and revision prompts repeat a long few-shot block, and samples of one request
+        repeat their whole prompt: computing that part once per batch, and keeping it across
+        batches (a small LRU), removes most of the prefill work.
+        """
+        if self.prefix_min_tokens <= 0:
+            return 0, []
+        limit = min(len(r.prompt_ids) for r in rows) - 1  # every row keeps >= 1 token of its own
+        first = rows[0].prompt_ids
+        common = limit
+        for row in rows[1:]:
+            ids = row.prompt_ids
+            k = 0
+            while k < common and ids[k] == first[k]:
+                k += 1
+            common = k
+        best_key: tuple[int, ...] = ()
+        for key in self._prefixes:
+            if len(best_key) < len(key) <= common and tuple(first[: len(key)]) == key:
+                best_key = key
+        if best_key:
+            self._prefixes.move_to_end(best_key)  # the long-lived few-shot block stays cached
+        if len(rows) > 1 and common - len(best_key) >= self.prefix_min_tokens:
+            return common, self._extend_prefix(best_key, tuple(first[:common]))
+        if best_key:
+            return len(best_key), self._prefixes[best_key]
+        return 0, []
+
+    def _extend_prefix(self, base: tuple[int, ...], key: tuple[int, ...]) -> list:
+        from transformers import DynamicCache
+
+        cache = DynamicCache(config=self.model.config)
+        for index, (keys, values) in enumerate(self._prefixes.get(base, [])):
+            cache.update(keys, values, index)
+        extra = torch.tensor([key[len(base):]])
+        positions = torch.arange(len(base), len(key))[None, :]
+        self.model(input_ids=extra, attention_mask=torch.ones((1, len(key)), dtype=torch.long),
+                   position_ids=positions, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        layers = [(layer.keys, layer.values) for layer in cache.layers]
+        self._prefixes[key] = layers
+        while len(self._prefixes) > self.prefix_cache_entries:
+            self._prefixes.popitem(last=False)
+        return layers
+
     def _choose(self, logits: torch.Tensor, rows: list[_Row]) -> list[tuple[int, float]]:
         """Pick each row's next token with its own temperature/top-p/generator; with its logprob."""
         logits = logits.float()
         logprobs = torch.log_softmax(logits, dim=-1)
-        chosen: list[tuple[int, float]] = []
         temps = torch.tensor([max(r.temperature, 1e-6) for r in rows])[:, None]
         probs = torch.softmax(logits / temps, dim=-1)
+        chosen: list[tuple[int, float]] = []
         for b, row in enumerate(rows):
             if row.temperature <= 0:
                 token = int(torch.argmax(logits[b]))
             else:
-                p = probs[b]
-                if row.top_p < 1.0:
-                    sorted_p, order = torch.sort(p, descending=True)
-                    cumulative = torch.cumsum(sorted_p, dim=0)
-                    # Keep the smallest prefix whose mass reaches top_p (always the top token).
-                    cut = int(torch.searchsorted(cumulative, torch.tensor(row.top_p))) + 1
-                    sorted_p = sorted_p[:cut]
-                    token = int(order[torch.multinomial(sorted_p / sorted_p.sum(), 1,
-                                                        generator=row.generator)])
-                else:
-                    token = int(torch.multinomial(p, 1, generator=row.generator))
+                token = _sample_nucleus(probs[b], row.top_p, row.generator)
             chosen.append((token, float(logprobs[b, token])))
         return chosen
 
@@ -337,9 +413,16 @@ class TextGenerator:
         return outputs
 
     def score_continuations(self, items: list[tuple[str, list[str]]]) -> list[list[float]]:
-        """For each (prefix, choices): log P(choice text | prefix), tokenised jointly with the prefix."""
-        sequences: list[list[int]] = []
-        spans: list[int] = []  # how many trailing tokens of each sequence are scored
+        """For each (prefix, choices): log P(choice text | prefix), tokenised jointly with the prefix.
+
+        The part every choice shares runs once per item (one row per item); its KV cache is then
+        copied to one row per choice and only the short choice tails run on top of it, so a
+        two-choice judge costs one prompt forward, not two.
+        """
+        from transformers import DynamicCache
+
+        heads: list[list[int]] = []  # per item: the tokens all its choices share
+        tails: list[list[int]] = []  # per (item, choice): the scored tokens
         owners: list[tuple[int, int]] = []
         for item_index, (prefix, choices) in enumerate(items):
             prefix_ids = self.encode(prefix)
@@ -358,29 +441,47 @@ class TextGenerator:
                 if len(ids) > self.max_context:
                     raise RequestError(f"prompt + choice has {len(ids)} tokens, more than the "
                                        f"model's context of {self.max_context}; shorten the prompt")
-                sequences.append(ids)
-                spans.append(len(ids) - shared)
+                tails.append(ids[shared:])
                 owners.append((item_index, choice_index))
+            heads.append(joint[0][:shared])
         results = [[0.0] * len(choices) for _, choices in items]
-        if not sequences:
+        if not tails:
             return results
-        width = max(len(s) for s in sequences)
-        keep = max(spans) + 1
-        input_ids = torch.full((len(sequences), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros_like(input_ids)
-        for i, ids in enumerate(sequences):
-            input_ids[i, width - len(ids):] = torch.tensor(ids)
-            mask[i, width - len(ids):] = 1
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        logits = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
-                            use_cache=False, logits_to_keep=keep).logits.float()
-        logprobs = torch.log_softmax(logits, dim=-1)  # (rows, keep, vocab): last `keep` positions
-        for i, (span, (item_index, choice_index)) in enumerate(zip(spans, owners)):
-            targets = input_ids[i, width - span:]
-            # Position width-1-k predicts token width-k; the kept window ends at width-1.
-            predictors = logprobs[i, keep - 1 - span: keep - 1]
-            total = predictors.gather(1, targets[:, None]).sum() if span else torch.tensor(0.0)
-            results[item_index][choice_index] = float(total)
+        # Phase 1: the shared heads, left-padded, one row per item.
+        width = max(len(h) for h in heads)
+        head_ids = torch.full((len(heads), width), self.pad_id, dtype=torch.long)
+        head_mask = torch.zeros_like(head_ids)
+        for i, ids in enumerate(heads):
+            head_ids[i, width - len(ids):] = torch.tensor(ids)
+            head_mask[i, width - len(ids):] = 1
+        cache = DynamicCache(config=self.model.config)
+        first = self.model(input_ids=head_ids, attention_mask=head_mask,
+                           position_ids=(head_mask.cumsum(-1) - 1).clamp(min=0),
+                           past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1].float()
+        first = torch.log_softmax(first, dim=-1)  # predicts each item's first tail token
+        rows = torch.tensor([item for item, _ in owners])
+        for (item_index, choice_index), tail in zip(owners, tails):
+            if tail:
+                results[item_index][choice_index] = float(first[item_index, tail[0]])
+        longest = max(len(t) for t in tails)
+        if longest < 2:
+            return results
+        # Phase 2: one row per choice on a copy of its item's cache; tails right-padded.
+        cache.batch_select_indices(rows)
+        tail_ids = torch.full((len(tails), longest - 1), self.pad_id, dtype=torch.long)
+        tail_mask = torch.zeros_like(tail_ids)
+        for i, tail in enumerate(tails):
+            if len(tail) > 1:
+                tail_ids[i, : len(tail) - 1] = torch.tensor(tail[:-1])
+                tail_mask[i, : len(tail) - 1] = 1
+        starts = torch.tensor([len(heads[item]) for item, _ in owners])[:, None]
+        logits = self.model(input_ids=tail_ids, attention_mask=torch.cat([head_mask[rows], tail_mask], 1),
+                            position_ids=starts + torch.arange(longest - 1)[None, :],
+                            past_key_values=cache, use_cache=True).logits.float()
+        logprobs = torch.log_softmax(logits, dim=-1)
+        for i, ((item_index, choice_index), tail) in enumerate(zip(owners, tails)):
+            for j in range(1, len(tail)):
+                results[item_index][choice_index] += float(logprobs[i, j - 1, tail[j]])
         return results
 
 
@@ -402,6 +503,12 @@ def sequence_logprob(model, prompt_ids: list[int], completion_ids: list[int]) ->
 
 
 __all__ = [
-    "GenRequest", "GenResult", "JudgeRequest", "JudgeOutput", "RequestError", "TextGenerator",
-    "clamp_probs", "sequence_logprob",
+    "GenRequest",
+    "GenResult",
+    "JudgeOutput",
+    "JudgeRequest",
+    "RequestError",
+    "TextGenerator",
+    "clamp_probs",
+    "sequence_logprob",
 ]

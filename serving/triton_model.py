@@ -8,14 +8,15 @@ grouped, runs all generate requests in one batch and all judge requests in anoth
 returns one response per request. A request that fails to parse or run gets its own
 ``TritonError``; the others still succeed. Every answer names the version that produced it.
 
-Custom Prometheus counters (``cai_requests_total`` and friends, labelled by role and
-version) appear on Triton's ``/metrics`` endpoint next to Triton's own.
+Custom Prometheus counters (``cai_requests_total`` and friends, labelled by role, version
+and instance pid) appear on Triton's ``/metrics`` endpoint next to Triton's own.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -46,7 +47,9 @@ class TritonPythonModel:
         version_dir = Path(args["model_repository"]) / args["model_version"]
         source = read_version_source(version_dir)
         threads = int(params.get("threads") or 1)
-        self.generator = TextGenerator(source, threads=threads, dtype=params.get("dtype") or "float32")
+        self.generator = TextGenerator(
+            source, threads=threads, dtype=params.get("dtype") or "float32",
+            prefix_min_tokens=int(params.get("prefix_min_tokens") or 32))
         self._metrics = self._make_metrics()
         logger.info("%s v%d serving %s", self.role, self.version, source)
 
@@ -54,7 +57,11 @@ class TritonPythonModel:
         # pb_utils.MetricFamily exists in the python backend since Triton 23.05 (2.34).
         if not hasattr(pb_utils, "MetricFamily"):
             return {}
-        labels = {"role": self.role, "version": str(self.version)}
+        # The "instance" label (pid) keeps every process's series distinct: Triton 2.51 shares
+        # a Metric whose name and labels match across stub processes and frees it when the
+        # first one unloads, which crashes the server on a same-version reload
+        # (triton-inference-server/server#8663).
+        labels = {"role": self.role, "version": str(self.version), "instance": str(os.getpid())}
         self._families = {
             name: pb_utils.MetricFamily(name=name, description=text, kind=pb_utils.MetricFamily.COUNTER)
             for name, text in _COUNTERS.items()
@@ -74,7 +81,7 @@ class TritonPythonModel:
             try:
                 raw = pb_utils.get_input_tensor_by_name(request, INPUT_NAME).as_numpy().reshape(-1)
                 parsed[r] = [decode_request(bytes(item)) for item in raw]
-            except Exception as exc:  # a malformed request fails alone
+            except Exception as exc:  # noqa: BLE001 (a malformed request fails alone)
                 responses[r] = self._error(exc)
         answers: dict[int, list] = {r: [None] * len(items) for r, items in parsed.items()}
         gen = [(r, i, req) for r, items in parsed.items() for i, req in enumerate(items)
@@ -104,7 +111,7 @@ class TritonPythonModel:
             for (r, i, _), answer in zip(work, runner([req for _, _, req in work])):
                 answers[r][i] = answer
             return
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001
             if len({r for r, _, _ in work}) == 1:
                 failed[work[0][0]] = exc
                 return
@@ -113,7 +120,7 @@ class TritonPythonModel:
             try:
                 for (_, i, _), answer in zip(mine, runner([req for _, _, req in mine])):
                     answers[r][i] = answer
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001
                 failed[r] = exc
 
     def _generate(self, requests: list[GenRequest]) -> list[dict]:

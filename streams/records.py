@@ -23,7 +23,11 @@ import faust.exceptions
 from faust.models.fields import StringField
 
 KINDS = ("harmful", "helpful")
-STRATEGIES = ("critique-revise", "direct", "context")
+# How a revision (SFT record) was made, and how a preference label was made; a record's
+# ``strategy`` names the one that made it (agents/strategies.py, docs/strategies.md).
+REVISION_STRATEGIES = ("critique-revise", "direct", "context")
+PREFERENCE_STRATEGIES = ("judge", "revision-over-initial", "contrastive")
+STRATEGIES = REVISION_STRATEGIES + PREFERENCE_STRATEGIES
 
 
 class RecordError(ValueError):
@@ -182,7 +186,12 @@ class SFTRecord(WireRecord, validation=True, serializer="json"):
 
 
 class PreferenceRecord(WireRecord, validation=True, serializer="json"):
-    """A soft-labelled preference pair (topic ``preferences``), TRL field names."""
+    """A soft-labelled preference pair (topic ``preferences``), TRL field names.
+
+    ``strategy`` names how the label was made (one of PREFERENCE_STRATEGIES; records written
+    before preference strategies existed say "critique-revise" and were judged);
+    ``revision_strategy`` names how the revised answer in the pair was made, if there is one.
+    """
 
     prompt_id: str
     prompt: str
@@ -203,6 +212,7 @@ class PreferenceRecord(WireRecord, validation=True, serializer="json"):
     probs_json: str = "[]"              # per (principle, order) P(first-listed answer wins)
     seed: int = 0
     prompt_created_at: float = 0.0
+    revision_strategy: str = blank("")
 
 
 class PolicyVersionRecord(WireRecord, validation=True, serializer="json"):

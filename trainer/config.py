@@ -30,7 +30,7 @@ class TrainerConfig:
     # What to train.
     mode: str = field(default="dpo", metadata=_help(
         "preference stage: 'dpo' trains the policy directly on soft labels; 'reward' trains a "
-        "preference model (base model + scalar head) that can score answers"))
+        "preference model (base model + scalar head) that can score answers", choices=MODES))
     sft: bool = field(default=True, metadata=_help(
         "also fine-tune the policy on the critiqued revisions (SL-CAI) each round"))
     model: str | None = field(default=None, metadata=_help(
@@ -69,7 +69,7 @@ class TrainerConfig:
         "are stale"))
     staleness_policy: str = field(default="drop", metadata=_help(
         "'drop' skips stale records; 'downweight' multiplies their loss weight by "
-        "stale_weight for every version beyond max_staleness"))
+        "stale_weight for every version beyond max_staleness", choices=STALENESS_POLICIES))
     stale_weight: float = field(default=0.5, metadata=_help(
         "loss weight factor per version of excess staleness (downweight policy)"))
     helpful_mix: float = field(default=0.5, metadata=_help(
@@ -150,7 +150,8 @@ class TrainerConfig:
                 parser.add_argument(flag, dest=f.name, nargs="+", default=None, help=help_text)
             else:
                 kind = {"int": int, "float": float}.get(str(f.type), str)
-                parser.add_argument(flag, dest=f.name, type=kind, default=None, help=help_text)
+                parser.add_argument(flag, dest=f.name, type=kind, default=None, help=help_text,
+                                    choices=f.metadata.get("choices"))
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, base: TrainerConfig | None = None) -> TrainerConfig:

@@ -1,8 +1,7 @@
 """Training examples: decode wire records, tokenise chat turns, pad batches.
 
-Records arrive as JSON objects (see streams/records.py); only the fields the trainer needs
-are read and unknown keys (faust's ``__faust``, fields added later) are ignored, so the
-trainer keeps working when the wire schema grows.
+Records arrive as JSON objects and are decoded by streams/records.py (strict types, unknown
+keys such as faust's ``__faust`` ignored); only the fields training needs are kept.
 
 Every answer is scored as the assistant turn of a chat: the prompt part is the chat
 template with ``add_generation_prompt=True`` and the labels cover only the tokens after it.
@@ -10,9 +9,7 @@ template with ``add_generation_prompt=True`` and the labels cover only the token
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 
@@ -27,6 +24,7 @@ class SFTExample:
     kind: str = "harmful"
     policy_version: int = 0
     weight: float = 1.0
+    record_id: str = ""  # the producer's stable id (duplicates after a crash share it)
     source: str = ""  # "topic/partition/offset": the record's unique place in the log
 
 
@@ -39,57 +37,39 @@ class PreferenceExample:
     p_chosen: float = 1.0
     policy_version: int = 0
     weight: float = 1.0
+    record_id: str = ""
     source: str = ""
 
 
 class BadRecord(ValueError):
-    """A record that cannot be used: not JSON, or a required field missing or of the wrong type."""
-
-
-def _load(raw: bytes | str | dict) -> dict:
-    if isinstance(raw, dict):
-        return raw
-    try:
-        data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise BadRecord(f"not JSON: {exc}") from exc
-    if not isinstance(data, dict):
-        raise BadRecord(f"expected a JSON object, got {type(data).__name__}")
-    return data
-
-
-def _field(data: dict, name: str, kind: type, default: Any = ...) -> Any:
-    if name not in data:
-        if default is ...:
-            raise BadRecord(f"missing field {name!r}")
-        return default
-    value = data[name]
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise BadRecord(f"field {name!r} should be {kind.__name__}, got {type(value).__name__}")
-    return value
+    """A record that cannot be used; the message names the field and the fix."""
 
 
 def parse_sft(raw: bytes | str | dict, source: str = "") -> SFTExample:
-    data = _load(raw)
-    return SFTExample(
-        prompt_id=_field(data, "prompt_id", str), prompt=_field(data, "prompt", str),
-        response=_field(data, "response", str), kind=_field(data, "kind", str, "harmful"),
-        policy_version=_field(data, "policy_version", int, 0), source=source,
-    )
+    """Decode an SFTRecord (strict types, unknown keys ignored) into a training example."""
+    from streams.records import RecordError, SFTRecord, decode
+
+    try:
+        record = decode(SFTRecord, raw)
+    except RecordError as exc:
+        raise BadRecord(str(exc)) from exc
+    return SFTExample(prompt_id=record.prompt_id, prompt=record.prompt, response=record.response,
+                      kind=record.kind, policy_version=record.policy_version,
+                      record_id=record.record_id, source=source)
 
 
 def parse_preference(raw: bytes | str | dict, source: str = "") -> PreferenceExample:
-    data = _load(raw)
-    p = _field(data, "p_chosen", float, 1.0)
-    if not 0.0 <= p <= 1.0:
-        raise BadRecord(f"field 'p_chosen'={p} is outside [0, 1]")
-    return PreferenceExample(
-        prompt_id=_field(data, "prompt_id", str), prompt=_field(data, "prompt", str),
-        chosen=_field(data, "chosen", str), rejected=_field(data, "rejected", str), p_chosen=p,
-        policy_version=_field(data, "policy_version", int, 0), source=source,
-    )
+    """Decode a PreferenceRecord into a training example (soft label ``p_chosen``)."""
+    from streams.records import PreferenceRecord, RecordError, decode
+
+    try:
+        record = decode(PreferenceRecord, raw)
+    except RecordError as exc:
+        raise BadRecord(str(exc)) from exc
+    return PreferenceExample(prompt_id=record.prompt_id, prompt=record.prompt,
+                             chosen=record.chosen, rejected=record.rejected,
+                             p_chosen=record.p_chosen, policy_version=record.policy_version,
+                             record_id=record.record_id, source=source)
 
 
 # --- tokenisation ------------------------------------------------------------------------

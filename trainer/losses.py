@@ -25,7 +25,9 @@ def token_logps(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
     """
     decoder = model.get_decoder()
     head = model.get_output_embeddings()
-    hidden = decoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    # use_cache=False: training needs no KV cache, and building one costs memory.
+    hidden = decoder(input_ids=input_ids, attention_mask=attention_mask,
+                     use_cache=False).last_hidden_state
     targets = labels[:, 1:]
     selected = targets != IGNORE_INDEX
     rows = torch.arange(labels.shape[0], device=labels.device).unsqueeze(1).expand_as(targets)[selected]

@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from trainer.data import chat_full_text, pad_batch, Tokenised
+from trainer.data import Tokenised, chat_full_text, pad_batch
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +57,8 @@ class PreferenceModel(nn.Module):
     load = from_pretrained
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        hidden = self.decoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        hidden = self.decoder(input_ids=input_ids, attention_mask=attention_mask,
+                              use_cache=False).last_hidden_state
         last = attention_mask.sum(dim=1) - 1  # right padding: last real token
         picked = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
         return self.head(picked.float()).squeeze(-1)

@@ -32,7 +32,7 @@ def test_policy_samples_needs_two_samples():
 
 
 @pytest.mark.parametrize("kwargs", [{"rounds": 0}, {"compare": "sideways"}, {"batch_size": 0},
-                                    {"strategy": "direct"}])
+                                    {"strategy": "magic"}, {"preference": "sideways"}])
 def test_invalid_values_are_rejected(kwargs):
     with pytest.raises(ValidationError):
         PipelineSettings(**kwargs)

@@ -1,0 +1,181 @@
+"""Revision and preference strategies: how each stage turns its input into model calls and labels.
+
+The stage agents (policy, critique, revise, compare) stay the same for every strategy; they ask
+this module what to call and how to label, so the Faust pipeline and the in-process strategy
+grid (``cai grid``, cai/grid.py) run exactly the same logic.
+
+Revision strategies (``PipelineSettings.strategy``; carried on every chain record, so records
+already in flight finish under the strategy that started them):
+
+* ``critique-revise``: the paper's method: the critic critiques under a drawn principle, the
+  reviser rewrites with the critique in its prompt; ``rounds`` rounds.
+* ``direct``: the critique stage passes the record through with only the drawn principle; the
+  reviser rewrites under the principle's revision request, with no critique.
+* ``context``: the *policy* answers the plain prompt again with the constitution as system
+  context (``Constitution.system_prompt``), or with ``context_placement='user-suffix'`` with a
+  one-sentence reminder (``Constitution.reminder``) after the user's request, which SmolLM2
+  heeds far more than a system prompt. Training the policy on (plain prompt -> that answer)
+  distils the context into the weights (context distillation). One round.
+
+Preference strategies (``PipelineSettings.preference``):
+
+* ``judge``: the judge's soft (A)/(B) label, both orders averaged (agents/compare.py).
+* ``revision-over-initial``: the final revision is chosen over the initial answer, p_chosen=1.
+* ``contrastive`` (RLCD, Yang et al. 2023): the current policy answers twice, once with the
+  constitution as system prompt ("toward") and once with ``Constitution.contrast_prompt``
+  ("away": terse, careless, no reasons; never a request for harmful content), both placed as
+  ``context_placement`` says and sampled at ``context_temperature``. The toward
+  answer is chosen by construction (p_chosen=1), or with ``contrastive_label='judge'`` the
+  judge's soft probability that it is better is the label.
+
+Context and contrast answers are ordinary calls to the "policy" role, so they always come from
+the policy version that is serving: each new version makes the next round's data.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from agents import prompts
+from agents.constitution import Constitution, CritiquePrinciple
+from agents.settings import PipelineSettings
+from serving.client import GenerationParams
+from streams.records import PREFERENCE_STRATEGIES, REVISION_STRATEGIES
+
+logger = logging.getLogger(__name__)
+
+REVISION = REVISION_STRATEGIES
+PREFERENCE = PREFERENCE_STRATEGIES
+CONTEXT_PRINCIPLE = "constitution"  # principle id recorded for context answers (the whole text)
+CONTRASTIVE_PAIR = "contrastive"
+
+
+@dataclass(frozen=True)
+class Call:
+    """One model call: which role, the text it gets, and how to sample."""
+
+    role: str
+    text: str
+    params: GenerationParams
+
+
+def check_strategy(strategy: str) -> None:
+    if strategy not in REVISION:
+        raise ValueError(f"revision strategy {strategy!r} is not one of {', '.join(REVISION)}; "
+                         "set CAI_PIPELINE_STRATEGY to one of them")
+
+
+def uses_critic(strategy: str) -> bool:
+    """Whether the critique stage calls the critic (otherwise it passes the record through)."""
+    check_strategy(strategy)
+    return strategy == "critique-revise"
+
+
+def chain_rounds(strategy: str, rounds: int) -> int:
+    """Rounds of a chain: asking the same context again adds nothing, so 'context' runs one."""
+    check_strategy(strategy)
+    return 1 if strategy == "context" else rounds
+
+
+def pair_source(settings: PipelineSettings) -> str:
+    """Which pairs go to the compare stage: 'initial-vs-final', 'policy-samples', 'contrastive' or 'none'."""
+    if settings.compare == "none":
+        return "none"
+    if settings.preference == "contrastive":
+        return CONTRASTIVE_PAIR
+    return settings.compare
+
+
+def principle_for(constitution: Constitution, strategy: str, prompt_id: str, round_: int, seed: int,
+                  sample: int) -> str:
+    """Principle id a pass-through critique records (the context strategy uses the whole text)."""
+    if strategy == "context":
+        return CONTEXT_PRINCIPLE
+    return constitution.draw_critique(prompt_id, round_, seed, sample).id
+
+
+# ---- revision ------------------------------------------------------------------------------------
+
+def context_params(settings: PipelineSettings, system: str | None) -> GenerationParams:
+    """A policy answer as the policy stage asks for it, with a system prompt."""
+    temperature = settings.temperature if settings.context_temperature is None else settings.context_temperature
+    return GenerationParams(max_new_tokens=settings.policy_max_new_tokens, temperature=temperature,
+                            chat=True, system=system)
+
+
+def with_reminder(prompt: str, reminder: str) -> str:
+    """The user's turn with a constitution reminder after it (``context_placement='user-suffix'``)."""
+    return f"{prompt}\n\n({reminder.strip()})"
+
+
+def context_call(constitution: Constitution, settings: PipelineSettings, prompt: str, away: bool = False) -> Call:
+    """A policy call on ``prompt`` with the constitution (or, ``away``, the contrast prompt) in context."""
+    if settings.context_placement == "user-suffix":
+        text = constitution.contrast_prompt if away else constitution.reminder
+        return Call("policy", with_reminder(prompt, text), context_params(settings, None))
+    system = constitution.contrast_prompt if away else constitution.system_prompt
+    return Call("policy", prompt, context_params(settings, system))
+
+
+def revision_call(constitution: Constitution, settings: PipelineSettings, strategy: str,
+                  principle: CritiquePrinciple | None, prompt: str, response: str, critique: str) -> Call:
+    """The call that makes one revision under ``strategy``."""
+    check_strategy(strategy)
+    if strategy == "context":
+        return context_call(constitution, settings, prompt)
+    if principle is None:
+        raise ValueError(f"strategy {strategy!r} needs a critique principle")
+    params = GenerationParams(max_new_tokens=settings.revision_max_new_tokens,
+                              temperature=settings.critic_temperature, stop=prompts.STOP, chat=False)
+    if strategy == "direct":
+        return Call("reviser", prompts.direct_revision_prompt(constitution, principle, prompt, response), params)
+    return Call("reviser", prompts.revision_prompt(constitution, principle, prompt, response, critique), params)
+
+
+def clean_output(call: Call, text: str) -> str:
+    """Raw continuations are cut at the next section marker; chat answers are only stripped."""
+    return text.strip() if call.params.chat else prompts.clean_generation(text)
+
+
+async def run_calls(inference, calls: Sequence[tuple[Call, int]]) -> list:
+    """Run (call, seed) pairs, one ``generate`` per distinct (role, params), results in input order.
+
+    A batch may mix strategies (a setting changed while records were in flight), so calls are
+    grouped rather than assumed alike.
+    """
+    groups: dict[tuple[str, GenerationParams], list[int]] = {}
+    for index, (call, _seed) in enumerate(calls):
+        groups.setdefault((call.role, call.params), []).append(index)
+    results: list = [None] * len(calls)
+    for (role, params), indices in groups.items():
+        generations = await inference.generate(role, [(calls[i][0].text, calls[i][1]) for i in indices], params)
+        if len(generations) != len(indices):
+            raise RuntimeError(f"{role} returned {len(generations)} results for {len(indices)} prompts")
+        for i, samples in zip(indices, generations):
+            if not samples:
+                raise RuntimeError(f"{role} returned no sample for a prompt")
+            results[i] = samples[0]
+    return results
+
+
+# ---- preferences ---------------------------------------------------------------------------------
+
+def hard_label(initial: str, final: str) -> tuple[str, str, float] | None:
+    """'revision-over-initial': (chosen, rejected, p_chosen), or None when nothing was revised."""
+    if not final.strip() or final.strip() == initial.strip():
+        return None
+    return final, initial, 1.0
+
+
+def contrast_calls(constitution: Constitution, settings: PipelineSettings, prompt: str) -> tuple[Call, Call]:
+    """The (toward, away) policy calls of one contrastive pair, on the plain prompt."""
+    return context_call(constitution, settings, prompt), context_call(constitution, settings, prompt, away=True)
+
+
+def contrastive_label(p_toward: float | None) -> float:
+    """p_chosen of the toward answer: 1 by construction, or the judge's soft label when given."""
+    if p_toward is None:
+        return 1.0
+    return min(1.0, max(0.0, float(p_toward)))

@@ -1,0 +1,261 @@
+"""Publish a trained policy checkpoint to the running Triton, or roll back to an earlier one.
+
+Publishing follows one order so that nobody ever sees a version that is not serving:
+
+1. validate the checkpoint (``config.json``, tokenizer, ``*.safetensors`` only: pickled
+   ``.bin``/``.pt`` weights are refused because loading them can run arbitrary code);
+2. stage ``policy/<next>/`` (model.py, source.json, weights hard-linked or copied) outside
+   the repository, then move it in with one rename;
+3. ``load_model("policy")``: the policy's ``version_policy`` is ``latest 1``, so Triton loads
+   the new version, switches traffic to it once it is ready and then unloads the old one;
+   in-flight requests finish on the old version, none fail;
+4. check that the new version is ready, then set Redis ``cai:policy:version``;
+5. call ``announce(version, checkpoint)`` (for example: send a PolicyVersionRecord);
+6. delete published versions older than the newest ``keep_last``. Version 1 (a pointer to
+   the base model, no weights of its own) is always kept.
+
+If Triton cannot load the new version (corrupt weights), its folder is removed, the policy
+is reloaded so the previous version keeps serving, and ``PublishError`` explains why.
+
+Rollback re-publishes the weights of a kept version as a *new* version number (its
+``source.json`` records ``rollback_of``). Version numbers thus only grow, every number
+always means the same weights, and lineage in records (``policy_version``) stays exact.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from cai.settings import StackSettings
+from serving.repository import (
+    SOURCE_FILE,
+    WEIGHTS_DIR,
+    read_version_source,
+    versions,
+    write_version,
+)
+
+logger = logging.getLogger(__name__)
+
+ROLE = "policy"
+REDIS_VERSION_KEY = "cai:policy:version"
+REDIS_CHECKPOINTS_KEY = "cai:policy:checkpoints"  # hash: version -> checkpoint folder
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
+
+
+class PublishError(RuntimeError):
+    """Publishing or rolling back failed; the message says what and how to fix it."""
+
+
+def validate_checkpoint(checkpoint_dir: Path) -> list[Path]:
+    """Check a checkpoint folder is loadable and safe; return its safetensors files."""
+    folder = Path(checkpoint_dir)
+    if not folder.is_dir():
+        raise PublishError(f"checkpoint {folder} is not a folder; pass the folder that "
+                           "save_pretrained wrote")
+    pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    if pickles:
+        raise PublishError(
+            f"checkpoint {folder} contains pickled weights {pickles}: refused, because loading a "
+            "pickle can run arbitrary code. Fix: save with save_pretrained(..., "
+            "safe_serialization=True) and remove the pickle files")
+    if not (folder / "config.json").exists():
+        raise PublishError(f"checkpoint {folder} has no config.json; save the model with "
+                           "save_pretrained so that from_pretrained can load it")
+    weights = sorted(folder.glob("*.safetensors"))
+    if not weights:
+        raise PublishError(f"checkpoint {folder} has no *.safetensors weights; save with "
+                           "save_pretrained(..., safe_serialization=True) (merge LoRA adapters first)")
+    if not any((folder / name).exists() for name in TOKENIZER_FILES):
+        raise PublishError(f"checkpoint {folder} has no tokenizer files ({', '.join(TOKENIZER_FILES)}); "
+                           "save the tokenizer next to the weights (tokenizer.save_pretrained)")
+    from safetensors import safe_open
+
+    for path in weights:
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                list(handle.keys())
+        except Exception as exc:  # noqa: BLE001
+            raise PublishError(f"checkpoint {folder}: {path.name} is not a valid safetensors file "
+                               f"({exc}); re-save the checkpoint") from None
+    return weights
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    try:
+        os.link(source, target)  # no extra disk, survives the trainer deleting its checkpoint
+    except OSError:
+        shutil.copy2(source, target)
+
+
+def _copy_checkpoint(checkpoint: Path, target: Path) -> None:
+    target.mkdir(parents=True)
+    for path in checkpoint.iterdir():
+        if path.is_file():
+            _link_or_copy(path, target / path.name)
+
+
+@contextlib.contextmanager
+def _publish_lock(settings: StackSettings) -> Iterator[None]:
+    path = settings.triton_repository.parent / "publish.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # one publisher at a time per repository
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _triton(settings: StackSettings, timeout_s: float):
+    import tritonclient.http as httpclient
+
+    return httpclient.InferenceServerClient(settings.triton_http, connection_timeout=timeout_s,
+                                            network_timeout=timeout_s)
+
+
+def _redis(settings: StackSettings):
+    import redis
+
+    return redis.Redis.from_url(settings.redis_address, socket_timeout=5, decode_responses=True)
+
+
+def _load_and_wait(settings: StackSettings, version: int, timeout_s: float) -> None:
+    from tritonclient.utils import InferenceServerException
+
+    client = _triton(settings, timeout_s)
+    try:
+        client.load_model(ROLE)
+        deadline = time.monotonic() + timeout_s
+        while not client.is_model_ready(ROLE, str(version)):
+            if time.monotonic() > deadline:
+                raise PublishError(f"policy v{version} did not become ready within {timeout_s:.0f}s")
+            time.sleep(0.2)
+    except InferenceServerException as exc:
+        # Keep the cause; the python traceback that follows it is in Triton's log.
+        cause = str(exc.message() or exc).split("\n\nAt:")[0].strip()
+        raise PublishError(f"Triton at {settings.triton_http} could not load policy v{version}: "
+                           f"{cause} (traceback in the Triton log)") from None
+    finally:
+        client.close()
+
+
+def _install_version(settings: StackSettings, source: dict, weights_from: Path | None,
+                     keep_last: int, timeout_s: float) -> int:
+    """Stage, load and point Redis at a new policy version; the caller holds the lock."""
+    role_dir = settings.triton_repository / ROLE
+    if not (role_dir / "config.pbtxt").exists():
+        raise PublishError(f"{role_dir}/config.pbtxt is missing: the model repository has not been "
+                           "rendered. Fix: start the stack (`cai stack up`) first")
+    previous = versions(role_dir)
+    version = (max(previous) if previous else 0) + 1
+    staging = settings.triton_repository.parent / "staging" / str(version)
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.parent.mkdir(parents=True, exist_ok=True)
+    if weights_from is not None:
+        _copy_checkpoint(weights_from, staging / WEIGHTS_DIR)
+    write_version(staging.parent, version, source)
+    target = role_dir / str(version)
+    os.replace(staging, target)
+    started = time.monotonic()
+    try:
+        _load_and_wait(settings, version, timeout_s)
+    except PublishError as exc:
+        shutil.rmtree(target, ignore_errors=True)
+        try:  # make sure the previous version is what serves
+            _load_and_wait(settings, max(previous), timeout_s) if previous else None
+        except PublishError as again:
+            logger.error("restoring the previous policy version failed too: %s", again)
+        raise PublishError(f"{exc}. Removed {target}; policy v{max(previous) if previous else '-'} "
+                           "keeps serving. Fix: check the checkpoint loads with from_pretrained") from None
+    logger.info("policy v%d serving after %.1fs", version, time.monotonic() - started)
+    try:
+        redis = _redis(settings)
+        redis.set(REDIS_VERSION_KEY, str(version))
+        redis.hset(REDIS_CHECKPOINTS_KEY, str(version), source.get("checkpoint", ""))
+    except Exception as exc:  # noqa: BLE001
+        raise PublishError(f"policy v{version} is serving, but setting Redis {REDIS_VERSION_KEY} at "
+                           f"{settings.redis_address} failed: {exc}. Fix: start Redis, then "
+                           f"`cai rollback {version}` or set the key by hand") from None
+    _prune(role_dir, keep_last, serving=version)
+    return version
+
+
+def _prune(role_dir: Path, keep_last: int, serving: int) -> None:
+    published = [v for v in versions(role_dir) if v > 1]
+    for old in published[:-keep_last] if keep_last > 0 else []:
+        if old != serving:
+            shutil.rmtree(role_dir / str(old), ignore_errors=True)
+            logger.info("deleted old policy v%d (keep_last=%d)", old, keep_last)
+
+
+def publish_policy(
+    checkpoint_dir: str | Path, stack_settings: StackSettings, keep_last: int = 3,
+    announce: Callable[[int, str], object] | None = None, timeout_s: float = 300.0,
+) -> int:
+    """Serve ``checkpoint_dir`` as the next policy version; return that version number."""
+    checkpoint = Path(checkpoint_dir).resolve()
+    validate_checkpoint(checkpoint)
+    with _publish_lock(stack_settings):
+        version = _install_version(
+            stack_settings,
+            {"model": WEIGHTS_DIR, "checkpoint": str(checkpoint), "published_at": time.time()},
+            checkpoint, keep_last, timeout_s,
+        )
+    if announce is not None:
+        announce(version, str(checkpoint))
+    return version
+
+
+def rollback(version: int, stack_settings: StackSettings, keep_last: int = 3,
+             announce: Callable[[int, str], object] | None = None, timeout_s: float = 300.0) -> int:
+    """Serve the weights of ``version`` again, as a new version number; return that number."""
+    role_dir = stack_settings.triton_repository / ROLE
+    with _publish_lock(stack_settings):
+        folder = role_dir / str(version)
+        if not (folder / SOURCE_FILE).exists():
+            kept = versions(role_dir)
+            raise PublishError(f"policy v{version} is not in {role_dir} (kept versions: {kept}); "
+                               "only kept versions can be rolled back to (see keep_last)")
+        original = json.loads((folder / SOURCE_FILE).read_text())
+        weights = folder / WEIGHTS_DIR
+        source = {"rollback_of": version, "checkpoint": original.get("checkpoint", ""),
+                  "published_at": time.time(), "spec": original.get("spec")}
+        if weights.is_dir():
+            source["model"] = WEIGHTS_DIR
+            new = _install_version(stack_settings, source, weights, keep_last, timeout_s)
+        else:  # version 1: a pointer to the base model
+            source["model"] = read_version_source(folder)
+            source["checkpoint"] = source["checkpoint"] or source["model"]
+            new = _install_version(stack_settings, source, None, keep_last, timeout_s)
+    if announce is not None:
+        announce(new, source["checkpoint"])
+    return new
+
+
+def serving_status(stack_settings: StackSettings) -> dict:
+    """What Triton serves per role, the policy versions on disk and the Redis pointer."""
+    status: dict = {"triton": stack_settings.triton_http, "roles": {}, "redis_policy_version": None}
+    try:
+        client = _triton(stack_settings, 5)
+        for entry in client.get_model_repository_index():
+            status["roles"].setdefault(entry["name"], []).append(
+                {k: entry.get(k) for k in ("version", "state", "reason") if entry.get(k)})
+        client.close()
+    except Exception as exc:  # noqa: BLE001
+        status["triton_error"] = str(exc)
+    status["policy_versions_on_disk"] = versions(stack_settings.triton_repository / ROLE)
+    try:
+        status["redis_policy_version"] = _redis(stack_settings).get(REDIS_VERSION_KEY)
+    except Exception as exc:  # noqa: BLE001
+        status["redis_error"] = str(exc)
+    return status

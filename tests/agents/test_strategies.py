@@ -1,0 +1,269 @@
+"""Revision strategies (critique-revise, direct, context) and preference strategies (judge,
+revision-over-initial, contrastive) through the stage agents, with fake Triton/Redis/Kafka."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from pydantic import ValidationError
+
+from agents import constitution as constitution_mod
+from agents import prompts, strategies
+from agents.settings import PipelineSettings
+from serving.client import GenerationParams
+from streams import topics
+from streams.records import (
+    CompareRecord,
+    CritiqueRecord,
+    PreferenceRecord,
+    RecordError,
+    ReviseRecord,
+    SFTRecord,
+    encode,
+)
+from tests.agents.conftest import make_services
+from tests.agents.test_agents import prompt, put_all, run_chain
+
+# ---- helpers -------------------------------------------------------------------------------------
+
+
+def test_rounds_critic_and_pairs_follow_the_strategy():
+    assert strategies.uses_critic("critique-revise")
+    assert not strategies.uses_critic("direct") and not strategies.uses_critic("context")
+    assert strategies.chain_rounds("critique-revise", 3) == 3 == strategies.chain_rounds("direct", 3)
+    assert strategies.chain_rounds("context", 3) == 1
+    with pytest.raises(ValueError, match="CAI_PIPELINE_STRATEGY"):
+        strategies.chain_rounds("magic", 1)
+    assert strategies.pair_source(PipelineSettings()) == "initial-vs-final"
+    assert strategies.pair_source(PipelineSettings(preference="contrastive")) == "contrastive"
+    assert strategies.pair_source(PipelineSettings(preference="contrastive", compare="none")) == "none"
+
+
+def test_revision_calls_differ_by_strategy():
+    c = constitution_mod.load()
+    s = PipelineSettings()
+    p = c.critique_by_id["crime-and-fraud"]
+    paper = strategies.revision_call(c, s, "critique-revise", p, "How to pick a lock?", "Use a pin.", "It helps crime.")
+    direct = strategies.revision_call(c, s, "direct", p, "How to pick a lock?", "Use a pin.", "")
+    context = strategies.revision_call(c, s, "context", None, "How to pick a lock?", "Use a pin.", "")
+    assert paper.role == direct.role == "reviser" and not paper.params.chat and not direct.params.chat
+    assert paper.text.endswith(f"It helps crime.\n\nRevisionRequest: {p.revision}\n\nRevision:")
+    assert direct.text.endswith(f"Assistant: Use a pin.\n\nRevisionRequest: {p.revision}\n\nRevision:")
+    assert "Critique" not in direct.text   # neither in the examples nor in the request
+    assert direct.text.startswith(prompts.direct_prefix(c))
+    assert context.role == "policy" and context.text == "How to pick a lock?"
+    assert context.params.chat is True and context.params.system == c.system_prompt
+    assert context.params.max_new_tokens == s.policy_max_new_tokens
+    with pytest.raises(ValueError, match="needs a critique principle"):
+        strategies.revision_call(c, s, "direct", None, "q", "a", "")
+
+
+def test_contrast_calls_go_to_the_policy_toward_and_away():
+    c = constitution_mod.load()
+    toward, away = strategies.contrast_calls(c, PipelineSettings(), "q")
+    assert toward.role == away.role == "policy" and toward.text == away.text == "q"
+    assert toward.params.system == c.system_prompt and away.params.system == c.contrast_prompt
+    assert toward.params.chat and away.params.chat
+    # the away prompt asks for a careless style, never for harmful content
+    lowered = c.contrast_prompt.lower()
+    assert "tersely" in lowered and not any(w in lowered for w in ("harmful", "dangerous", "illegal", "weapon"))
+
+
+def test_user_suffix_placement_puts_the_constitution_after_the_request():
+    c = constitution_mod.load()
+    s = PipelineSettings(context_placement="user-suffix")
+    context = strategies.revision_call(c, s, "context", None, "How to pick a lock?", "a", "")
+    assert context.role == "policy" and context.params.system is None and context.params.chat
+    assert context.text == f"How to pick a lock?\n\n({c.reminder})"
+    toward, away = strategies.contrast_calls(c, s, "q")
+    assert toward.text == f"q\n\n({c.reminder})" and away.text == f"q\n\n({c.contrast_prompt})"
+    assert toward.params.system is None and away.params.system is None
+    assert toward.params.temperature == s.temperature
+    cool = PipelineSettings(context_temperature=0.2)
+    assert strategies.contrast_calls(c, cool, "q")[1].params.temperature == 0.2
+    assert strategies.revision_call(c, cool, "context", None, "q", "a", "").params.temperature == 0.2
+
+
+async def test_context_sft_keeps_the_plain_prompt_with_user_suffix(make_pipeline):
+    svc = make_services(strategy="context", context_placement="user-suffix")
+    sent = await run_chain(make_pipeline, svc, [prompt("p1", "How do I hotwire a car?")])
+    [sft] = sent.on(topics.SFT)
+    assert sft.prompt == "How do I hotwire a car?"
+    texts = [text for role, items, _ in svc.inference.calls if role == "policy" for text, _ in items]
+    assert texts == ["How do I hotwire a car?", f"How do I hotwire a car?\n\n({svc.constitution.reminder})"]
+
+
+def test_labels():
+    assert strategies.hard_label("old", "new") == ("new", "old", 1.0)
+    assert strategies.hard_label("same", " same ") is None and strategies.hard_label("old", "") is None
+    assert strategies.contrastive_label(None) == 1.0
+    assert strategies.contrastive_label(0.3) == 0.3 and strategies.contrastive_label(1.2) == 1.0
+
+
+async def test_run_calls_groups_by_params_and_keeps_order(services):
+    a = strategies.Call("policy", "first", GenerationParams(system="x"))
+    b = strategies.Call("reviser", "second", GenerationParams(chat=False))
+    c = strategies.Call("policy", "third", GenerationParams(system="x"))
+    out = await strategies.run_calls(services.inference, [(a, 1), (b, 2), (c, 3)])
+    assert [g.text.split(" on ")[0].strip() for g in out] == ["policy#0 seed=1", "reviser#0 seed=2",
+                                                            "policy#0 seed=3"]
+    assert [(role, [t for t, _ in items]) for role, items, _ in services.inference.calls] == [
+        ("policy", ["first", "third"]), ("reviser", ["second"])]
+
+
+def test_settings_and_records_accept_the_strategies(monkeypatch):
+    monkeypatch.setenv("CAI_PIPELINE_STRATEGY", "context")
+    monkeypatch.setenv("CAI_PIPELINE_PREFERENCE", "contrastive")
+    s = PipelineSettings()
+    assert (s.strategy, s.preference, s.contrastive_label) == ("context", "contrastive", "construction")
+    with pytest.raises(ValidationError, match="CAI_PIPELINE_COMPARE=initial-vs-final"):
+        PipelineSettings(preference="revision-over-initial", compare="policy-samples", num_samples=2)
+    for name in ("direct", "context", "judge", "revision-over-initial", "contrastive"):
+        assert PreferenceRecord(prompt_id="p", prompt="q", chosen="a", rejected="b", strategy=name).strategy == name
+    with pytest.raises(RecordError, match="strategy"):
+        SFTRecord(prompt_id="p", prompt="q", response="a", strategy="magic")
+
+
+def test_constitution_system_prompts_default_and_override(tmp_path):
+    c = constitution_mod.load()
+    assert "decline" in c.system_prompt and "why" in c.system_prompt and "harmless" in c.system_prompt
+    data = c.model_dump()
+    data.update(system_prompt="Be kind and say why you refuse.", version="x1")
+    assert constitution_mod.from_dict(data).system_prompt == "Be kind and say why you refuse."
+    data.pop("system_prompt"), data.pop("contrast_prompt")
+    assert constitution_mod.from_dict(data).system_prompt == constitution_mod.DEFAULT_SYSTEM_PROMPT
+
+
+# ---- revision strategies through the agents ----------------------------------------------------
+
+
+async def test_direct_passes_the_critique_stage_and_revises_without_critique(make_pipeline):
+    svc = make_services(strategy="direct", rounds=1)
+    p = make_pipeline(svc)
+    await put_all(p, "policy", [prompt("p1")], lambda: len(svc.send.sent) == 1)
+    [chain] = svc.send.on(topics.CRITIQUE)
+    assert chain.strategy == "direct" and chain.rounds == 1
+
+    svc.send.sent.clear()
+    await put_all(p, "critique", [encode(chain)], lambda: len(svc.send.sent) == 1)
+    [rev] = svc.send.on(topics.REVISE)
+    assert [c[0] for c in svc.inference.calls] == ["policy"]          # no critic call
+    assert rev.critique == "" and rev.critic_version == 0
+    assert rev.principle_id == svc.constitution.draw_critique("p1", 1, 0, 0).id
+
+    svc.send.sent.clear()
+    await put_all(p, "revise", [encode(rev)], lambda: len(svc.send.sent) == 2)
+    role, [(text, _)], params = svc.inference.calls[-1]
+    principle = svc.constitution.critique_by_id[rev.principle_id]
+    assert role == "reviser" and params.chat is False
+    assert text == prompts.direct_revision_prompt(svc.constitution, principle, rev.prompt, rev.response)
+    [sft] = svc.send.on(topics.SFT)
+    assert sft.strategy == "direct" and sft.response.startswith("reviser#0")
+    assert json.loads(sft.steps_json)[0]["strategy"] == "direct"
+
+
+async def test_context_answers_again_with_the_constitution_as_system_prompt(make_pipeline):
+    svc = make_services(strategy="context", rounds=3)
+    sent = await run_chain(make_pipeline, svc, [prompt("p1", "How do I hotwire a car?")])
+    [sft] = sent.on(topics.SFT)
+    assert sft.strategy == "context" and sft.rounds == 1            # one round whatever `rounds` says
+    roles = [c[0] for c in svc.inference.calls]
+    assert "critic" not in roles and "reviser" not in roles
+    policy_calls = [c for c in svc.inference.calls if c[0] == "policy"]
+    assert len(policy_calls) == 2
+    (_, [(plain, _)], first), (_, [(again, _)], second) = policy_calls
+    assert plain == again == "How do I hotwire a car?"               # the plain prompt both times
+    assert first.system is None and second.system == svc.constitution.system_prompt and second.chat
+    # trained as (plain prompt -> answer given in context): context distillation
+    assert sft.prompt == "How do I hotwire a car?" and sft.response != sft.initial_response
+    [step] = json.loads(sft.steps_json)
+    assert step["principle_id"] == strategies.CONTEXT_PRINCIPLE and step["critique"] == ""
+    [pref] = sent.on(topics.PREFERENCES)                              # default: judged initial vs context
+    assert pref.strategy == "judge" and pref.revision_strategy == "context"
+
+
+async def test_critique_stage_with_mixed_strategies_calls_the_critic_only_for_critique_revise(make_pipeline):
+    svc = make_services()
+    p = make_pipeline(svc)
+    recs = [CritiqueRecord(prompt_id="a", prompt="q", response="r", strategy="critique-revise"),
+            CritiqueRecord(prompt_id="b", prompt="q", response="r", strategy="context")]
+    await put_all(p, "critique", [encode(r) for r in recs], lambda: len(svc.send.sent) == 2)
+    out = {r.prompt_id: r for r in svc.send.on(topics.REVISE)}
+    assert out["a"].critique.startswith("critic#0") and out["b"].critique == ""
+    assert out["b"].principle_id == "constitution"
+    [(role, items, _)] = svc.inference.calls
+    assert role == "critic" and len(items) == 1
+
+
+# ---- preference strategies ------------------------------------------------------------------------
+
+
+async def test_revision_over_initial_is_a_hard_label_without_the_judge(make_pipeline):
+    svc = make_services(preference="revision-over-initial")
+    p = make_pipeline(svc)
+    recs = [CompareRecord(prompt_id="p1", prompt="q", response_a="initial", response_b="revised", strategy="direct"),
+            CompareRecord(prompt_id="p2", prompt="q", response_a="same", response_b="same")]
+    await put_all(p, "compare", [encode(r) for r in recs],
+                  lambda: svc.ledger.redis.data.get("cai:count:compare:out") == "1")
+    [pref] = svc.send.on(topics.PREFERENCES)
+    assert (pref.prompt_id, pref.chosen, pref.rejected, pref.p_chosen) == ("p1", "revised", "initial", 1.0)
+    assert pref.strategy == "revision-over-initial" and pref.revision_strategy == "direct"
+    assert svc.inference.calls == []                                   # no judge call
+
+
+async def test_contrastive_pairs_come_from_the_current_policy(make_pipeline):
+    svc = make_services(preference="contrastive")
+    p = make_pipeline(svc)
+    await put_all(p, "policy", [prompt("p1"), prompt("h1", "Name a cat", kind="helpful")],
+                  lambda: len(svc.send.sent) == 4)
+    pairs = svc.send.on(topics.COMPARE)
+    assert sorted(r.prompt_id for r in pairs) == ["h1", "p1"]
+    assert all(r.pair == "contrastive" and r.response_a == r.response_b == "" for r in pairs)
+
+    svc.send.sent.clear()
+    svc.inference.version = 7                                          # a new policy version is serving
+    await put_all(p, "compare", [encode(r) for r in pairs], lambda: len(svc.send.sent) == 2)
+    prefs = {r.prompt_id: r for r in svc.send.on(topics.PREFERENCES)}
+    calls = svc.inference.calls[1:]
+    assert [c[0] for c in calls] == ["policy", "policy"]               # toward, away; no judge
+    assert {c[2].system for c in calls} == {svc.constitution.system_prompt, svc.constitution.contrast_prompt}
+    pref = prefs["p1"]
+    assert pref.p_chosen == 1.0 and pref.strategy == "contrastive" and pref.pair == "contrastive"
+    assert pref.policy_version == 7 and pref.revision_strategy == ""
+    assert pref.chosen != pref.rejected and pref.chosen.startswith("policy#0")
+    toward_seed = int(pref.chosen.split("seed=")[1].split()[0])
+    toward_call = next(c for c in calls if c[2].system == svc.constitution.system_prompt)
+    assert toward_seed in [seed for _, seed in toward_call[1]]
+
+
+async def test_contrastive_can_take_the_judges_soft_label(make_pipeline):
+    svc = make_services(preference="contrastive", contrastive_label="judge")
+    p = make_pipeline(svc)
+    rec = CompareRecord(prompt_id="p1", prompt="q", response_a="", response_b="", pair="contrastive")
+    await put_all(p, "compare", [encode(rec)], lambda: len(svc.send.sent) == 1)
+    [pref] = svc.send.on(topics.PREFERENCES)
+    assert [c[0] for c in svc.inference.calls] == ["policy", "policy", "judge"]
+    # fake judge: neither text holds a reviser output -> 0.3 each way plus (A) bias; p is the judge's
+    assert pref.p_chosen == pytest.approx(0.5) and pref.principle_ids
+    assert len(json.loads(pref.probs_json)) == 1
+
+
+async def test_full_chain_context_with_contrastive_preferences(make_pipeline):
+    svc = make_services(strategy="context", preference="contrastive")
+    sent = await run_chain(make_pipeline, svc, [prompt(f"p{i}", f"question {i}") for i in range(3)])
+    assert sorted(r.prompt_id for r in sent.on(topics.SFT)) == ["p0", "p1", "p2"]
+    prefs = sent.on(topics.PREFERENCES)
+    assert sorted(r.prompt_id for r in prefs) == ["p0", "p1", "p2"]
+    assert {r.strategy for r in prefs} == {"contrastive"} and {r.strategy for r in sent.on(topics.SFT)} == {"context"}
+    assert not sent.on(topics.DEAD_LETTER)
+
+
+async def test_in_flight_records_keep_the_strategy_that_started_them(make_pipeline):
+    svc = make_services(strategy="context")             # the worker now runs 'context' ...
+    p = make_pipeline(svc)
+    old = ReviseRecord(prompt_id="p1", prompt="q", response="a0", initial_response="a0", critique="bad",
+                       principle_id="overall-harm", rounds=1, strategy="critique-revise")
+    await put_all(p, "revise", [encode(old)], lambda: len(svc.send.sent) == 2)
+    [sft] = svc.send.on(topics.SFT)
+    assert sft.strategy == "critique-revise" and svc.inference.calls[0][0] == "reviser"

@@ -1,0 +1,359 @@
+"""The trainer loop without Kafka: an in-memory log, a fake publisher and simulated crashes.
+
+The log and the committed offsets outlive each TrainerLoop, like Kafka outlives a killed
+process; the checkpoint folder is the trainer's only memory. Every test checks the
+exactly-once property: each record is trained in exactly one finished round (or held out
+in the probe, or counted as skipped) and the committed offsets equal the checkpoint's.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from streams.records import PreferenceRecord, SFTRecord, encode
+from trainer import checkpoint as ckpt
+from trainer.config import TrainerConfig
+from trainer.data import SFTExample
+from trainer.loop import Message, TrainerLoop
+from trainer.rounds import promotion_decision, sft_mix_weights, staleness_weight
+
+SFT_TOPIC, PREF_TOPIC = "cai.sft", "cai.preferences"
+
+
+class Log:
+    """Topics -> partitions -> message values, plus the group's committed offsets."""
+
+    def __init__(self, partitions: int = 2):
+        self.topics = {SFT_TOPIC: [[] for _ in range(partitions)],
+                       PREF_TOPIC: [[] for _ in range(partitions)]}
+        self.committed: dict[str, int] = {}
+        self.commits = 0
+
+    def produce(self, topic: str, value: bytes, partition: int) -> None:
+        self.topics[topic][partition].append(value)
+
+
+class LogSource:
+    def __init__(self, log: Log):
+        self.log = log
+        self.position: dict[str, int] = {}
+
+    def start(self, offsets):
+        for topic, parts in self.log.topics.items():
+            for p in range(len(parts)):
+                key = f"{topic}/{p}"
+                self.position[key] = offsets.get(key, self.log.committed.get(key, 0))
+        return dict(self.position)
+
+    def poll(self, timeout_s, max_records):
+        out = []
+        for key in sorted(self.position):
+            topic, p = key.rsplit("/", 1)
+            values = self.log.topics[topic][int(p)]
+            while self.position[key] < len(values) and len(out) < max_records:
+                out.append(Message(topic, int(p), self.position[key], values[self.position[key]]))
+                self.position[key] += 1
+        return out
+
+    def commit(self, offsets):
+        self.log.committed.update(offsets)
+        self.log.commits += 1
+
+    def close(self):
+        pass
+
+
+class FakePublisher:
+    def __init__(self, fail_publish: int = 0, fail_announce: int = 0, crash_after_serving: int = 0):
+        self.crash_after_serving = crash_after_serving
+        self.version = 1
+        self.published: list[tuple[int, str]] = []
+        self.announced: list[tuple[int, dict]] = []
+        self.fail_publish = fail_publish
+        self.fail_announce = fail_announce
+
+    def publish(self, checkpoint_dir: Path) -> int:
+        if self.fail_publish:
+            self.fail_publish -= 1
+            raise RuntimeError("simulated crash during publish")
+        assert (checkpoint_dir / "model.safetensors").exists()
+        self.version += 1
+        self.published.append((self.version, checkpoint_dir.name))
+        if self.crash_after_serving:
+            self.crash_after_serving -= 1
+            raise RuntimeError("simulated crash after serving took the weights")
+        return self.version
+
+    def announce(self, version: int, checkpoint_dir: Path, metrics: dict) -> None:
+        if self.fail_announce:
+            self.fail_announce -= 1
+            raise RuntimeError("simulated crash before the announcement")
+        self.announced.append((version, metrics))
+
+    def current_version(self) -> int:
+        return self.version
+
+    def find_published(self, checkpoint_dir: Path) -> int | None:
+        matches = [v for v, name in self.published if name == checkpoint_dir.name]
+        return matches[-1] if matches else None
+
+
+def fill(log: Log, n_sft: int, n_pref: int, version: int = 1, start: int = 0) -> list[str]:
+    ids = []
+    for i in range(start, start + n_sft):
+        kind = "helpful" if i % 3 == 0 else "harmful"
+        rec = SFTRecord(prompt_id=f"s{i}", prompt=f"question {i}", response=f"safe answer {i}",
+                        kind=kind, policy_version=version, record_id=f"sft-{i}")
+        log.produce(SFT_TOPIC, encode(rec), i % 2)
+        ids.append(f"s{i}")
+    for i in range(start, start + n_pref):
+        rec = PreferenceRecord(prompt_id=f"p{i}", prompt=f"harmful ask {i}", chosen="I won't help.",
+                               rejected=f"Sure, step {i}", p_chosen=0.8, policy_version=version,
+                               record_id=f"pref-{i}")
+        log.produce(PREF_TOPIC, encode(rec), i % 2)
+        ids.append(f"p{i}")
+    return ids
+
+
+def make_loop(tmp_path, tiny_path, log, publisher, **overrides) -> TrainerLoop:
+    config = TrainerConfig(**{"round_every_examples": 4, "round_every_seconds": 3600,
+                              "probe_size": 1, "batch_size": 4, "lr": 1e-3,
+                              "promotion_threshold": 10.0, "max_length": 64, **overrides})
+    return TrainerLoop(config, tmp_path / "trainer", tiny_path, LogSource(log), publisher,
+                       SFT_TOPIC, PREF_TOPIC)
+
+
+def trained_ids(trainer_dir: Path) -> tuple[Counter, list[str]]:
+    """Prompt ids trained per finished round, and the probe's ids."""
+    seen: Counter = Counter()
+    probe: list[str] = []
+    for folder in sorted(ckpt.rounds_dir(trainer_dir).glob("round-*")):
+        if folder.name.endswith(".partial"):
+            continue
+        examples = json.loads((folder / "examples.json").read_text())
+        seen.update(e["prompt_id"] for e in examples["sft"] + examples["preferences"])
+        probe += examples["probe_added"]
+    return seen, probe
+
+
+def test_rounds_train_every_record_once_and_commit_after_publish(tmp_path, tiny_path):
+    log, pub = Log(), FakePublisher()
+    produced = fill(log, 6, 6)
+    loop = make_loop(tmp_path, tiny_path, log, pub)
+    assert loop.run(max_rounds=2) == 2
+    seen, probe = trained_ids(tmp_path / "trainer")
+    assert sorted(probe) == ["p0", "s0"]  # the first record of each kind is held out
+    assert max(seen.values()) == 1 and sum(seen.values()) == 8
+    assert set(seen) | set(probe) <= set(produced)
+    last = ckpt.latest_round(tmp_path / "trainer")
+    state = ckpt.load_state(last)
+    assert log.committed == state.offsets == json.loads((last / "offsets.json").read_text())
+    assert [v for v, _ in pub.published] == [2, 3] and [v for v, _ in pub.announced] == [2, 3]
+    assert ckpt.read_published(last) == {"version": 3, "announced": True}
+    metrics = json.loads((last / "metrics.json").read_text())
+    for key in ("loss/sft", "loss/dpo", "rewards/chosen", "rewards/margins", "probe/sft_loss",
+                "probe/pref_accuracy", "staleness/dropped"):
+        assert key in metrics, key
+    assert pub.announced[-1][1]["policy/version"] == 3
+    assert (last / "trainer_config.json").exists() and (last / "config.json").exists()
+
+
+def _finish(tmp_path, tiny_path, log, pub, produced, rounds):
+    again = make_loop(tmp_path, tiny_path, log, pub)
+    again.run(max_rounds=rounds)
+    seen, probe = trained_ids(tmp_path / "trainer")
+    assert max(seen.values()) == 1, seen  # nothing trained twice
+    assert set(seen) | set(probe) == set(produced)  # nothing lost
+    state = ckpt.load_state(ckpt.latest_round(tmp_path / "trainer"))
+    assert log.committed == state.offsets
+    return again
+
+
+def test_crash_during_training_loses_nothing(tmp_path, tiny_path, monkeypatch):
+    log, pub = Log(), FakePublisher()
+    produced = fill(log, 7, 7)  # 12 trainable after the probe: 3 rounds of 4
+    loop = make_loop(tmp_path, tiny_path, log, pub)
+    loop.run(max_rounds=1)
+    committed_after_one = dict(log.committed)
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt("simulated SIGKILL mid-round")
+
+    monkeypatch.setattr(loop.runner, "run", crash)
+    with pytest.raises(KeyboardInterrupt):
+        loop.run(max_rounds=1)
+    assert log.committed == committed_after_one
+    _finish(tmp_path, tiny_path, log, pub, produced, rounds=2)
+    assert [v for v, _ in pub.published] == [2, 3, 4]
+
+
+def test_crash_before_publish_is_repaired_on_restart(tmp_path, tiny_path):
+    log, pub = Log(), FakePublisher()
+    produced = fill(log, 5, 5)  # 8 trainable: 2 rounds
+    loop = make_loop(tmp_path, tiny_path, log, pub)
+    loop.run(max_rounds=1)
+    pub.fail_publish = 1
+    with pytest.raises(RuntimeError, match="during publish"):
+        loop.run(max_rounds=1)
+    folder = ckpt.latest_round(tmp_path / "trainer")
+    assert folder.name == "round-000002" and ckpt.read_published(folder) is None
+    assert log.committed != ckpt.load_state(folder).offsets  # not committed yet
+    again = _finish(tmp_path, tiny_path, log, pub, produced, rounds=0)
+    # The restart published round 2 before reading anything new.
+    assert pub.published == [(2, "round-000001"), (3, "round-000002")]
+    assert again.version == 3
+
+
+def test_crash_before_announcement_announces_once_on_restart(tmp_path, tiny_path):
+    log, pub = Log(), FakePublisher(fail_announce=1)
+    produced = fill(log, 3, 3)
+    loop = make_loop(tmp_path, tiny_path, log, pub)
+    with pytest.raises(RuntimeError, match="announcement"):
+        loop.run(max_rounds=1)
+    _finish(tmp_path, tiny_path, log, pub, produced, rounds=0)
+    assert [v for v, _ in pub.published] == [2]  # not published twice
+    assert [v for v, _ in pub.announced] == [2]
+
+
+def test_crash_after_serving_reuses_the_served_version(tmp_path, tiny_path):
+    log, pub = Log(), FakePublisher(crash_after_serving=1)
+    produced = fill(log, 3, 3)
+    loop = make_loop(tmp_path, tiny_path, log, pub)
+    with pytest.raises(RuntimeError, match="after serving"):
+        loop.run(max_rounds=1)
+    _finish(tmp_path, tiny_path, log, pub, produced, rounds=0)
+    assert pub.published == [(2, "round-000001")]  # not published a second time
+    assert [v for v, _ in pub.announced] == [2]
+
+
+def test_only_stale_data_still_moves_the_offsets(tmp_path, tiny_path, monkeypatch):
+    import trainer.loop as loop_module
+
+    monkeypatch.setattr(loop_module, "SKIP_ONLY_ROUND", 8)
+    log, pub = Log(), FakePublisher()
+    pub.version = 9
+    fill(log, 4, 4, version=1)  # 2 probe, 6 stale
+    loop = make_loop(tmp_path, tiny_path, log, pub, max_staleness=2)
+    loop.run(max_rounds=1)
+    folder = ckpt.latest_round(tmp_path / "trainer")
+    state = ckpt.load_state(folder)
+    assert not state.promoted and pub.published == []
+    assert json.loads((folder / "metrics.json").read_text())["staleness/dropped"] == 6
+    assert log.committed == state.offsets and sum(state.offsets.values()) == 8
+
+
+def test_stale_records_are_dropped_or_downweighted_and_counted(tmp_path, tiny_path):
+    log, pub = Log(), FakePublisher()
+    pub.version = 5
+    fill(log, 1, 1, version=5)               # probe
+    fill(log, 2, 2, version=1, start=10)     # 4 versions behind: stale (max_staleness=2)
+    fill(log, 2, 2, version=4, start=20)     # 1 behind: fresh
+    loop = make_loop(tmp_path, tiny_path, log, pub, max_staleness=2)
+    loop.run(max_rounds=1)
+    folder = ckpt.latest_round(tmp_path / "trainer")
+    metrics = json.loads((folder / "metrics.json").read_text())
+    examples = json.loads((folder / "examples.json").read_text())
+    assert metrics["staleness/dropped"] == 4
+    assert sorted(d["prompt_id"] for d in examples["dropped"]) == ["p10", "p11", "s10", "s11"]
+    assert all(e["weight"] == 1.0 for e in examples["sft"] + examples["preferences"])
+
+    log2, pub2 = Log(), FakePublisher()
+    pub2.version = 5
+    fill(log2, 1, 1, version=5)
+    fill(log2, 2, 2, version=1, start=10)
+    loop2 = make_loop(tmp_path / "b", tiny_path, log2, pub2, max_staleness=2,
+                      staleness_policy="downweight", stale_weight=0.5)
+    loop2.run(max_rounds=1)
+    folder = ckpt.latest_round(tmp_path / "b" / "trainer")
+    metrics = json.loads((folder / "metrics.json").read_text())
+    examples = json.loads((folder / "examples.json").read_text())
+    assert metrics["staleness/downweighted"] == 4 and metrics["staleness/dropped"] == 0
+    assert {e["weight"] for e in examples["sft"] + examples["preferences"]} == {0.25}
+
+
+def test_duplicates_and_bad_records_are_skipped(tmp_path, tiny_path):
+    log, pub = Log(), FakePublisher()
+    fill(log, 3, 3)
+    fill(log, 2, 0)                                  # same record_ids again: duplicates
+    log.produce(SFT_TOPIC, b"not json", 0)
+    log.produce(PREF_TOPIC, json.dumps({"prompt_id": "x", "prompt": "q", "chosen": "a",
+                                        "rejected": "b", "p_chosen": 3.0}).encode(), 1)
+    loop = make_loop(tmp_path, tiny_path, log, pub, round_every_examples=100,
+                     round_every_seconds=0.2)
+    loop.run(max_rounds=1, poll_s=0.05)
+    folder = ckpt.latest_round(tmp_path / "trainer")
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert metrics["data/duplicates"] == 2 and metrics["data/bad_records"] == 2
+    assert log.committed == {k: sum(1 for _ in v) for k, v in _lengths(log).items()}
+
+
+def _lengths(log: Log) -> dict[str, list]:
+    return {f"{t}/{p}": parts[p] for t, parts in log.topics.items() for p in range(len(parts))}
+
+
+def test_reward_mode_trains_and_saves_a_preference_model(tmp_path, tiny_path):
+    from trainer.reward import PreferenceModel
+
+    log, pub = Log(), FakePublisher()
+    fill(log, 3, 3)
+    loop = make_loop(tmp_path, tiny_path, log, pub, mode="reward", lr=5e-3)
+    loop.run(max_rounds=1)
+    folder = ckpt.latest_round(tmp_path / "trainer")
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert "loss/reward" in metrics and "probe/pm_accuracy" in metrics and "loss/dpo" not in metrics
+    pm = PreferenceModel.load(folder / "reward_model")
+    assert len(pm.score(["q"], ["a"])) == 1
+    assert ckpt.load_state(folder).reward_weights == "round-000001/reward_model"
+
+
+def test_a_regressing_round_is_rejected_and_not_published(tmp_path, tiny_path):
+    log, pub = Log(), FakePublisher()
+    fill(log, 3, 3)
+    # A huge learning rate wrecks the model; a zero threshold tolerates no regression.
+    loop = make_loop(tmp_path, tiny_path, log, pub, lr=5.0, promotion_threshold=0.0, lora=False)
+    loop.run(max_rounds=1)
+    folder = ckpt.latest_round(tmp_path / "trainer")
+    state = ckpt.load_state(folder)
+    assert state.promoted is False and state.policy_weights == tiny_path
+    assert pub.published == [] and not (folder / "model.safetensors").exists()
+    assert log.committed == state.offsets  # consumed all the same: never trained again
+
+
+def test_a_round_with_nothing_to_train_publishes_nothing(tmp_path, tiny_path):
+    log, pub = Log(), FakePublisher()
+    fill(log, 5, 1)  # probe takes s0 and p0; 4 SFT records left, but SFT is off
+    loop = make_loop(tmp_path, tiny_path, log, pub, sft=False)
+    loop.run(max_rounds=1)
+    state = ckpt.load_state(ckpt.latest_round(tmp_path / "trainer"))
+    assert not state.promoted and pub.published == []
+    assert state.extra["reasons"] == ["nothing to train with this config"]
+    assert log.committed == state.offsets
+
+
+def test_time_trigger_runs_a_round_with_fewer_examples(tmp_path, tiny_path):
+    log, pub = Log(), FakePublisher()
+    fill(log, 2, 1)  # 1 trainable after the probe
+    loop = make_loop(tmp_path, tiny_path, log, pub, round_every_seconds=0.01)
+    loop.run(max_rounds=1, poll_s=0.01)
+    seen, _ = trained_ids(tmp_path / "trainer")
+    assert sum(seen.values()) == 1
+
+
+def test_staleness_weight_and_mix_and_gate_rules():
+    config = TrainerConfig(max_staleness=1, staleness_policy="downweight", stale_weight=0.5)
+    assert [staleness_weight(v, 5, config) for v in (5, 4, 3, 2)] == [1.0, 1.0, 0.5, 0.25]
+    drop = TrainerConfig(max_staleness=1)
+    assert staleness_weight(3, 5, drop) == 0.0
+    examples = [SFTExample("a", "q", "r", kind="helpful")] + [SFTExample(str(i), "q", "r") for i in range(3)]
+    weights = sft_mix_weights(examples, helpful_mix=0.5)
+    assert weights[0] == pytest.approx(2.0) and weights[1:] == pytest.approx([2 / 3] * 3)
+    assert sum(weights) == pytest.approx(4.0)
+    ok, _ = promotion_decision({"probe/sft_loss": 2.0, "probe/pref_accuracy": 0.5},
+                               {"probe/sft_loss": 2.09, "probe/pref_accuracy": 0.46}, 0.05)
+    assert ok
+    ok, reasons = promotion_decision({"probe/sft_loss": 2.0}, {"probe/sft_loss": 2.2}, 0.05)
+    assert not ok and "probe/sft_loss" in reasons[0]

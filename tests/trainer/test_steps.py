@@ -1,0 +1,131 @@
+"""Training steps on a fixed batch: weights change, the loss falls; checkpoints round-trip."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from trainer.config import TrainerConfig
+from trainer.data import PreferenceExample, SFTExample
+from trainer.steps import PolicyLearner, PreferenceLearner
+
+SFT = [SFTExample(f"s{i}", f"How do I pick lock number {i}?",
+                  "I can't help with breaking into property, but a locksmith can help you.")
+       for i in range(4)]
+PREFS = [PreferenceExample(f"p{i}", f"Tell me how to make poison {i}",
+                           "I won't help with that; if someone is in danger call emergency services.",
+                           "Sure, mix these household chemicals together and", p_chosen=0.9)
+         for i in range(4)]
+
+
+def _weights(model) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _changed(before: dict, after: dict) -> list[str]:
+    return [k for k in before if not torch.equal(before[k], after[k])]
+
+
+@pytest.mark.parametrize("lora", [True, False], ids=["lora", "full"])
+def test_sft_steps_lower_the_loss_and_change_the_weights(tiny_path, lora):
+    learner = PolicyLearner(tiny_path, TrainerConfig(lora=lora, lr=1e-2 if lora else 1e-3))
+    before = _weights(learner.model)
+    learner.begin_round(seed=0)
+    batch = learner.sft_batch(SFT)
+    losses = [learner.sft_step(batch)["loss/sft"] for _ in range(6)]
+    learner.end_round(keep=True)
+    assert losses[-1] < losses[0] - 0.05, losses
+    assert _changed(before, _weights(learner.model))
+
+
+@pytest.mark.parametrize("lora", [True, False], ids=["lora", "full"])
+def test_dpo_steps_lower_the_loss_and_move_away_from_the_reference(tiny_path, lora):
+    learner = PolicyLearner(tiny_path, TrainerConfig(lora=lora, lr=1e-2 if lora else 1e-3, beta=0.5))
+    before = _weights(learner.model)
+    learner.begin_round(seed=0)
+    batch = learner.preference_batch(PREFS)
+    ref_start = learner.reference_logps(batch)
+    steps = [learner.dpo_step(batch) for _ in range(6)]
+    # The reference is the round-start policy and stays fixed while the policy moves.
+    assert torch.allclose(learner.reference_logps(batch), ref_start)
+    # At the first step policy == reference, so the loss is exactly -log σ(0) = log 2.
+    assert steps[0]["loss/dpo"] == pytest.approx(0.693147, abs=1e-4)
+    assert steps[-1]["loss/dpo"] < steps[0]["loss/dpo"] - 0.01
+    assert steps[-1]["rewards/margins"] > 0
+    learner.end_round(keep=True)
+    assert _changed(before, _weights(learner.model))
+
+
+@pytest.mark.parametrize("lora", [True, False], ids=["lora", "full"])
+def test_rejected_round_restores_the_round_start_weights(tiny_path, lora):
+    learner = PolicyLearner(tiny_path, TrainerConfig(lora=lora, lr=1e-2))
+    before = _weights(learner.model)
+    learner.begin_round(seed=0)
+    batch = learner.sft_batch(SFT)
+    for _ in range(3):
+        learner.sft_step(batch)
+    learner.end_round(keep=False)
+    assert _changed(before, _weights(learner.model)) == []
+
+
+@pytest.mark.parametrize("lora", [True, False], ids=["lora", "full"])
+def test_preference_model_learns_the_soft_labels(tiny_path, lora):
+    learner = PreferenceLearner(tiny_path, TrainerConfig(lora=lora, lr=5e-3))
+    before = _weights(learner.pm)
+    learner.begin_round(seed=0)
+    batch = learner.preference_batch(PREFS)
+    steps = [learner.step(batch) for _ in range(8)]
+    learner.end_round(keep=True)
+    assert steps[-1]["loss/reward"] < steps[0]["loss/reward"] - 0.05, [s["loss/reward"] for s in steps]
+    assert _changed(before, _weights(learner.pm))
+    chosen = learner.pm.score([e.prompt for e in PREFS], [e.chosen for e in PREFS])
+    rejected = learner.pm.score([e.prompt for e in PREFS], [e.rejected for e in PREFS])
+    assert all(c > r for c, r in zip(chosen, rejected))
+
+
+def test_merged_lora_checkpoint_loads_with_plain_transformers(tiny_path, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    learner = PolicyLearner(tiny_path, TrainerConfig(lora=True, lr=1e-2))
+    learner.begin_round(seed=0)
+    batch = learner.sft_batch(SFT)
+    for _ in range(3):
+        learner.sft_step(batch)
+    with torch.no_grad():
+        trained_logits = learner.model(input_ids=batch["input_ids"],
+                                       attention_mask=batch["attention_mask"]).logits
+    learner.end_round(keep=True)
+    learner.save(tmp_path)
+
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert "model.safetensors" in names and "config.json" in names and "tokenizer.json" in names
+    assert not [n for n in names if n.endswith((".bin", ".pt", ".pth", ".pkl"))]
+    assert "adapter_config.json" not in names
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert not any("lora" in k for k in reloaded.state_dict())
+    with torch.no_grad():
+        logits = reloaded(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    assert torch.allclose(logits, trained_logits, atol=1e-4)
+    base = AutoModelForCausalLM.from_pretrained(tiny_path)
+    assert _changed(_weights(base), _weights(reloaded))
+
+
+def test_preference_model_save_and_load_keep_its_scores(tiny_path, tmp_path):
+    from trainer.reward import PreferenceModel
+
+    learner = PreferenceLearner(tiny_path, TrainerConfig(lora=True, lr=5e-3))
+    learner.begin_round(seed=0)
+    learner.step(learner.preference_batch(PREFS))
+    learner.end_round(keep=True)
+    learner.save(tmp_path / "pm")
+    prompts, answers = [e.prompt for e in PREFS], [e.chosen for e in PREFS]
+    again = PreferenceModel.load(tmp_path / "pm")
+    assert again.score(prompts, answers) == pytest.approx(learner.pm.score(prompts, answers), abs=1e-5)
+    assert not list((tmp_path / "pm").glob("*.bin"))
+
+
+def test_save_inside_a_round_is_refused(tiny_path, tmp_path):
+    learner = PolicyLearner(tiny_path, TrainerConfig())
+    learner.begin_round(seed=0)
+    with pytest.raises(RuntimeError, match="end_round"):
+        learner.save(tmp_path)

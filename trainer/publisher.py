@@ -1,0 +1,80 @@
+"""The trainer's outbound calls: publish a checkpoint, announce it, read the serving version.
+
+Kept apart from the loop so tests can pass a fake with the same three methods.
+Publishing goes through ``serving.publish.publish_policy`` (Triton load, ready check, Redis
+pointer ``cai:policy:version``); the announcement is a ``PolicyVersionRecord`` carrying the
+round's metrics on the ``policy-versions`` topic. The loop calls ``announce`` itself, after
+it has recorded the new version on disk, so a crash in between is repaired on restart.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from cai.settings import StackSettings
+from streams.settings import StreamSettings
+
+logger = logging.getLogger(__name__)
+
+
+class StackPublisher:
+    """Publishes to the running stack (Triton + Redis + Kafka)."""
+
+    def __init__(self, stack: StackSettings, streams: StreamSettings, keep_last: int = 3):
+        self.stack = stack
+        self.streams = streams
+        self.keep_last = keep_last
+
+    def publish(self, checkpoint_dir: Path) -> int:
+        from serving.publish import publish_policy
+
+        return publish_policy(checkpoint_dir, self.stack, keep_last=self.keep_last)
+
+    def announce(self, version: int, checkpoint_dir: Path, metrics: dict) -> None:
+        from kafka import KafkaProducer
+
+        from streams.records import PolicyVersionRecord, encode, stamp
+        from streams.topics import POLICY_VERSIONS, topic_name
+
+        record = stamp(PolicyVersionRecord(version=version, checkpoint=str(checkpoint_dir),
+                                           metrics_json=json.dumps(metrics, sort_keys=True)))
+        producer = KafkaProducer(bootstrap_servers=self.streams.kafka_address, acks="all",
+                                 client_id="cai-trainer")
+        try:
+            producer.send(topic_name(POLICY_VERSIONS, self.streams), key=str(version).encode(),
+                          value=encode(record)).get(timeout=30)
+        finally:
+            producer.close()
+        logger.info("announced policy v%d on %s", version, topic_name(POLICY_VERSIONS, self.streams))
+
+    def find_published(self, checkpoint_dir: Path) -> int | None:
+        """The version serving already has for this checkpoint (Redis hash), if any."""
+        import redis
+
+        from serving.publish import REDIS_CHECKPOINTS_KEY
+
+        wanted = str(Path(checkpoint_dir).resolve())
+        try:
+            entries = redis.Redis.from_url(self.stack.redis_address, socket_timeout=5,
+                                           decode_responses=True).hgetall(REDIS_CHECKPOINTS_KEY)
+        except redis.RedisError as exc:
+            logger.warning("cannot read %s from Redis (%s)", REDIS_CHECKPOINTS_KEY, exc)
+            return None
+        matches = [int(v) for v, path in entries.items() if path == wanted]
+        return max(matches) if matches else None
+
+    def current_version(self) -> int:
+        """The serving policy version from Redis; 1 (the base model) when unset or unreachable."""
+        import redis
+
+        from serving.publish import REDIS_VERSION_KEY
+
+        try:
+            value = redis.Redis.from_url(self.stack.redis_address, socket_timeout=5).get(
+                REDIS_VERSION_KEY)
+        except redis.RedisError as exc:
+            logger.warning("cannot read %s from Redis (%s); assuming policy v1", REDIS_VERSION_KEY, exc)
+            return 1
+        return int(value) if value else 1

@@ -1,0 +1,169 @@
+"""One training round, independent of Kafka: staleness, data mix, train, probe, gate.
+
+``RoundRunner.run`` takes the round's new examples and the held-out probe, trains the
+policy (SFT on revisions mixed with helpfulness data, then soft DPO) or the preference
+model, measures the probe before and after, and decides whether to promote: a round whose
+probe regresses beyond ``promotion_threshold`` is rolled back to the round-start weights.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+
+from trainer.config import TrainerConfig
+from trainer.data import PreferenceExample, SFTExample
+from trainer.steps import PolicyLearner, PreferenceLearner
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Probe:
+    """Held-out examples, filled from the start of the stream and never trained on."""
+
+    sft: list[SFTExample] = field(default_factory=list)
+    preferences: list[PreferenceExample] = field(default_factory=list)
+
+    def wants(self, example, size: int) -> bool:
+        target = self.sft if isinstance(example, SFTExample) else self.preferences
+        return len(target) < size
+
+    def add(self, example) -> None:
+        (self.sft if isinstance(example, SFTExample) else self.preferences).append(example)
+
+    def to_json(self) -> dict:
+        return {"sft": [asdict(e) for e in self.sft],
+                "preferences": [asdict(e) for e in self.preferences]}
+
+    @classmethod
+    def from_json(cls, data: dict) -> Probe:
+        return cls([SFTExample(**e) for e in data.get("sft", [])],
+                   [PreferenceExample(**e) for e in data.get("preferences", [])])
+
+
+def staleness_weight(record_version: int, current_version: int, config: TrainerConfig) -> float:
+    """1.0 for fresh records, 0.0 for stale ones under 'drop', a decayed weight under 'downweight'."""
+    excess = (current_version - record_version) - config.max_staleness
+    if excess <= 0:
+        return 1.0
+    if config.staleness_policy == "drop":
+        return 0.0
+    return config.stale_weight ** excess
+
+
+def sft_mix_weights(examples: list[SFTExample], helpful_mix: float) -> list[float]:
+    """Per-example weights giving helpfulness examples ``helpful_mix`` of the SFT loss.
+
+    Weights average 1 over the round, so the learning rate means the same with any mix; with
+    only one kind present every example keeps its own weight.
+    """
+    helpful = sum(1 for e in examples if e.kind == "helpful")
+    other = len(examples) - helpful
+    if helpful == 0 or other == 0:
+        return [e.weight for e in examples]
+    n = len(examples)
+    scale = {True: helpful_mix * n / helpful, False: (1 - helpful_mix) * n / other}
+    return [e.weight * scale[e.kind == "helpful"] for e in examples]
+
+
+def promotion_decision(before: dict[str, float], after: dict[str, float],
+                       threshold: float) -> tuple[bool, list[str]]:
+    """Promote unless a probe metric regressed beyond ``threshold``; return the reasons."""
+    reasons = []
+    key = "probe/sft_loss"
+    if key in before and key in after and after[key] > before[key] * (1 + threshold):
+        reasons.append(f"{key} rose {before[key]:.4f} -> {after[key]:.4f} (> {threshold:.0%})")
+    for key in ("probe/pref_accuracy", "probe/pm_accuracy"):
+        if key in before and key in after and after[key] < before[key] - threshold:
+            reasons.append(f"{key} fell {before[key]:.3f} -> {after[key]:.3f} (> {threshold})")
+    return not reasons, reasons
+
+
+@dataclass
+class RoundResult:
+    promoted: bool
+    metrics: dict[str, float]
+    reasons: list[str]
+
+
+def _batches(items: list, size: int, rng: random.Random) -> list[list]:
+    order = items[:]
+    rng.shuffle(order)
+    return [order[i:i + size] for i in range(0, len(order), size)]
+
+
+class RoundRunner:
+    """Runs rounds on a policy learner and, in reward mode, a preference learner."""
+
+    def __init__(self, config: TrainerConfig, policy: PolicyLearner,
+                 preference: PreferenceLearner | None = None):
+        if config.mode == "reward" and preference is None:
+            raise ValueError("mode='reward' needs a PreferenceLearner; pass preference=...")
+        self.config = config
+        self.policy = policy
+        self.preference = preference
+
+    def _evaluate(self, probe: Probe) -> dict[str, float]:
+        out = self.policy.evaluate(probe.sft, probe.preferences if self.config.mode == "dpo" else [])
+        if self.config.mode == "reward":
+            out.update(self.preference.evaluate(probe.preferences))
+        return out
+
+    def run(self, round_no: int, sft: list[SFTExample], preferences: list[PreferenceExample],
+            probe: Probe) -> RoundResult:
+        cfg = self.config
+        started = time.monotonic()
+        rng = random.Random(cfg.seed * 1_000_003 + round_no)
+        train_policy_sft = cfg.sft and bool(sft)
+        train_dpo = cfg.mode == "dpo" and bool(preferences)
+        train_pm = cfg.mode == "reward" and bool(preferences)
+
+        self.policy.begin_round(cfg.seed + round_no)
+        if self.preference is not None:
+            self.preference.begin_round(cfg.seed + round_no)
+        before = self._evaluate(probe)
+
+        sums: dict[str, float] = defaultdict(float)
+        counts: dict[str, int] = defaultdict(int)
+
+        def record(step_metrics: dict[str, float]) -> None:
+            for key, value in step_metrics.items():
+                sums[key] += value
+                counts[key] += 1
+
+        weights = dict(zip((id(e) for e in sft), sft_mix_weights(sft, cfg.helpful_mix)))
+        for _ in range(cfg.epochs):
+            if train_policy_sft:
+                for chunk in _batches(sft, cfg.batch_size, rng):
+                    batch = self.policy.sft_batch(chunk, [weights[id(e)] for e in chunk])
+                    record(self.policy.sft_step(batch))
+            if train_dpo:
+                for chunk in _batches(preferences, cfg.batch_size, rng):
+                    record(self.policy.dpo_step(self.policy.preference_batch(chunk)))
+            if train_pm:
+                for chunk in _batches(preferences, cfg.batch_size, rng):
+                    record(self.preference.step(self.preference.preference_batch(chunk)))
+
+        after = self._evaluate(probe)
+        promoted, reasons = promotion_decision(before, after, cfg.promotion_threshold)
+        if not counts:  # e.g. only SFT records while sft=False: same weights, no new version
+            promoted, reasons = False, ["nothing to train with this config"]
+        self.policy.end_round(keep=promoted)
+        if self.preference is not None:
+            self.preference.end_round(keep=promoted)
+
+        metrics = {key: sums[key] / counts[key] for key in sums}
+        metrics.update(after)
+        metrics.update({key.replace("probe/", "probe_before/"): v for key, v in before.items()})
+        metrics.update({
+            "data/sft_harmful": float(sum(1 for e in sft if e.kind != "helpful")),
+            "data/sft_helpful": float(sum(1 for e in sft if e.kind == "helpful")),
+            "data/preferences": float(len(preferences)),
+            "round/promoted": float(promoted),
+            "time/round_s": time.monotonic() - started,
+        })
+        return RoundResult(promoted, metrics, reasons)
