@@ -44,7 +44,9 @@ def test_snapshot_sees_flows_examples_and_versions(kafka_redis):
         producer.send(topics.topic_name(short, stream), records.encode(record))
     producer.flush()
     producer.close()
-    redis.Redis.from_url(kafka_redis.redis_address).set(monitor.POLICY_VERSION_KEY, 2)
+    store = redis.Redis.from_url(kafka_redis.redis_address)
+    previous = store.get(monitor.POLICY_VERSION_KEY)
+    store.set(monitor.POLICY_VERSION_KEY, 2)
 
     # A consumer group that has committed nothing of sft yet lags by the one record.
     from kafka import KafkaConsumer, TopicPartition
@@ -56,7 +58,13 @@ def test_snapshot_sees_flows_examples_and_versions(kafka_redis):
                   OffsetAndMetadata(0, "", -1)})
     group.close()
 
-    snap = monitor.snapshot(kafka_redis, stream)
+    try:
+        snap = monitor.snapshot(kafka_redis, stream)
+    finally:  # the pointer is shared with the other tests on this stack
+        if previous is None:
+            store.delete(monitor.POLICY_VERSION_KEY)
+        else:
+            store.set(monitor.POLICY_VERSION_KEY, previous)
     assert snap["topics"]["preferences"]["lag"] == {stream.app_id: 1}
     assert snap["topics"]["sft"]["total"] == 1 and snap["topics"]["sft"]["per_minute"] == 1
     assert snap["newest_example"]["steps"][0]["critique"] == "too harmful"
