@@ -99,7 +99,10 @@ def start_children(settings: StackSettings, options: RunOptions,
     argvs = {
         "worker": cai + ["worker", "--worker-id", "run-worker"],
         "trainer": cai + ["trainer", "--round-every-examples", str(every),
-                          "--round-every-seconds", "90", *options.trainer_args],
+                          "--round-every-seconds", "90",
+                          # The probe takes the first examples of each kind: keep it small so
+                          # that a short run still has data to train on.
+                          "--probe-size", str(max(1, options.prompts // 8)), *options.trainer_args],
     }
     for name in names:
         argv = argvs[name]
