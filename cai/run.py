@@ -102,7 +102,9 @@ def start_children(settings: StackSettings, options: RunOptions,
                           "--round-every-seconds", "90",
                           # The probe takes the first examples of each kind: keep it small so
                           # that a short run still has data to train on.
-                          "--probe-size", str(max(1, options.prompts // 8)), *options.trainer_args],
+                          "--probe-size", str(max(1, options.prompts // 8)),
+                          # Versions change every few minutes in a short run: keep older data.
+                          "--staleness-policy", "downweight", *options.trainer_args],
     }
     for name in names:
         argv = argvs[name]

@@ -310,7 +310,9 @@ class TrainerLoop:
             self._fill(poll_s)
             due_k = (self._pending.usable >= self.config.round_every_examples
                      or self._pending.skipped >= SKIP_ONLY_ROUND)
-            due_t = (self._pending.usable > 0
+            # Skipped records (stale, duplicate, bad) also close a round after T seconds, so
+            # their offsets get committed instead of lagging forever.
+            due_t = ((self._pending.usable > 0 or self._pending.skipped > 0)
                      and time.monotonic() - last_round >= self.config.round_every_seconds)
             if due_k or due_t:
                 self.run_round()
