@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from pathlib import Path
 
@@ -144,9 +143,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     import json
 
-    from cai import bench, run, setup_machine, stack
     from agents.constitution import load
     from agents.settings import PipelineSettings
+    from cai import bench, run, setup_machine, stack
     from serving.models import resolve
     from serving.textgen import TextGenerator
     from streams.admin import ensure_topics
