@@ -19,6 +19,7 @@ import faust
 
 from agents import compare, critique, policy, revise
 from agents import constitution as constitution_mod
+from agents.delivery import register_agent
 from agents.idempotency import namespace_for
 from agents.services import Services, connect
 from agents.settings import PipelineSettings
@@ -94,6 +95,6 @@ def create_app(stream_settings: StreamSettings | None = None, settings: Pipeline
 
     for stage in STAGES:
         source = topic_objects[stage.STAGE.source]
-        pipeline.agents[stage.NAME] = stage.register(app, pipeline.svc, source)
+        pipeline.agents[stage.NAME] = register_agent(app, pipeline.svc, source, stage.STAGE)
 
     return pipeline

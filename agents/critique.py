@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 
 from agents import prompts, strategies
-from agents.delivery import Output, Stage, handle, stable_seed
+from agents.delivery import Output, Stage, stable_seed
 from agents.services import Services
 from serving.client import GenerationParams
 from streams import topics
@@ -55,12 +55,3 @@ async def process(svc: Services, records: list[CritiqueRecord]) -> list[list[Out
 
 
 STAGE = Stage(NAME, topics.CRITIQUE, CritiqueRecord, key, process)
-
-
-def register(app, svc_ref, source_topic):
-    @app.agent(source_topic, name=f"cai-{NAME}")
-    async def critique_agent(stream):
-        async for batch in stream.take(svc_ref().settings.batch_size, within=svc_ref().settings.batch_within_s):
-            await handle(svc_ref(), STAGE, batch)
-
-    return critique_agent

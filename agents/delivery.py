@@ -219,3 +219,19 @@ async def handle(svc: Services, stage: Stage, values: list) -> int:
     except Exception as exc:
         on_fatal(stage.name, exc)
         raise
+
+
+def register_agent(app, svc_ref: Callable[[], Services], source_topic, stage: Stage):
+    """Add one Faust agent that feeds batches of ``source_topic`` to ``stage``.
+
+    Batches (``stream.take``) let Triton's dynamic batching pay off; ``svc_ref()`` returns
+    the running Services, which exist only once the worker has started.
+    """
+
+    @app.agent(source_topic, name=f"cai-{stage.name}")
+    async def stage_agent(stream):
+        settings = svc_ref().settings
+        async for batch in stream.take(settings.batch_size, within=settings.batch_within_s):
+            await handle(svc_ref(), stage, batch)
+
+    return stage_agent

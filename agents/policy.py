@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 
 from agents import strategies
-from agents.delivery import Output, Stage, handle, stable_seed
+from agents.delivery import Output, Stage, stable_seed
 from agents.services import Services
 from serving.client import GenerationParams
 from streams import topics
@@ -81,14 +81,3 @@ async def process(svc: Services, records: list[PromptRecord]) -> list[list[Outpu
 
 
 STAGE = Stage(NAME, topics.PROMPTS, PromptRecord, key, process, check)
-
-
-def register(app, svc_ref, source_topic):
-    """Add the policy agent to ``app``; ``svc_ref()`` returns the running Services."""
-
-    @app.agent(source_topic, name=f"cai-{NAME}")
-    async def policy_agent(stream):
-        async for batch in stream.take(svc_ref().settings.batch_size, within=svc_ref().settings.batch_within_s):
-            await handle(svc_ref(), STAGE, batch)
-
-    return policy_agent

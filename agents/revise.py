@@ -12,7 +12,7 @@ import json
 import logging
 
 from agents import prompts, strategies
-from agents.delivery import Output, Stage, handle, stable_seed
+from agents.delivery import Output, Stage, stable_seed
 from agents.services import Services
 from streams import topics
 from streams.records import CompareRecord, CritiqueRecord, ReviseRecord, SFTRecord, now
@@ -76,12 +76,3 @@ async def process(svc: Services, records: list[ReviseRecord]) -> list[list[Outpu
 
 
 STAGE = Stage(NAME, topics.REVISE, ReviseRecord, key, process)
-
-
-def register(app, svc_ref, source_topic):
-    @app.agent(source_topic, name=f"cai-{NAME}")
-    async def revise_agent(stream):
-        async for batch in stream.take(svc_ref().settings.batch_size, within=svc_ref().settings.batch_within_s):
-            await handle(svc_ref(), STAGE, batch)
-
-    return revise_agent
