@@ -69,10 +69,15 @@ def _example_block(constitution: Constitution, example: CritiqueExample) -> str:
     )
 
 
+def _examples(constitution: Constitution, block) -> str:
+    """Every critique/revision few-shot example rendered by ``block``, separated."""
+    return "".join(block(constitution, ex) + EXAMPLE_SEPARATOR + "\n\n"
+                   for ex in constitution.few_shot.critique_revision)
+
+
 def few_shot_prefix(constitution: Constitution) -> str:
     """The constant part shared by every critique and revision prompt."""
-    blocks = [_example_block(constitution, ex) for ex in constitution.few_shot.critique_revision]
-    return "".join(block + EXAMPLE_SEPARATOR + "\n\n" for block in blocks)
+    return _examples(constitution, _example_block)
 
 
 def critique_prompt(constitution: Constitution, principle: CritiquePrinciple, prompt: str,
@@ -97,8 +102,7 @@ def _direct_block(constitution: Constitution, example: CritiqueExample) -> str:
 
 def direct_prefix(constitution: Constitution) -> str:
     """The constant part of every critique-free ("direct") revision prompt."""
-    blocks = [_direct_block(constitution, ex) for ex in constitution.few_shot.critique_revision]
-    return "".join(block + EXAMPLE_SEPARATOR + "\n\n" for block in blocks)
+    return _examples(constitution, _direct_block)
 
 
 def direct_revision_prompt(constitution: Constitution, principle: CritiquePrinciple, prompt: str,
