@@ -13,13 +13,13 @@ from collections import defaultdict
 
 from cai.settings import StackSettings
 from cai.topic_stats import TopicReader
+from serving.publish import REDIS_VERSION_KEY
 from streams import topics
 from streams.settings import StreamSettings
 
 STAGE_TOPICS = (topics.PROMPTS, topics.CRITIQUE, topics.REVISE, topics.COMPARE)
 OUTPUT_TOPICS = (topics.SFT, topics.PREFERENCES, topics.POLICY_VERSIONS, topics.DEAD_LETTER)
 TRAINER_GROUP = "cai-trainer"
-POLICY_VERSION_KEY = "cai:policy:version"
 
 
 def _normalise(text: str) -> str:
@@ -114,7 +114,7 @@ def _serving_version(settings: StackSettings) -> int | None:
     import redis
 
     try:
-        value = redis.Redis.from_url(settings.redis_address, socket_timeout=2).get(POLICY_VERSION_KEY)
+        value = redis.Redis.from_url(settings.redis_address, socket_timeout=2).get(REDIS_VERSION_KEY)
     except redis.RedisError:
         return None
     return int(value) if value else None

@@ -120,7 +120,7 @@ def stop_children(settings: StackSettings) -> None:
         _child(settings, name).stop(grace_s=30)
 
 
-def _children_alive(settings: StackSettings) -> list[str]:
+def _dead_children(settings: StackSettings) -> list[str]:
     return [n for n in ("worker", "trainer") if _child(settings, n).read_pid() is None]
 
 
@@ -150,7 +150,7 @@ def watch(settings: StackSettings, stream: StreamSettings, fed: int, deadline: f
     snap = monitor.snapshot(settings, stream)
     with Live(monitor.render(snap), console=console, refresh_per_second=1, transient=False) as live:
         while time.monotonic() < deadline and not pipeline_done(snap, fed):
-            dead = _children_alive(settings)
+            dead = _dead_children(settings)
             if dead:
                 raise RuntimeError(f"{', '.join(dead)} exited; see {settings.logs_dir}")
             time.sleep(3)

@@ -212,15 +212,6 @@ def down(settings: StackSettings, services: tuple[str, ...] = SERVICES) -> list[
     return stopped
 
 
-def wait_healthy(settings: StackSettings, timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if all(HEALTH[name](settings) for name in SERVICES):
-            return
-        time.sleep(0.5)
-    raise ServiceError("stack: not every service became healthy; run `cai stack status`.")
-
-
 def print_status(settings: StackSettings, statuses: dict[str, ServiceStatus], as_json: bool) -> None:
     if as_json:
         print(json.dumps(status_json(settings, statuses), indent=2))

@@ -145,7 +145,3 @@ def resolve(spec: str, cache_dir: Path) -> str:
         f"model {spec!r} is not 'smollm2', 'tiny', an existing folder or a hub id like 'org/name'."
     )
 
-
-def describe(folder: str) -> dict:
-    config = Path(folder) / "config.json"
-    return json.loads(config.read_text()) if config.exists() else {"hub_id": folder}

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from cai import monitor
+from serving.publish import REDIS_VERSION_KEY
 from streams import admin, records, topics
 from streams.settings import StreamSettings
 
@@ -27,8 +28,8 @@ def test_principle_stats_counts_unchanged_revisions_and_margins():
 
 @pytest.mark.integration
 def test_snapshot_sees_flows_examples_and_versions(kafka_redis):
-    from kafka import KafkaProducer
     import redis
+    from kafka import KafkaProducer
 
     stream = StreamSettings(kafka_bootstrap=kafka_redis.kafka_address, topic_prefix="mon.")
     admin.ensure_topics(stream)
@@ -45,8 +46,8 @@ def test_snapshot_sees_flows_examples_and_versions(kafka_redis):
     producer.flush()
     producer.close()
     store = redis.Redis.from_url(kafka_redis.redis_address)
-    previous = store.get(monitor.POLICY_VERSION_KEY)
-    store.set(monitor.POLICY_VERSION_KEY, 2)
+    previous = store.get(REDIS_VERSION_KEY)
+    store.set(REDIS_VERSION_KEY, 2)
 
     # A consumer group that has committed nothing of sft yet lags by the one record.
     from kafka import KafkaConsumer, TopicPartition
@@ -62,9 +63,9 @@ def test_snapshot_sees_flows_examples_and_versions(kafka_redis):
         snap = monitor.snapshot(kafka_redis, stream)
     finally:  # the pointer is shared with the other tests on this stack
         if previous is None:
-            store.delete(monitor.POLICY_VERSION_KEY)
+            store.delete(REDIS_VERSION_KEY)
         else:
-            store.set(monitor.POLICY_VERSION_KEY, previous)
+            store.set(REDIS_VERSION_KEY, previous)
     assert snap["topics"]["preferences"]["lag"] == {stream.app_id: 1}
     assert snap["topics"]["sft"]["total"] == 1 and snap["topics"]["sft"]["per_minute"] == 1
     assert snap["newest_example"]["steps"][0]["critique"] == "too harmful"
