@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
