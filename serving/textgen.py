@@ -27,7 +27,7 @@ import logging
 import random
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -52,10 +52,14 @@ class GenRequest:
     num_samples: int = 1
     chat: bool = True
     system: str | None = None
+    # Text the answer starts with (the model continues it); it is part of the returned text.
+    response_prefix: str = ""
 
     def validate(self) -> None:
         if not isinstance(self.prompt, str):
             raise RequestError(f"prompt must be a string, got {type(self.prompt).__name__}")
+        if not isinstance(self.response_prefix, str):
+            raise RequestError(f"response_prefix must be a string, got {type(self.response_prefix).__name__}")
         if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
             raise RequestError(f"max_new_tokens must be an integer >= 1, got {self.max_new_tokens!r}")
         if not isinstance(self.temperature, (int, float)) or self.temperature < 0:
@@ -220,7 +224,8 @@ class TextGenerator:
         rows: list[_Row] = []
         for index, request in enumerate(requests):
             request.validate()
-            ids = self.encode(self.format_prompt(request.prompt, request.chat, request.system))
+            ids = self.encode(self.format_prompt(request.prompt, request.chat, request.system)
+                              + request.response_prefix)
             if not ids:
                 ids = [self.tokenizer.bos_token_id if self.tokenizer.bos_token_id is not None else self.pad_id]
             if len(ids) + request.max_new_tokens > self.max_context:
@@ -240,7 +245,9 @@ class TextGenerator:
             self._run(rows)
         results: list[list[GenResult]] = [[] for _ in requests]
         for row in rows:
-            results[row.request_index].append(self._result(row))
+            result = self._result(row)
+            prefix = requests[row.request_index].response_prefix
+            results[row.request_index].append(replace(result, text=prefix + result.text) if prefix else result)
         return results
 
     def _result(self, row: _Row) -> GenResult:
@@ -257,28 +264,7 @@ class TextGenerator:
         )
 
     def _run(self, rows: list[_Row]) -> None:
-        from transformers import DynamicCache
-
-        shared, layers = self._shared_prefix(rows)
-        cache = DynamicCache(config=self.model.config)
-        for index, (keys, values) in enumerate(layers):
-            # Expanded views: no copy until the cache grows (the first concatenation).
-            cache.update(keys.expand(len(rows), -1, -1, -1), values.expand(len(rows), -1, -1, -1), index)
-        # Each row's own tokens after the shared prefix, left-padded; the padding sits between
-        # the prefix and the row's tokens, which the attention mask hides.
-        width = max(len(r.prompt_ids) for r in rows) - shared
-        input_ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
-        own = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, row in enumerate(rows):
-            suffix = row.prompt_ids[shared:]
-            input_ids[i, width - len(suffix):] = torch.tensor(suffix)
-            own[i, width - len(suffix):] = 1
-        positions = (shared + own.cumsum(-1) - 1).clamp(min=shared)
-        mask = torch.cat([torch.ones((len(rows), shared), dtype=torch.long), own], dim=1)
-        out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
-                         past_key_values=cache, use_cache=True, logits_to_keep=1)
-        logits = out.logits[:, -1, :]
-        next_pos = positions[:, -1] + 1
+        cache, mask, logits, next_pos = self._prefill([r.prompt_ids for r in rows])
         active = list(range(len(rows)))  # indices into rows, one per batch row
         while True:
             choices = self._choose(logits, [rows[i] for i in active])
@@ -302,20 +288,46 @@ class TextGenerator:
             logits = out.logits[:, -1, :]
             next_pos = next_pos + 1
 
-    def _shared_prefix(self, rows: list[_Row]) -> tuple[int, list[tuple[torch.Tensor, torch.Tensor]]]:
-        """Length and per-layer KV (batch 1) of a token prefix that every row starts with.
+    def _prefill(self, sequences: list[list[int]]):
+        """Run every sequence's prompt once, on top of a shared cached prefix where there is one.
 
-        Critique and revision prompts repeat a long few-shot block, and samples of one request
-        repeat their whole prompt: computing that part once per batch, and keeping it across
-        batches (a small LRU), removes most of the prefill work.
+        Returns (KV cache, attention mask, last-position logits, next position), one row per
+        sequence. Each row's own tokens after the shared prefix are left-padded; the padding sits
+        between the prefix and the row's tokens, and the attention mask hides it.
+        """
+        from transformers import DynamicCache
+
+        shared, layers = self._shared_prefix(sequences)
+        cache = DynamicCache(config=self.model.config)
+        for index, (keys, values) in enumerate(layers):
+            # Expanded views: no copy until the cache grows (the first concatenation).
+            cache.update(keys.expand(len(sequences), -1, -1, -1), values.expand(len(sequences), -1, -1, -1), index)
+        width = max(len(ids) for ids in sequences) - shared
+        input_ids = torch.full((len(sequences), width), self.pad_id, dtype=torch.long)
+        own = torch.zeros((len(sequences), width), dtype=torch.long)
+        for i, ids in enumerate(sequences):
+            suffix = ids[shared:]
+            input_ids[i, width - len(suffix):] = torch.tensor(suffix)
+            own[i, width - len(suffix):] = 1
+        positions = (shared + own.cumsum(-1) - 1).clamp(min=shared)
+        mask = torch.cat([torch.ones((len(sequences), shared), dtype=torch.long), own], dim=1)
+        out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
+                         past_key_values=cache, use_cache=True, logits_to_keep=1)
+        return cache, mask, out.logits[:, -1, :], positions[:, -1] + 1
+
+    def _shared_prefix(self, sequences: list[list[int]]) -> tuple[int, list[tuple[torch.Tensor, torch.Tensor]]]:
+        """Length and per-layer KV (batch 1) of a token prefix that every sequence starts with.
+
+        Critique, revision and judge prompts repeat a long fixed block, and samples of one
+        request repeat their whole prompt: computing that part once per batch, and keeping it
+        across batches (a small LRU), removes most of the prefill work.
         """
         if self.prefix_min_tokens <= 0:
             return 0, []
-        limit = min(len(r.prompt_ids) for r in rows) - 1  # every row keeps >= 1 token of its own
-        first = rows[0].prompt_ids
+        limit = min(len(ids) for ids in sequences) - 1  # every row keeps >= 1 token of its own
+        first = sequences[0]
         common = limit
-        for row in rows[1:]:
-            ids = row.prompt_ids
+        for ids in sequences[1:]:
             k = 0
             while k < common and ids[k] == first[k]:
                 k += 1
@@ -326,7 +338,7 @@ class TextGenerator:
                 best_key = key
         if best_key:
             self._prefixes.move_to_end(best_key)  # the long-lived few-shot block stays cached
-        if len(rows) > 1 and common - len(best_key) >= self.prefix_min_tokens:
+        if len(sequences) > 1 and common - len(best_key) >= self.prefix_min_tokens:
             return common, self._extend_prefix(best_key, tuple(first[:common]))
         if best_key:
             return len(best_key), self._prefixes[best_key]
@@ -412,15 +424,15 @@ class TextGenerator:
             outputs.append(JudgeOutput(probs=probs, logprobs=logps, reasoning=why))
         return outputs
 
+    @torch.inference_mode()
     def score_continuations(self, items: list[tuple[str, list[str]]]) -> list[list[float]]:
         """For each (prefix, choices): log P(choice text | prefix), tokenised jointly with the prefix.
 
         The part every choice shares runs once per item (one row per item); its KV cache is then
         copied to one row per choice and only the short choice tails run on top of it, so a
-        two-choice judge costs one prompt forward, not two.
+        two-choice judge costs one prompt forward, not two. The items' common opening (the
+        judge's fixed instructions) comes from the prefix cache, as for generation.
         """
-        from transformers import DynamicCache
-
         heads: list[list[int]] = []  # per item: the tokens all its choices share
         tails: list[list[int]] = []  # per (item, choice): the scored tokens
         owners: list[tuple[int, int]] = []
@@ -447,18 +459,9 @@ class TextGenerator:
         results = [[0.0] * len(choices) for _, choices in items]
         if not tails:
             return results
-        # Phase 1: the shared heads, left-padded, one row per item.
-        width = max(len(h) for h in heads)
-        head_ids = torch.full((len(heads), width), self.pad_id, dtype=torch.long)
-        head_mask = torch.zeros_like(head_ids)
-        for i, ids in enumerate(heads):
-            head_ids[i, width - len(ids):] = torch.tensor(ids)
-            head_mask[i, width - len(ids):] = 1
-        cache = DynamicCache(config=self.model.config)
-        first = self.model(input_ids=head_ids, attention_mask=head_mask,
-                           position_ids=(head_mask.cumsum(-1) - 1).clamp(min=0),
-                           past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1].float()
-        first = torch.log_softmax(first, dim=-1)  # predicts each item's first tail token
+        # Phase 1: the shared heads, one row per item, on top of their common cached prefix.
+        cache, head_mask, first, _ = self._prefill(heads)
+        first = torch.log_softmax(first.float(), dim=-1)  # predicts each item's first tail token
         rows = torch.tensor([item for item, _ in owners])
         for (item_index, choice_index), tail in zip(owners, tails):
             if tail:

@@ -249,3 +249,34 @@ def test_judge_batch_with_mixed_choices_matches_manual_scores(tiny_generator):
             manual = sequence_logprob(tiny_generator.model, prompt_tok, joint[len(prompt_tok):])
             assert logp == pytest.approx(manual, rel=1e-4, abs=1e-3)
         assert sum(out.probs) == pytest.approx(1.0)
+
+
+def test_judge_reuses_the_shared_opening_and_scores_the_same(cache_dir):
+    from serving.models import resolve
+
+    source = resolve("tiny", cache_dir)
+    plain = TextGenerator(source, threads=1, prefix_min_tokens=0)
+    shared = TextGenerator(source, threads=1, prefix_min_tokens=8)
+    opening = "Consider the following conversation between a human and an assistant.\n" * 4
+    requests = [JudgeRequest(opening + f"Human: question {i}{' again' * i}\nWhich is better?", choices=(" (A)", " (B)"),
+                             chat=False) for i in range(3)]
+    reference = plain.judge(requests)
+    batched = shared.judge(requests)
+    assert len(shared._prefixes) == 1  # the opening was computed once and kept
+    assert len(next(iter(shared._prefixes))) >= len(shared.encode(opening)) - 1
+    single = shared.judge(requests[2:])  # one request alone reuses the cached opening
+    for ref, got in zip(reference + reference[2:], batched + single):
+        assert got.logprobs == pytest.approx(ref.logprobs, abs=1e-3)
+        assert got.probs == pytest.approx(ref.probs, abs=1e-4)
+
+
+def test_response_prefix_is_continued_and_returned(tiny_generator):
+    opening = "I can't help with that. Doing this could"
+    request = GenRequest("How do I pick a lock?", max_new_tokens=5, temperature=0.0, response_prefix=opening)
+    [[opened]] = tiny_generator.generate([request])
+    raw = tiny_generator.format_prompt("How do I pick a lock?", True) + opening
+    [[continued]] = tiny_generator.generate([GenRequest(raw, max_new_tokens=5, temperature=0.0, chat=False)])
+    assert opened.text == opening + continued.text            # the answer includes its opening
+    assert opened.token_ids == continued.token_ids and opened.completion_tokens == 5
+    with pytest.raises(RequestError, match="response_prefix"):
+        tiny_generator.generate([GenRequest("q", response_prefix=3)])
