@@ -6,7 +6,11 @@ answer against the final revision in both orders.
 
 * ``raw``: the same model in-process, every step batched over all prompts: the hardware limit.
 * ``sequential``: in-process, one prompt at a time through every step, the way chain-based
-  tools run a critique/revise loop.
+  tools run a critique/revise loop: every call prefills its whole prompt, with no key/value
+  cache kept between calls (a plain ``generate`` per call).
+* ``sequential-cached``: the same one-at-a-time loop on this project's engine, which keeps the
+  few-shot block's key/value cache between calls. It shows how much of the gap is batching
+  and how much is prefix reuse.
 * ``pipeline``: the real system: prompts fed to Kafka, Faust agents, Triton with dynamic
   batching; measured from the first feed to the last preference record.
 
@@ -102,10 +106,12 @@ def run_raw(generator, constitution, work: Workload, seed: int = 0) -> ModeResul
     return ModeResult("raw batched (in-process)", time.monotonic() - started, tokens, len(work.prompts))
 
 
-def run_sequential(generator, constitution, work: Workload, seed: int = 0) -> ModeResult:
+def run_sequential(generator, constitution, work: Workload, seed: int = 0,
+                   name: str = "sequential loop (in-process)") -> ModeResult:
+    """One prompt at a time; ``generator`` decides whether prefixes are reused between calls."""
     started = time.monotonic()
     tokens = sum(_in_process(generator, constitution, work, [p], seed + i) for i, p in enumerate(work.prompts))
-    return ModeResult("sequential loop (in-process)", time.monotonic() - started, tokens, len(work.prompts))
+    return ModeResult(name, time.monotonic() - started, tokens, len(work.prompts))
 
 
 def percentiles(values: list[float]) -> dict:

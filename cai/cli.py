@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from cai.processes import ServiceError
+from cai.run import DEFAULT_RECIPE, RECIPES
 from cai.settings import ModelSettings, StackSettings
 
 
@@ -85,7 +86,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     options = run.RunOptions(
         model=args.model or ModelSettings().model, prompts=args.prompts, rounds=args.rounds,
         duration_s=args.duration * 60, report=args.report, keep=args.keep, seed=args.seed,
-        eval_harmful=args.eval_harmful, eval_benign=args.eval_benign,
+        eval_harmful=args.eval_harmful, eval_benign=args.eval_benign, recipe=args.recipe,
     )
     try:
         run.run(settings, options)
@@ -165,7 +166,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         stack.up(settings, models)
         stream = StreamSettings(kafka_bootstrap=settings.kafka_address)
         ensure_topics(stream)
-        options = run.RunOptions(model=models.model, rounds=args.rounds)
+        # The benchmark's workload is the paper's critique/revise/judge chain.
+        options = run.RunOptions(model=models.model, rounds=args.rounds, recipe="paper")
         run.start_children(settings, options, names=("worker",))
         try:
             from transformers import AutoTokenizer
@@ -178,15 +180,21 @@ def cmd_bench(args: argparse.Namespace) -> int:
             if not args.keep:
                 run.stop_children(settings)
                 stack.down(settings)
-    if {"raw", "sequential"} & set(args.modes):
-        generator = TextGenerator(resolve(models.for_role("policy"), settings.cache_dir), threads=args.threads)
+    source = resolve(models.for_role("policy"), settings.cache_dir)
+    if {"raw", "sequential-cached"} & set(args.modes):
+        generator = TextGenerator(source, threads=args.threads)
         if "raw" in args.modes:
             results["modes"]["raw"] = bench.run_raw(generator, constitution, work).as_dict()
-        if "sequential" in args.modes:
-            results["modes"]["sequential"] = bench.run_sequential(generator, constitution, work).as_dict()
+        if "sequential-cached" in args.modes:
+            results["modes"]["sequential-cached"] = bench.run_sequential(
+                generator, constitution, work, name="sequential loop, prefix cache kept").as_dict()
+    if "sequential" in args.modes:
+        plain = TextGenerator(source, threads=args.threads, prefix_min_tokens=0)
+        results["modes"]["sequential"] = bench.run_sequential(
+            plain, constitution, work, name="sequential loop, chain-tool style").as_dict()
     modes = results["modes"]
     if "pipeline" in modes:
-        for other in ("raw", "sequential"):
+        for other in ("raw", "sequential", "sequential-cached"):
             if other in modes and modes[other]["tokens_per_s"]:
                 results[f"pipeline_vs_{other}"] = round(
                     modes["pipeline"]["tokens_per_s"] / modes[other]["tokens_per_s"], 3)
@@ -245,6 +253,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="smollm2 (default), tiny, a folder or a hub id (env CAI_MODEL)")
     p.add_argument("--prompts", type=int, default=24, help="training prompts to feed (default 24)")
     p.add_argument("--rounds", type=int, default=2, help="critique/revision rounds per prompt")
+    p.add_argument("--recipe", choices=sorted(RECIPES), default=DEFAULT_RECIPE,
+                   help="how revisions and preference labels are made (default %(default)s, the best "
+                        "in docs/strategies.md; 'paper' is critique-revise + judge). CAI_PIPELINE_* "
+                        "variables override single settings")
     p.add_argument("--duration", type=float, default=10.0,
                    help="minutes of streaming before evaluation starts (default 10)")
     p.add_argument("--eval-harmful", type=int, default=32, help="held-out harmful prompts to evaluate")
@@ -279,13 +291,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="benchmark: pipeline vs raw batched vs sequential loop (prints figures)",
                        description="Runs the same critique/revise/judge workload three ways on one machine: "
                        "through the live pipeline, in-process batched (the hardware limit) and one prompt at a "
-                       "time (a sequential chain). Prints tokens/s, prompts/min, their ratios, per-stage "
+                       "time (a sequential chain that prefills every call, as chain-based tools do; "
+                       "'sequential-cached' keeps the few-shot prefix cache between calls). Prints tokens/s, prompts/min, their ratios, per-stage "
                        "latency percentiles and the Kafka+Faust overhead per hop.")
     p.add_argument("--model", help="model for every role (env CAI_MODEL)")
     p.add_argument("--prompts", type=int, default=16, help="prompts in the workload (from harmbench)")
     p.add_argument("--rounds", type=int, default=1, help="critique/revision rounds")
-    p.add_argument("--modes", nargs="+", default=["pipeline", "raw", "sequential"],
-                   choices=["pipeline", "raw", "sequential"])
+    p.add_argument("--modes", nargs="+", default=["pipeline", "raw", "sequential", "sequential-cached"],
+                   choices=["pipeline", "raw", "sequential", "sequential-cached"])
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads for the in-process modes (default 1, like each Triton instance)")
     p.add_argument("--timeout", type=float, default=1800, help="seconds to wait for the pipeline")
