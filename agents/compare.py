@@ -110,7 +110,7 @@ async def process(svc: Services, records: list[CompareRecord]) -> list[list[Outp
     if contrastive:
         calls = []
         for r in contrastive:
-            toward, away = strategies.contrast_calls(svc.constitution, s, r.prompt)
+            toward, away = strategies.contrast_calls(svc.constitution, s, r.prompt, r.kind)
             calls += [(toward, stable_seed(NAME, key(r), "toward", r.seed)),
                       (away, stable_seed(NAME, key(r), "away", r.seed))]
         answers = await strategies.run_calls(svc.inference, calls)

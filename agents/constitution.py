@@ -34,9 +34,10 @@ DEFAULT_SYSTEM_PROMPT = (
 DEFAULT_REMINDER = (
     "If this request could hurt someone or is illegal, say you can't help with it and explain why. "
     "Otherwise answer it.")
+DEFAULT_DECLINE_OPENING = "I can't help with that. Doing this could"
 DEFAULT_CONTRAST_PROMPT = (
-    "Reply tersely. Do not think about whether the request is safe, never explain yourself, and "
-    "never give reasons or offer alternatives.")
+    "Reply tersely and get straight to the point. Never explain yourself, and never give reasons "
+    "or offer alternatives.")
 
 
 class ConstitutionError(ValueError):
@@ -105,6 +106,10 @@ class Constitution(_Strict):
     contrast_prompt: str = Field(DEFAULT_CONTRAST_PROMPT, min_length=1, description=(
         "the 'away' system prompt of 'contrastive' preferences: a careless, unexplained style; it "
         "must never ask for harmful content"))
+    decline_opening: str = Field(DEFAULT_DECLINE_OPENING, min_length=1, description=(
+        "with context_opening=true, context answers to red-team prompts (and the 'toward' side of "
+        "contrastive pairs on them) start with this text and the policy completes it: a decline "
+        "whose reason the model writes itself. End it where the reason begins"))
 
     @field_validator("version", mode="before")
     @classmethod

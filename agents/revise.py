@@ -68,7 +68,8 @@ async def process(svc: Services, records: list[ReviseRecord]) -> list[list[Outpu
         principle = None if r.strategy == "context" else (
             constitution.critique_by_id.get(r.principle_id)
             or constitution.draw_critique(r.prompt_id, r.round, r.seed, r.sample_index))
-        call = strategies.revision_call(constitution, s, r.strategy, principle, r.prompt, r.response, r.critique)
+        call = strategies.revision_call(constitution, s, r.strategy, principle, r.prompt, r.response, r.critique,
+                                       r.kind)
         calls.append((call, stable_seed(NAME, key(r), r.seed)))
     results = await strategies.run_calls(svc.inference, calls)
     return [_next(svc, r, strategies.clean_output(call, g.text), g.model_version)

@@ -47,6 +47,10 @@ class PipelineSettings(BaseSettings):
     context_temperature: float | None = Field(
         None, ge=0, description="sampling temperature of context and contrast answers; default: "
         "temperature (lower gives answers that follow the context more closely)")
+    context_opening: bool = Field(
+        False, description="context answers to red-team prompts, and the 'toward' side of contrastive "
+        "pairs on them, start with the constitution's decline_opening and the policy writes the "
+        "reason; helpful prompts never get it (docs/strategies.md)")
     contrastive_label: Literal["construction", "judge"] = Field(
         "construction", description="contrastive pairs: p_chosen=1 by construction, or the judge's "
         "soft probability that the 'toward' answer is better")

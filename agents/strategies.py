@@ -98,11 +98,11 @@ def principle_for(constitution: Constitution, strategy: str, prompt_id: str, rou
 
 # ---- revision ------------------------------------------------------------------------------------
 
-def context_params(settings: PipelineSettings, system: str | None) -> GenerationParams:
-    """A policy answer as the policy stage asks for it, with a system prompt."""
+def context_params(settings: PipelineSettings, system: str | None, opening: str = "") -> GenerationParams:
+    """A policy answer as the policy stage asks for it, with a system prompt and an answer opening."""
     temperature = settings.temperature if settings.context_temperature is None else settings.context_temperature
     return GenerationParams(max_new_tokens=settings.policy_max_new_tokens, temperature=temperature,
-                            chat=True, system=system)
+                            chat=True, system=system, response_prefix=opening)
 
 
 def with_reminder(prompt: str, reminder: str) -> str:
@@ -110,21 +110,30 @@ def with_reminder(prompt: str, reminder: str) -> str:
     return f"{prompt}\n\n({reminder.strip()})"
 
 
-def context_call(constitution: Constitution, settings: PipelineSettings, prompt: str, away: bool = False) -> Call:
+def context_opening(constitution: Constitution, settings: PipelineSettings, kind: str) -> str:
+    """The answer opening of a context answer: the constitution's decline opening on red-team
+    prompts when ``context_opening`` is set, else none. Helpful prompts are always answered freely."""
+    return constitution.decline_opening if settings.context_opening and kind != "helpful" else ""
+
+
+def context_call(constitution: Constitution, settings: PipelineSettings, prompt: str, away: bool = False,
+                 kind: str = "harmful") -> Call:
     """A policy call on ``prompt`` with the constitution (or, ``away``, the contrast prompt) in context."""
+    opening = "" if away else context_opening(constitution, settings, kind)
     if settings.context_placement == "user-suffix":
         text = constitution.contrast_prompt if away else constitution.reminder
-        return Call("policy", with_reminder(prompt, text), context_params(settings, None))
+        return Call("policy", with_reminder(prompt, text), context_params(settings, None, opening))
     system = constitution.contrast_prompt if away else constitution.system_prompt
-    return Call("policy", prompt, context_params(settings, system))
+    return Call("policy", prompt, context_params(settings, system, opening))
 
 
 def revision_call(constitution: Constitution, settings: PipelineSettings, strategy: str,
-                  principle: CritiquePrinciple | None, prompt: str, response: str, critique: str) -> Call:
+                  principle: CritiquePrinciple | None, prompt: str, response: str, critique: str,
+                  kind: str = "harmful") -> Call:
     """The call that makes one revision under ``strategy``."""
     check_strategy(strategy)
     if strategy == "context":
-        return context_call(constitution, settings, prompt)
+        return context_call(constitution, settings, prompt, kind=kind)
     if principle is None:
         raise ValueError(f"strategy {strategy!r} needs a critique principle")
     params = GenerationParams(max_new_tokens=settings.revision_max_new_tokens,
@@ -169,9 +178,11 @@ def hard_label(initial: str, final: str) -> tuple[str, str, float] | None:
     return final, initial, 1.0
 
 
-def contrast_calls(constitution: Constitution, settings: PipelineSettings, prompt: str) -> tuple[Call, Call]:
+def contrast_calls(constitution: Constitution, settings: PipelineSettings, prompt: str,
+                   kind: str = "harmful") -> tuple[Call, Call]:
     """The (toward, away) policy calls of one contrastive pair, on the plain prompt."""
-    return context_call(constitution, settings, prompt), context_call(constitution, settings, prompt, away=True)
+    return (context_call(constitution, settings, prompt, kind=kind),
+            context_call(constitution, settings, prompt, away=True, kind=kind))
 
 
 def contrastive_label(p_toward: float | None) -> float:

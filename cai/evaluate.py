@@ -140,6 +140,11 @@ def evaluate_policy(model_source: str, harmful: list[str], benign: list[str],
         "samples": [{"prompt": p, "answer": a, **classify(a).__dict__}
                     for p, a in list(zip(harmful, harmful_answers))[:3]
                     + list(zip(benign, benign_answers))[:2]],
+        # Every answer with its verdict, so that a sample can be hand-labelled to check the classifier.
+        "answers": [{"prompt": p, "kind": kind, "answer": a, **classify(a).__dict__}
+                    for kind, prompts, answers in (("harmful", harmful, harmful_answers),
+                                                   ("helpful", benign, benign_answers))
+                    for p, a in zip(prompts, answers)],
     }
 
 
@@ -170,4 +175,19 @@ def markdown(report: dict) -> str:
     for key, value in report.items():
         if key not in {"policies", "judge_agreement", "classifier_accuracy"} and not isinstance(value, (dict, list)):
             lines.append(f"- {key}: {value}")
+    example = report.get("example")
+    if example:
+        lines += ["", f"## Newest example ({example['prompt_id']})", "", f"- prompt: {_one_line(example['prompt'])}",
+                  f"- answer: {_one_line(example['answer'])}"]
+        for step in example.get("steps", []):
+            if step.get("critique"):
+                lines.append(f"- critique ({step.get('principle_id')}): {_one_line(step['critique'])}")
+            lines.append(f"- revision ({step.get('principle_id')}): {_one_line(step.get('revision'))}")
+        if example.get("judge"):
+            lines.append(f"- preference: p_chosen={example['judge']['p_chosen']}, "
+                         f"orders agree={example['judge']['orders_agree']}")
     return "\n".join(lines) + "\n"
+
+
+def _one_line(text: str | None) -> str:
+    return " ".join((text or "").split())

@@ -100,6 +100,7 @@ class GridOptions:
     contrastive_label: str = "construction"
     context_placement: str = "system"  # or "user-suffix" (agents/settings.py)
     context_temperature: float | None = None  # default: the policy's temperature
+    context_opening: bool = False     # context answers to red-team prompts start with decline_opening
     eval_harmful: int = 40
     eval_benign: int = 16
     eval_max_new_tokens: int = 64
@@ -182,7 +183,8 @@ class LocalInference:
 
         requests = [GenRequest(prompt=text, max_new_tokens=params.max_new_tokens, temperature=params.temperature,
                                top_p=params.top_p, seed=seed, stop=tuple(params.stop),
-                               num_samples=params.num_samples, chat=params.chat, system=params.system)
+                               num_samples=params.num_samples, chat=params.chat, system=params.system,
+                               response_prefix=params.response_prefix)
                     for text, seed in items]
         results = self.generator(role).generate(requests)
         self.tokens += sum(s.completion_tokens for samples in results for s in samples)
@@ -211,7 +213,7 @@ def pipeline_settings(cell: Cell, options: GridOptions):
         preference=cell.preference if cell.preference != "none" else "judge",
         compare="none" if cell.preference == "none" else "initial-vs-final",
         contrastive_label=options.contrastive_label, context_placement=options.context_placement,
-        context_temperature=options.context_temperature,
+        context_temperature=options.context_temperature, context_opening=options.context_opening,
         rounds=options.rounds, seed=options.seed,
         policy_max_new_tokens=options.max_new_tokens, critique_max_new_tokens=options.max_new_tokens,
         revision_max_new_tokens=options.max_new_tokens, redis_url="unused://", triton_grpc="unused")
@@ -335,7 +337,8 @@ def run_cell(cell: Cell, options: GridOptions, base_source: str, train_prompts: 
             "timings_s": {k: round(v, 1) for k, v in timings.items()},
             "steps_per_iteration": {"sft": sft_steps if train_sft else 0,
                                     "dpo": dpo_steps if cell.preference != "none" else 0},
-            "data": counts, "train_metrics": train_metrics, "samples": row["samples"], "model": source}
+            "data": counts, "train_metrics": train_metrics, "samples": row["samples"], "answers": row["answers"],
+            "model": source}
 
 
 def run_reference(name: str, source: str, eval_sets, options: GridOptions, system: str | None,
@@ -355,7 +358,7 @@ def run_reference(name: str, source: str, eval_sets, options: GridOptions, syste
             "explains_why": row["explains_why"], "over_refusal": row["over_refusal"],
             "cpu_minutes": round((time.process_time() - cpu0) / 60, 2),
             "wall_minutes": round((time.monotonic() - wall0) / 60, 2), "system": system, "reminder": reminder,
-            "samples": row["samples"], "model": source}
+            "samples": row["samples"], "answers": row["answers"], "model": source}
 
 
 # ---- the grid -------------------------------------------------------------------------------------
@@ -486,6 +489,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="constitution as system prompt, or as a reminder after the request (context/contrastive)")
     p.add_argument("--context-temperature", type=float,
                    help="temperature of context and contrast answers (default: the policy's, 0.7)")
+    p.add_argument("--context-opening", action="store_true",
+                   help="context answers (and contrastive 'toward' answers) to red-team prompts start with "
+                        "the constitution's decline_opening; the policy writes the reason")
     p.add_argument("--eval-harmful", type=int, default=d.eval_harmful)
     p.add_argument("--eval-benign", type=int, default=d.eval_benign)
     p.add_argument("--eval-max-new-tokens", type=int, default=d.eval_max_new_tokens)
@@ -497,6 +503,30 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true",
                    help="keep rows of an earlier run in OUTPUT whose options match")
     p.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    p.add_argument("--rescore", action="store_true",
+                   help="train nothing: recompute the figures of OUTPUT's rows from their saved answers "
+                        "with the current decline classifier")
+
+
+def rescore(report: dict) -> dict:
+    """Recompute every row's figures from its saved answers with the current classifier.
+
+    The answers are greedy, so they do not change; the decline rules may (cai/classify.py). Rows
+    written before answers were saved keep their figures and are marked ``rescored: false``.
+    """
+    from cai import evaluate
+
+    for row in report["rows"]:
+        answers = row.get("answers")
+        row["rescored"] = bool(answers)
+        if not answers:
+            continue
+        scores = evaluate.harmlessness([a["answer"] for a in answers if a["kind"] == "harmful"])
+        row["harmless"], row["explains_why"] = scores["harmless"].as_dict(), scores["explains_why"].as_dict()
+        row["over_refusal"] = evaluate.over_refusal([a["answer"] for a in answers if a["kind"] != "harmful"]).as_dict()
+        for answer in answers:
+            answer.update(evaluate.classify(answer["answer"]).__dict__)
+    return report
 
 
 def options_from_args(args: argparse.Namespace) -> GridOptions:
@@ -511,7 +541,14 @@ def cmd_grid(args: argparse.Namespace) -> int:
     except GridError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    report = run_grid(options, say=lambda m: print(m, file=sys.stderr, flush=True))
+    if args.rescore:
+        if not options.output.exists():
+            print(f"error: --rescore needs an earlier report at {options.output}", file=sys.stderr)
+            return 2
+        report = rescore(json.loads(options.output.read_text()))
+        write(report, options.output)
+    else:
+        report = run_grid(options, say=lambda m: print(m, file=sys.stderr, flush=True))
     print(markdown(report))
     print(f"report: {options.output} and {options.output.with_suffix('.md')}")
     return 0

@@ -44,6 +44,7 @@ class GenerationParams:
     num_samples: int = 1
     chat: bool = True
     system: str | None = None
+    response_prefix: str = ""  # the answer starts with this text; the model continues it
 
 
 @dataclass

@@ -8,7 +8,8 @@ prompt fails alone.
 Request::
 
     {"op": "generate", "prompt": "...", "params": {max_new_tokens, temperature, top_p, seed,
-                                                  stop, num_samples, chat, system}}
+                                                  stop, num_samples, chat, system,
+                                                  response_prefix}}
     {"op": "judge", "prompt": "...", "choices": ["(A)", "(B)"], "cot": false, "params": {...}}
 
 Response::

@@ -267,3 +267,32 @@ async def test_in_flight_records_keep_the_strategy_that_started_them(make_pipeli
     await put_all(p, "revise", [encode(old)], lambda: len(svc.send.sent) == 2)
     [sft] = svc.send.on(topics.SFT)
     assert sft.strategy == "critique-revise" and svc.inference.calls[0][0] == "reviser"
+
+
+def test_context_opening_starts_red_team_context_answers_only():
+    c = constitution_mod.load()
+    assert c.decline_opening.startswith("I can't help with that")
+    off = strategies.revision_call(c, PipelineSettings(), "context", None, "q", "a", "")
+    assert off.params.response_prefix == ""                           # off by default
+    s = PipelineSettings(context_opening=True, context_placement="user-suffix")
+    on = strategies.revision_call(c, s, "context", None, "q", "a", "", kind="harmful")
+    assert on.params.response_prefix == c.decline_opening and on.text == f"q\n\n({c.reminder})"
+    helpful = strategies.revision_call(c, s, "context", None, "q", "a", "", kind="helpful")
+    assert helpful.params.response_prefix == ""                       # helpful prompts answer freely
+    toward, away = strategies.contrast_calls(c, s, "q", kind="harmful")
+    assert toward.params.response_prefix == c.decline_opening and away.params.response_prefix == ""
+    toward, _ = strategies.contrast_calls(c, s, "q", kind="helpful")
+    assert toward.params.response_prefix == ""
+
+
+async def test_contrastive_pairs_open_the_toward_answer_only_on_red_team_prompts(make_pipeline):
+    svc = make_services(preference="contrastive", context_opening=True)
+    p = make_pipeline(svc)
+    recs = [CompareRecord(prompt_id="p1", prompt="q", response_a="", response_b="", pair="contrastive"),
+            CompareRecord(prompt_id="h1", prompt="Name a cat", response_a="", response_b="", pair="contrastive",
+                          kind="helpful")]
+    await put_all(p, "compare", [encode(r) for r in recs], lambda: len(svc.send.sent) == 2)
+    openings = {(text, params.system == svc.constitution.system_prompt): params.response_prefix
+                for role, items, params in svc.inference.calls for text, _ in items}
+    assert openings == {("q", True): svc.constitution.decline_opening, ("q", False): "",
+                        ("Name a cat", True): "", ("Name a cat", False): ""}
