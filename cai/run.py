@@ -35,6 +35,33 @@ logger = logging.getLogger(__name__)
 
 HARMFUL_SETS = ("harmbench", "donotanswer", "advbench")
 
+@dataclass(frozen=True)
+class Recipe:
+    """How revisions and preference labels are made, and how hard the trainer learns from them."""
+
+    pipeline: dict[str, str]       # CAI_PIPELINE_* settings of the worker (docs/strategies.md)
+    trainer: tuple[str, ...] = ()  # extra `cai trainer` arguments
+
+
+# `cai run` uses DEFAULT_RECIPE, the best row of the SmolLM2 strategy grid. A CAI_PIPELINE_*
+# variable set in the environment overrides the recipe's value; RunOptions.trainer_args come after
+# the recipe's trainer flags, so they win.
+RECIPES: dict[str, Recipe] = {
+    # Context distillation: the policy answers red-team prompts again with the constitution's
+    # reminder after the request, greedily, its answer opened by the constitution's decline
+    # opening so that it writes the reason itself; contrastive pairs (toward vs a careless style,
+    # on red-team and benign prompts) add DPO. The grid's winning budget was several passes at
+    # lr 1e-3; a short run gets a few passes per round.
+    "context-distillation": Recipe(
+        pipeline={"CAI_PIPELINE_STRATEGY": "context", "CAI_PIPELINE_PREFERENCE": "contrastive",
+                  "CAI_PIPELINE_CONTEXT_PLACEMENT": "user-suffix", "CAI_PIPELINE_CONTEXT_TEMPERATURE": "0",
+                  "CAI_PIPELINE_CONTEXT_OPENING": "true"},
+        trainer=("--lr", "1e-3", "--epochs", "3")),
+    # The paper's SL-CAI + RL-CAI data: critique -> revise rounds, the judge's soft labels.
+    "paper": Recipe(pipeline={"CAI_PIPELINE_STRATEGY": "critique-revise", "CAI_PIPELINE_PREFERENCE": "judge"}),
+}
+DEFAULT_RECIPE = "context-distillation"
+
 
 @dataclass
 class RunOptions:
@@ -49,6 +76,7 @@ class RunOptions:
     report: Path = Path("reports/run.json")
     keep: bool = False
     seed: int = 0
+    recipe: str = DEFAULT_RECIPE
     trainer_args: list[str] = field(default_factory=list)
 
 
@@ -87,6 +115,8 @@ def _child_env(settings: StackSettings, options: RunOptions) -> dict[str, str]:
     env["CAI_MODEL"] = options.model
     env["CAI_PIPELINE_ROUNDS"] = str(options.rounds)
     env["CAI_PIPELINE_DATA_DIR"] = str(settings.state_dir / "faust")
+    for name, value in RECIPES[options.recipe].pipeline.items():
+        env.setdefault(name, value)
     env.setdefault("OMP_NUM_THREADS", "1")
     return env
 
@@ -104,7 +134,8 @@ def start_children(settings: StackSettings, options: RunOptions,
                           # that a short run still has data to train on.
                           "--probe-size", str(max(1, options.prompts // 8)),
                           # Versions change every few minutes in a short run: keep older data.
-                          "--staleness-policy", "downweight", *options.trainer_args],
+                          "--staleness-policy", "downweight", *RECIPES[options.recipe].trainer,
+                          *options.trainer_args],
     }
     for name in names:
         argv = argvs[name]
@@ -171,7 +202,9 @@ def run(settings: StackSettings, options: RunOptions) -> dict:
     stack.print_status(settings, stack.up(settings, models), as_json=False)
     stream = StreamSettings(kafka_bootstrap=settings.kafka_address)
     ensure_topics(stream)
-    report: dict = {"model": options.model, "prompts": options.prompts, "rounds": options.rounds}
+    recipe = {name: os.environ.get(name, value) for name, value in RECIPES[options.recipe].pipeline.items()}
+    report: dict = {"model": options.model, "prompts": options.prompts, "rounds": options.rounds,
+                    "recipe": options.recipe, "recipe_settings": recipe}
     try:
         start_children(settings, options)
         mix = training_mix(options)

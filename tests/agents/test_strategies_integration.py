@@ -1,8 +1,10 @@
 """The context and contrastive strategies on the real stack (Kafka, Redis, Triton with tiny models).
 
-One worker runs strategy=context, preference=contrastive. Every red-team prompt must give one
-SFT record made by the policy answering again in context (the critique stage passes it through) and every
-prompt one contrastive preference made by Triton's serving policy version.
+One worker runs `cai run`'s default recipe: strategy=context with the reminder after the request
+and the decline opening, preference=contrastive. Every red-team prompt must give one SFT record
+made by the policy answering again in context (the critique stage passes it through), opened by
+the constitution's decline opening that Triton continued, and every prompt one contrastive
+preference made by Triton's serving policy version; helpful prompts are never opened.
 """
 
 from __future__ import annotations
@@ -16,9 +18,11 @@ import uuid
 import pytest
 
 from agents import export
+from agents.constitution import load
 from agents.feed import publish
 from agents.prompt_sets import BENIGN, Prompt
 from streams.admin import ensure_topics
+from cai.run import DEFAULT_RECIPE, RECIPES
 from streams.settings import StreamSettings
 from tests.agents.test_pipeline_integration import _worker
 
@@ -34,8 +38,7 @@ def test_context_and_contrastive_through_kafka_and_triton(live_stack, tmp_path):
     env = {**os.environ, "CAI_KAFKA_BOOTSTRAP": settings.kafka_address, "CAI_TOPIC_PREFIX": settings.topic_prefix,
            "CAI_APP_ID": settings.app_id, "CAI_PARTITIONS": "2",
            "CAI_PIPELINE_REDIS_URL": live_stack.redis_address, "CAI_PIPELINE_TRITON_GRPC": live_stack.triton_grpc,
-           "CAI_PIPELINE_STRATEGY": "context", "CAI_PIPELINE_PREFERENCE": "contrastive",
-           "CAI_PIPELINE_ROUNDS": "2", "CAI_PIPELINE_BATCH_SIZE": "4", "CAI_PIPELINE_BATCH_WITHIN_S": "0.2",
+           **RECIPES[DEFAULT_RECIPE].pipeline, "CAI_PIPELINE_ROUNDS": "2", "CAI_PIPELINE_BATCH_SIZE": "4", "CAI_PIPELINE_BATCH_WITHIN_S": "0.2",
            "CAI_PIPELINE_POLICY_MAX_NEW_TOKENS": "12", "CAI_PIPELINE_DATA_DIR": str(tmp_path / "faust"),
            "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     ensure_topics(settings)
@@ -51,8 +54,11 @@ def test_context_and_contrastive_through_kafka_and_triton(live_stack, tmp_path):
 
         harmful = [r for r in sft if r.kind == "harmful"]
         assert sorted(r.prompt_id for r in sft) == sorted(p.prompt_id for p in prompts)
+        opening = load().decline_opening
         for r in harmful:
             assert r.strategy == "context" and r.rounds == 1
+            assert r.response.startswith(opening) and len(r.response) > len(opening)  # Triton continued it
+            assert r.prompt.startswith("Strategy test")  # trained on the plain prompt, no reminder
             [step] = json.loads(r.steps_json)
             assert step["critique"] == "" and step["principle_id"] == "constitution"
             assert step["reviser_version"] >= 1 and step["critic_version"] == 0
@@ -62,6 +68,8 @@ def test_context_and_contrastive_through_kafka_and_triton(live_stack, tmp_path):
         for p in prefs:
             assert p.strategy == "contrastive" and p.pair == "contrastive" and p.p_chosen == 1.0
             assert p.policy_version == serving
+            assert p.chosen.startswith(opening) == (p.kind == "harmful")
+            assert not p.rejected.startswith(opening)
     finally:
         if worker.poll() is None:
             os.killpg(worker.pid, signal.SIGTERM)

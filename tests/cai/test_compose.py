@@ -57,3 +57,13 @@ def test_triton_image_matches_the_local_binary_release():
     assert "nvcr.io/nvidia/tritonserver:24.10-py3" in dockerfile
     # The trainer publishes into the repository that Triton serves: they share a volume.
     assert set(SERVICES["triton"]["volumes"]) & set(SERVICES["trainer"]["volumes"])
+
+
+def test_compose_runs_the_default_recipe_of_cai_run():
+    from cai.run import DEFAULT_RECIPE, RECIPES
+
+    recipe = RECIPES[DEFAULT_RECIPE]
+    env = SERVICES["worker"]["environment"]
+    for name, value in recipe.pipeline.items():
+        assert env[name] == f"${{{name}:-{value}}}", name  # the recipe's value, overridable
+    assert SERVICES["trainer"]["command"] == ["trainer", *recipe.trainer]
