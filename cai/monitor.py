@@ -19,7 +19,7 @@ from streams.settings import StreamSettings
 
 STAGE_TOPICS = (topics.PROMPTS, topics.CRITIQUE, topics.REVISE, topics.COMPARE)
 OUTPUT_TOPICS = (topics.SFT, topics.PREFERENCES, topics.POLICY_VERSIONS, topics.DEAD_LETTER)
-TRAINER_GROUP = "cai-trainer"
+TRAINER_GROUP = topics.TRAINER_GROUP
 
 
 def _normalise(text: str) -> str:

@@ -12,7 +12,6 @@ a GGUF-loaded model refuses ``save_pretrained``, so weights go through a fresh
 from __future__ import annotations
 
 import importlib.util
-import json
 import logging
 import shutil
 from pathlib import Path

@@ -19,6 +19,9 @@ PREFERENCES = "preferences"
 POLICY_VERSIONS = "policy-versions"
 DEAD_LETTER = "dead-letter"
 
+# The consumer group where the trainer commits its sft/preferences offsets (monitor reads its lag).
+TRAINER_GROUP = "cai-trainer"
+
 TOPICS = (PROMPTS, CRITIQUE, REVISE, COMPARE, SFT, PREFERENCES, POLICY_VERSIONS, DEAD_LETTER)
 
 

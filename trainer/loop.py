@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from streams import topics as topics_mod
 from trainer import checkpoint as ckpt
 from trainer.config import TrainerConfig
 from trainer.data import BadRecord, PreferenceExample, SFTExample, parse_preference, parse_sft
@@ -76,7 +77,7 @@ class KafkaSource:
     rebalance; the group id is only where offsets are committed.
     """
 
-    def __init__(self, bootstrap: str, topics: list[str], group_id: str = "cai-trainer",
+    def __init__(self, bootstrap: str, topics: list[str], group_id: str = topics_mod.TRAINER_GROUP,
                  wait_for_topics_s: float = 300.0):
         self.bootstrap = bootstrap
         self.topics = topics
@@ -105,7 +106,7 @@ class KafkaSource:
 
         self._consumer = KafkaConsumer(
             bootstrap_servers=self.bootstrap, group_id=self.group_id, enable_auto_commit=False,
-            auto_offset_reset="earliest", client_id="cai-trainer")
+            auto_offset_reset="earliest", client_id=topics_mod.TRAINER_GROUP)
         partitions = self._partitions()
         self._consumer.assign(partitions)
         for tp in partitions:
