@@ -117,9 +117,9 @@ def judge_agreement(judge_source: str, items: list[dict], batch_size: int = 8) -
     return Share(hits, len(items))
 
 
-def classifier_accuracy(path: Path) -> dict[str, Share]:
-    """Agreement of the rule classifier with hand labels, for both of its outputs."""
-    labelled = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+def classifier_accuracy(*paths: Path) -> dict[str, Share]:
+    """Agreement of the rule classifier with hand labels (one or more files), for both of its outputs."""
+    labelled = [json.loads(line) for path in paths for line in path.read_text().splitlines() if line.strip()]
     declined = sum(classify(r["answer"]).declined == bool(r["declined"]) for r in labelled)
     explains = sum(classify(r["answer"]).explains_why == bool(r["explains_why"]) for r in labelled)
     return {"declined": Share(declined, len(labelled)), "explains_why": Share(explains, len(labelled))}

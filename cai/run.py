@@ -34,6 +34,10 @@ from streams.settings import StreamSettings
 logger = logging.getLogger(__name__)
 
 HARMFUL_SETS = ("harmbench", "donotanswer", "advbench")
+# Hand-labelled SmolLM2 answers (cai/data): the decline rules were written against the tuning
+# files and never against the held-out ones.
+TUNING_LABELS = ("decline_labels.jsonl", "decline_labels_grid.jsonl")
+HELD_OUT_LABELS = ("decline_labels_heldout.jsonl", "decline_labels_grid_heldout.jsonl")
 
 @dataclass(frozen=True)
 class Recipe:
@@ -227,12 +231,10 @@ def run(settings: StackSettings, options: RunOptions) -> dict:
                                               options.eval_max_new_tokens)
             for v in sorted({1, last})
         }
-        # The rules were written against decline_labels.jsonl; the held-out file measures them fairly.
+        # The rules were written against the tuning files; the held-out files measure them fairly.
         data = Path(__file__).with_name("data")
-        for key, name in (("classifier_accuracy", "decline_labels_heldout.jsonl"),
-                          ("classifier_accuracy_tuning_set", "decline_labels.jsonl")):
-            if (data / name).exists():
-                report[key] = {k: s.as_dict() for k, s in evaluate.classifier_accuracy(data / name).items()}
+        for key, names in (("classifier_accuracy", HELD_OUT_LABELS), ("classifier_accuracy_tuning_set", TUNING_LABELS)):
+            report[key] = {k: s.as_dict() for k, s in evaluate.classifier_accuracy(*(data / n for n in names)).items()}
         report["total_seconds"] = round(time.monotonic() - started, 1)
         write_report(report, options.report)
     finally:
