@@ -216,6 +216,33 @@ def publish_policy(
     return version
 
 
+def adopt_published(checkpoint_dir: str | Path, stack_settings: StackSettings, timeout_s: float = 300.0) -> int | None:
+    """Finish a publish of ``checkpoint_dir`` that stopped after its version folder was installed.
+
+    A publisher killed after the weights landed in the repository, but before Redis pointed at
+    them, leaves the newest version folder holding this checkpoint. Loading that version and
+    setting Redis completes the publish without spending a new version number. Returns the
+    version, or None when the newest version is not this checkpoint (publish it normally).
+    """
+    wanted = str(Path(checkpoint_dir).resolve())
+    role_dir = stack_settings.triton_repository / ROLE
+    with _publish_lock(stack_settings):
+        on_disk = versions(role_dir)
+        newest = max(on_disk) if on_disk else None
+        source_file = role_dir / str(newest) / SOURCE_FILE
+        if newest is None or newest < 2 or not source_file.exists():
+            return None
+        source = json.loads(source_file.read_text())
+        if source.get("checkpoint") != wanted or "rollback_of" in source:
+            return None
+        _load_and_wait(stack_settings, newest, timeout_s)
+        redis = _redis(stack_settings)
+        redis.set(REDIS_VERSION_KEY, str(newest))
+        redis.hset(REDIS_CHECKPOINTS_KEY, str(newest), wanted)
+    logger.info("policy v%d was installed for %s but not recorded; completed its publish", newest, wanted)
+    return newest
+
+
 def rollback(version: int, stack_settings: StackSettings, keep_last: int = 3,
              announce: Callable[[int, str], object] | None = None, timeout_s: float = 300.0) -> int:
     """Serve the weights of ``version`` again, as a new version number; return that number."""

@@ -50,10 +50,11 @@ class StackPublisher:
         logger.info("announced policy v%d on %s", version, topic_name(POLICY_VERSIONS, self.streams))
 
     def find_published(self, checkpoint_dir: Path) -> int | None:
-        """The version serving already has for this checkpoint (Redis hash), if any."""
+        """The version serving already has for this checkpoint, if any: recorded in Redis, or
+        installed in the repository by a publish that was killed before it reached Redis."""
         import redis
 
-        from serving.publish import REDIS_CHECKPOINTS_KEY
+        from serving.publish import REDIS_CHECKPOINTS_KEY, adopt_published
 
         wanted = str(Path(checkpoint_dir).resolve())
         try:
@@ -63,7 +64,9 @@ class StackPublisher:
             logger.warning("cannot read %s from Redis (%s)", REDIS_CHECKPOINTS_KEY, exc)
             return None
         matches = [int(v) for v, path in entries.items() if path == wanted]
-        return max(matches) if matches else None
+        if matches:
+            return max(matches)
+        return adopt_published(checkpoint_dir, self.stack)
 
     def current_version(self) -> int:
         """The serving policy version from Redis; 1 (the base model) when unset or unreachable."""

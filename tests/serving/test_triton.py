@@ -199,3 +199,22 @@ def test_cli_serve_status_reports_roles_and_the_redis_pointer(serving_stack, mon
     ready = [e["version"] for e in status["roles"]["policy"] if e.get("state") == "READY"]
     assert ready == [status["redis_policy_version"]]
     assert int(ready[0]) == status["policy_versions_on_disk"][-1]
+
+
+def test_a_publish_killed_before_redis_is_completed_without_a_new_number(serving_stack, cache_dir):
+    from serving.publish import REDIS_CHECKPOINTS_KEY, adopt_published
+    from streams.settings import StreamSettings
+    from trainer.publisher import StackPublisher
+
+    checkpoint = build_tiny(cache_dir, seed=3)
+    version = publish_policy(checkpoint, serving_stack)
+    client = redis.Redis.from_url(serving_stack.redis_address, decode_responses=True)
+    # A kill after the version folder was installed and loaded, before Redis was written:
+    client.set(REDIS_VERSION_KEY, str(version - 1))
+    client.hdel(REDIS_CHECKPOINTS_KEY, str(version))
+    assert adopt_published(build_tiny(cache_dir, seed=4), serving_stack) is None  # not the newest folder
+    publisher = StackPublisher(serving_stack, StreamSettings(kafka_bootstrap="unused:9092"))
+    assert publisher.find_published(checkpoint) == version  # the restart adopts it ...
+    assert redis_version(serving_stack) == str(version)
+    assert client.hget(REDIS_CHECKPOINTS_KEY, str(version)) == str(checkpoint.resolve())
+    assert max(versions(serving_stack.triton_repository / "policy")) == version  # ... and spends no number
