@@ -124,9 +124,12 @@ def _launch(settings: StackSettings, name: str, models: ModelSettings | None) ->
     repository = settings.triton_repository
     repository.mkdir(parents=True, exist_ok=True)
     if models is not None:
-        from serving.repository import render_repository
+        from serving.repository import RepositoryError, render_repository
 
-        render_repository(repository, models, settings.cache_dir)
+        try:
+            render_repository(repository, models, settings.cache_dir)
+        except RepositoryError as exc:
+            raise ServiceError(str(exc)) from None
     backends = triton_server.build_backend_dir(backend_dir(settings))
     argv = triton_server.command(
         repository, backends, settings.triton_http_port, settings.triton_grpc_port,

@@ -92,6 +92,28 @@ def versions(role_dir: Path) -> list[int]:
     return sorted(int(p.name) for p in role_dir.iterdir() if p.is_dir() and p.name.isdigit())
 
 
+class RepositoryError(ValueError):
+    """The model repository cannot serve what was asked; the message says why and the fix."""
+
+
+def _check_published_base(role_dir: Path, spec: str) -> None:
+    """Refuse to put a new base model under versions trained from another one.
+
+    Triton serves the newest version, so trained versions of model A would keep answering for a
+    stack started with model B.
+    """
+    first = role_dir / "1" / SOURCE_FILE
+    if not first.exists():
+        return
+    previous = json.loads(first.read_text()).get("spec")
+    trained = [v for v in versions(role_dir) if v > 1]
+    if previous is not None and previous != spec and trained:
+        raise RepositoryError(
+            f"{role_dir} holds {role_dir.name} versions {trained} trained from {previous!r}, but the "
+            f"model asked for is {spec!r}. Fix: use --model {previous} (or CAI_MODEL={previous}) to go on "
+            f"with them, or another state folder (--state-dir / CAI_STATE_DIR) for {spec!r}")
+
+
 def render_repository(
     repo_dir: Path, models: ModelSettings, cache_dir: Path, roles: tuple[str, ...] = ROLES,
     threads: int | None = None, instances: int | None = None, max_batch_size: int | None = None,
@@ -116,6 +138,7 @@ def render_repository(
         spec = models.for_role(role)
         role_dir = repo_dir / role
         role_dir.mkdir(parents=True, exist_ok=True)
+        _check_published_base(role_dir, spec)
         _write_if_changed(role_dir / "config.pbtxt", config_pbtxt(role, spec, **knobs))
         write_version(role_dir, 1, {"model": resolve(spec, Path(cache_dir)), "spec": spec})
         for version in versions(role_dir):

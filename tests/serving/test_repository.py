@@ -124,3 +124,14 @@ def test_knobs_come_from_the_environment(tmp_path, cache_dir, monkeypatch):
     config = (tmp_path / "critic" / "config.pbtxt").read_text()
     assert 'key: "threads" value: { string_value: "3" }' in config
     assert "dynamic_batching" not in config and "count: 2 kind: KIND_CPU" in config
+
+
+def test_a_new_base_model_is_refused_under_versions_trained_from_another(tmp_path, cache_dir):
+    from serving.repository import RepositoryError, write_version
+
+    render_repository(tmp_path, ModelSettings(model="tiny"), cache_dir, roles=("policy",))
+    render_repository(tmp_path, ModelSettings(model="tiny"), cache_dir, roles=("policy",))  # same: fine
+    write_version(tmp_path / "policy", 2, {"model": "weights", "checkpoint": "/ckpt/round-1"})
+    with pytest.raises(RepositoryError, match=r"trained from 'tiny'.*--model tiny.*--state-dir"):
+        render_repository(tmp_path, ModelSettings(model="smollm2"), cache_dir, roles=("policy",))
+    render_repository(tmp_path, ModelSettings(model="tiny"), cache_dir, roles=("policy",))  # going on is fine
