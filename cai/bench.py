@@ -173,9 +173,29 @@ def _triton_stats(stack_settings) -> dict[str, dict]:
     return out
 
 
-def run_pipeline(stack_settings, stream_settings, tokenizer, work: Workload, timeout_s: float) -> tuple[ModeResult, dict]:
-    """Feed the workload's prompts under fresh ids and wait for every preference label."""
+def _feed_and_wait(items, stream_settings, reader, preferences_topic: str, timeout_s: float) -> None:
+    """Publish ``items`` and return once every one of them has a preference label."""
     from agents import feed
+
+    ids = {item.prompt_id for item in items}
+    feed.publish(items, stream_settings, progress=False)
+    deadline = time.monotonic() + timeout_s
+    done: set[str] = set()
+    while time.monotonic() < deadline and done != ids:
+        time.sleep(1.0)
+        done = {r["prompt_id"] for r in reader.tail(preferences_topic, 4 * len(ids) + 64)} & ids
+    if done != ids:
+        raise TimeoutError(f"pipeline finished {len(done)} of {len(ids)} prompts in {timeout_s:.0f}s; "
+                           "is `cai worker` running?")
+
+
+def run_pipeline(stack_settings, stream_settings, tokenizer, work: Workload, timeout_s: float,
+                 warmup: bool = True) -> tuple[ModeResult, dict]:
+    """Feed the workload's prompts under fresh ids and wait for every preference label.
+
+    With ``warmup`` one extra prompt goes through first, untimed, so that the consumer group has
+    joined and every Triton model has served a request, as the in-process modes start warm too.
+    """
     from agents.prompt_sets import Prompt
     from cai.topic_stats import TopicReader
     from streams import topics
@@ -183,22 +203,17 @@ def run_pipeline(stack_settings, stream_settings, tokenizer, work: Workload, tim
     tag = uuid.uuid4().hex[:8]
     items = [Prompt(f"bench-{tag}-{i}", p, "harmful", "bench") for i, p in enumerate(work.prompts)]
     ids = {item.prompt_id for item in items}
-    before = _triton_stats(stack_settings)
-    started = time.time()
-    feed.publish(items, stream_settings, progress=False)
     reader = TopicReader(stream_settings.kafka_address)
     names = {short: topics.topic_name(short, stream_settings)
              for short in ("prompts", "critique", "revise", "compare", "sft", "preferences")}
     try:
-        deadline = time.monotonic() + timeout_s
-        done: set[str] = set()
+        if warmup:
+            _feed_and_wait([Prompt(f"bench-{tag}-warmup", work.prompts[0], "harmful", "bench")], stream_settings,
+                           reader, names["preferences"], timeout_s)
+        before = _triton_stats(stack_settings)
+        started = time.time()
+        _feed_and_wait(items, stream_settings, reader, names["preferences"], timeout_s)
         window = 4 * len(ids) + 64
-        while time.monotonic() < deadline and done != ids:
-            time.sleep(1.0)
-            done = {r["prompt_id"] for r in reader.tail(names["preferences"], window)} & ids
-        if done != ids:
-            raise TimeoutError(f"pipeline finished {len(done)} of {len(ids)} prompts in {timeout_s:.0f}s; "
-                               "is `cai worker` running?")
         by_topic = {short: reader.tail(name, window * (work.rounds + 1)) for short, name in names.items()}
     finally:
         reader.close()

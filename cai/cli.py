@@ -295,7 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "'sequential-cached' keeps the few-shot prefix cache between calls). Prints tokens/s, prompts/min, their ratios, per-stage "
                        "latency percentiles and the Kafka+Faust overhead per hop.")
     p.add_argument("--model", help="model for every role (env CAI_MODEL)")
-    p.add_argument("--prompts", type=int, default=16, help="prompts in the workload (from harmbench)")
+    p.add_argument("--prompts", type=int, default=32, help="prompts in the workload (from harmbench; default 32)")
     p.add_argument("--rounds", type=int, default=1, help="critique/revision rounds")
     p.add_argument("--modes", nargs="+", default=["pipeline", "raw", "sequential", "sequential-cached"],
                    choices=["pipeline", "raw", "sequential", "sequential-cached"])
