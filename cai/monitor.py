@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import statistics
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 
 from cai.settings import StackSettings
 from cai.topic_stats import TopicReader
@@ -85,7 +85,10 @@ def snapshot(stack_settings: StackSettings, stream_settings: StreamSettings, win
         versions = reader.tail(topics.topic_name(topics.POLICY_VERSIONS, stream_settings), 20)
     finally:
         reader.close()
-    agree = [bool(p.get("orders_agree")) for p in prefs]
+    # Only labels the judge made count for its statistics: contrastive and revision-over-initial
+    # labels are set by construction (they carry no per-order probabilities).
+    judged = [p for p in prefs if json.loads(p.get("probs_json") or "[]")]
+    agree = [bool(p.get("orders_agree")) for p in judged]
     trainer_rounds = []
     for event in versions:
         metrics = json.loads(event.get("metrics_json") or "{}")
@@ -100,10 +103,11 @@ def snapshot(stack_settings: StackSettings, stream_settings: StreamSettings, win
         "newest_example": newest_example(sft, prefs),
         "principles": principle_stats(sft, prefs),
         "judge": {
-            "labels": len(prefs),
+            "labels": len(judged),
             "order_agreement": round(sum(agree) / len(agree), 3) if agree else None,
-            "mean_p_chosen": round(statistics.fmean(float(p.get("p_chosen", 0.5)) for p in prefs), 3)
-            if prefs else None,
+            "mean_p_chosen": round(statistics.fmean(float(p.get("p_chosen", 0.5)) for p in judged), 3)
+            if judged else None,
+            "preferences_by_strategy": dict(Counter(p.get("strategy", "judge") for p in prefs)),
         },
         "trainer": {"rounds": trainer_rounds[-5:], "published": len(versions)},
         "serving_policy_version": _serving_version(stack_settings),
@@ -149,6 +153,7 @@ def render(snap: dict):
         f"policy version serving: {snap['serving_policy_version'] or '-'}   "
         f"published: {trainer['published']}   "
         f"last round: {json.dumps({k: v for k, v in last_round.items() if isinstance(v, (int, float))})[:200]}\n"
+        f"preferences by strategy: {judge.get('preferences_by_strategy') or '-'}\n"
         f"judge labels: {judge['labels']}   order-swap agreement: {_pct(judge['order_agreement'])}   "
         f"mean p_chosen: {judge['mean_p_chosen'] if judge['mean_p_chosen'] is not None else '-'}"
     )

@@ -39,9 +39,13 @@ def test_snapshot_sees_flows_examples_and_versions(kafka_redis):
                             initial_response="step one", steps_json=json.dumps(steps), policy_version=1)
     pref = records.PreferenceRecord(prompt_id="x1", prompt="how to pick a lock", chosen="safer",
                                     rejected="step one", p_chosen=0.8, orders_agree=False,
-                                    principle_ids="c3")
+                                    principle_ids="c3", probs_json=json.dumps([[0.9, 0.3]]), strategy="judge")
+    # A label made by construction: counted by strategy, kept out of the judge's statistics.
+    contrastive = records.PreferenceRecord(prompt_id="x2", prompt="q", chosen="a", rejected="b", p_chosen=1.0,
+                                           strategy="contrastive", pair="contrastive")
     version = records.PolicyVersionRecord(version=2, metrics_json=json.dumps({"loss/sft": 1.5}))
-    for short, record in ((topics.SFT, sft), (topics.PREFERENCES, pref), (topics.POLICY_VERSIONS, version)):
+    for short, record in ((topics.SFT, sft), (topics.PREFERENCES, contrastive), (topics.PREFERENCES, pref),
+                          (topics.POLICY_VERSIONS, version)):
         producer.send(topics.topic_name(short, stream), records.encode(record))
     producer.flush()
     producer.close()
@@ -66,11 +70,13 @@ def test_snapshot_sees_flows_examples_and_versions(kafka_redis):
             store.delete(REDIS_VERSION_KEY)
         else:
             store.set(REDIS_VERSION_KEY, previous)
-    assert snap["topics"]["preferences"]["lag"] == {stream.app_id: 1}
+    assert snap["topics"]["preferences"]["lag"] == {stream.app_id: 2}
     assert snap["topics"]["sft"]["total"] == 1 and snap["topics"]["sft"]["per_minute"] == 1
     assert snap["newest_example"]["steps"][0]["critique"] == "too harmful"
     assert snap["newest_example"]["judge"]["chosen_is_revision"] is True
-    assert snap["judge"]["order_agreement"] == 0.0
+    assert snap["judge"]["order_agreement"] == 0.0 and snap["judge"]["labels"] == 1
+    assert snap["judge"]["mean_p_chosen"] == 0.8
+    assert snap["judge"]["preferences_by_strategy"] == {"judge": 1, "contrastive": 1}
     assert snap["principles"]["p1"]["rounds"] == 1
     assert snap["principles"]["c3"]["judge_margin"] == pytest.approx(0.3)
     assert snap["trainer"]["rounds"][-1] == {"version": 2, "loss/sft": 1.5}
