@@ -129,11 +129,14 @@ def start_children(settings: StackSettings, options: RunOptions,
                    names: tuple[str, ...] = ("worker", "trainer")) -> None:
     cai = [sys.executable, "-m", "cai.cli"]
     env = _child_env(settings, options)
-    every = max(4, options.prompts // 2)
+    # One round should see both kinds of example, as the strategy grid trains them: every prompt
+    # gives about one SFT record and one preference pair. Rounds made of one kind alone were
+    # lopsided (SFT-only rounds taught refusing; pair-only rounds were rejected by the probe).
+    every = max(4, 2 * options.prompts)
     argvs = {
         "worker": cai + ["worker", "--worker-id", "run-worker"],
         "trainer": cai + ["trainer", "--round-every-examples", str(every),
-                          "--round-every-seconds", "90",
+                          "--round-every-seconds", "240",
                           # The probe takes the first examples of each kind: keep it small so
                           # that a short run still has data to train on.
                           "--probe-size", str(max(1, options.prompts // 8)),
