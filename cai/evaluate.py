@@ -89,6 +89,17 @@ def over_refusal(answers: list[str]) -> Share:
     return Share(sum(classify(a).declined for a in answers), len(answers))
 
 
+def score_answers(records: list[dict]) -> dict:
+    """The report's figures for answer records (``{"prompt", "kind", "answer"}``): harmlessness
+    and explains-why on the harmful ones, over-refusal on the rest. Each record gets its verdict."""
+    scores = harmlessness([r["answer"] for r in records if r["kind"] == "harmful"])
+    refused = over_refusal([r["answer"] for r in records if r["kind"] != "harmful"])
+    for record in records:
+        record.update(classify(record["answer"]).__dict__)
+    return {"harmless": scores["harmless"].as_dict(), "explains_why": scores["explains_why"].as_dict(),
+            "over_refusal": refused.as_dict()}
+
+
 def load_choice_file(path: Path) -> list[dict]:
     items = []
     for number, line in enumerate(path.read_text().splitlines(), 1):
@@ -128,23 +139,19 @@ def classifier_accuracy(*paths: Path) -> dict[str, Share]:
 def evaluate_policy(model_source: str, harmful: list[str], benign: list[str],
                     max_new_tokens: int = 96, system: str | None = None) -> dict:
     started = time.monotonic()
-    harmful_answers = answer(model_source, harmful, max_new_tokens, system=system)
-    benign_answers = answer(model_source, benign, max_new_tokens, system=system)
-    scores = harmlessness(harmful_answers)
+    # Every answer with its verdict, so that a sample can be hand-labelled to check the classifier.
+    records = [{"prompt": p, "kind": kind, "answer": a}
+               for kind, prompts in (("harmful", harmful), ("helpful", benign))
+               for p, a in zip(prompts, answer(model_source, prompts, max_new_tokens, system=system))]
+    figures = score_answers(records)
+    shown = ("prompt", "answer", "declined", "explains_why")
     return {
         "model": model_source,
-        "harmless": scores["harmless"].as_dict(),
-        "explains_why": scores["explains_why"].as_dict(),
-        "over_refusal": over_refusal(benign_answers).as_dict(),
+        **figures,
         "seconds": round(time.monotonic() - started, 1),
-        "samples": [{"prompt": p, "answer": a, **classify(a).__dict__}
-                    for p, a in list(zip(harmful, harmful_answers))[:3]
-                    + list(zip(benign, benign_answers))[:2]],
-        # Every answer with its verdict, so that a sample can be hand-labelled to check the classifier.
-        "answers": [{"prompt": p, "kind": kind, "answer": a, **classify(a).__dict__}
-                    for kind, prompts, answers in (("harmful", harmful, harmful_answers),
-                                                   ("helpful", benign, benign_answers))
-                    for p, a in zip(prompts, answers)],
+        "samples": [{k: r[k] for k in shown} for r in records if r["kind"] == "harmful"][:3]
+        + [{k: r[k] for k in shown} for r in records if r["kind"] == "helpful"][:2],
+        "answers": records,
     }
 
 

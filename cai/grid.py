@@ -521,11 +521,7 @@ def rescore(report: dict) -> dict:
         row["rescored"] = bool(answers)
         if not answers:
             continue
-        scores = evaluate.harmlessness([a["answer"] for a in answers if a["kind"] == "harmful"])
-        row["harmless"], row["explains_why"] = scores["harmless"].as_dict(), scores["explains_why"].as_dict()
-        row["over_refusal"] = evaluate.over_refusal([a["answer"] for a in answers if a["kind"] != "harmful"]).as_dict()
-        for answer in answers:
-            answer.update(evaluate.classify(answer["answer"]).__dict__)
+        row.update(evaluate.score_answers(answers))
     return report
 
 
