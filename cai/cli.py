@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from cai.processes import ServiceError
-from cai.run import DEFAULT_RECIPE, RECIPES
+from cai.recipes import DEFAULT_RECIPE, RECIPES
 from cai.settings import ModelSettings, StackSettings
 
 

@@ -19,7 +19,6 @@ from streams.settings import StreamSettings
 
 STAGE_TOPICS = (topics.PROMPTS, topics.CRITIQUE, topics.REVISE, topics.COMPARE)
 OUTPUT_TOPICS = (topics.SFT, topics.PREFERENCES, topics.POLICY_VERSIONS, topics.DEAD_LETTER)
-TRAINER_GROUP = topics.TRAINER_GROUP
 
 
 def _normalise(text: str) -> str:
@@ -77,7 +76,7 @@ def snapshot(stack_settings: StackSettings, stream_settings: StreamSettings, win
     """Everything the monitor shows, as one JSON-serialisable dict."""
     reader = TopicReader(stream_settings.kafka_address)
     try:
-        groups = (stream_settings.app_id, TRAINER_GROUP)
+        groups = (stream_settings.app_id, topics.TRAINER_GROUP)
         flows = {short: reader.flow(topics.topic_name(short, stream_settings), groups)
                  for short in STAGE_TOPICS + OUTPUT_TOPICS}
         sft = reader.tail(topics.topic_name(topics.SFT, stream_settings), window)

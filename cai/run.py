@@ -28,7 +28,9 @@ from pathlib import Path
 
 from cai import evaluate, monitor, setup_machine, splits, stack
 from cai.processes import ManagedProcess
+from cai.recipes import DEFAULT_RECIPE, RECIPES, pipeline_settings
 from cai.settings import ModelSettings, StackSettings
+from streams import topics
 from streams.settings import StreamSettings
 
 logger = logging.getLogger(__name__)
@@ -38,33 +40,6 @@ HARMFUL_SETS = ("harmbench", "donotanswer", "advbench")
 # files and never against the held-out ones.
 TUNING_LABELS = ("decline_labels.jsonl", "decline_labels_grid.jsonl")
 HELD_OUT_LABELS = ("decline_labels_heldout.jsonl", "decline_labels_grid_heldout.jsonl")
-
-@dataclass(frozen=True)
-class Recipe:
-    """How revisions and preference labels are made, and how hard the trainer learns from them."""
-
-    pipeline: dict[str, str]       # CAI_PIPELINE_* settings of the worker (docs/strategies.md)
-    trainer: tuple[str, ...] = ()  # extra `cai trainer` arguments
-
-
-# `cai run` uses DEFAULT_RECIPE, the best row of the SmolLM2 strategy grid. A CAI_PIPELINE_*
-# variable set in the environment overrides the recipe's value; RunOptions.trainer_args come after
-# the recipe's trainer flags, so they win.
-RECIPES: dict[str, Recipe] = {
-    # Context distillation: the policy answers red-team prompts again with the constitution's
-    # reminder after the request, greedily, its answer opened by the constitution's decline
-    # opening so that it writes the reason itself; contrastive pairs (toward vs a careless style,
-    # on red-team and benign prompts) add DPO. The grid's winning budget was several passes at
-    # lr 1e-3; a short run gets a few passes per round.
-    "context-distillation": Recipe(
-        pipeline={"CAI_PIPELINE_STRATEGY": "context", "CAI_PIPELINE_PREFERENCE": "contrastive",
-                  "CAI_PIPELINE_CONTEXT_PLACEMENT": "user-suffix", "CAI_PIPELINE_CONTEXT_TEMPERATURE": "0",
-                  "CAI_PIPELINE_CONTEXT_OPENING": "true"},
-        trainer=("--lr", "1e-3", "--epochs", "3")),
-    # The paper's SL-CAI + RL-CAI data: critique -> revise rounds, the judge's soft labels.
-    "paper": Recipe(pipeline={"CAI_PIPELINE_STRATEGY": "critique-revise", "CAI_PIPELINE_PREFERENCE": "judge"}),
-}
-DEFAULT_RECIPE = "context-distillation"
 
 
 @dataclass
@@ -119,8 +94,7 @@ def _child_env(settings: StackSettings, options: RunOptions) -> dict[str, str]:
     env["CAI_MODEL"] = options.model
     env["CAI_PIPELINE_ROUNDS"] = str(options.rounds)
     env["CAI_PIPELINE_DATA_DIR"] = str(settings.state_dir / "faust")
-    for name, value in RECIPES[options.recipe].pipeline.items():
-        env.setdefault(name, value)
+    env.update(pipeline_settings(options.recipe))
     env.setdefault("OMP_NUM_THREADS", "1")
     return env
 
@@ -165,8 +139,8 @@ def _dead_children(settings: StackSettings) -> list[str]:
 def pipeline_done(snap: dict, fed: int) -> bool:
     """Every fed prompt reached sft, and the trainer has consumed and published it all."""
     sft = snap["topics"]["sft"]
-    trainer_lag = sft["lag"].get(monitor.TRAINER_GROUP)
-    prefs_lag = snap["topics"]["preferences"]["lag"].get(monitor.TRAINER_GROUP, 0)
+    trainer_lag = sft["lag"].get(topics.TRAINER_GROUP)
+    prefs_lag = snap["topics"]["preferences"]["lag"].get(topics.TRAINER_GROUP, 0)
     return (sft["total"] >= fed and trainer_lag == 0 and prefs_lag == 0
             and (snap["serving_policy_version"] or 0) >= 2)
 
@@ -209,9 +183,8 @@ def run(settings: StackSettings, options: RunOptions) -> dict:
     stack.print_status(settings, stack.up(settings, models), as_json=False)
     stream = StreamSettings(kafka_bootstrap=settings.kafka_address)
     ensure_topics(stream)
-    recipe = {name: os.environ.get(name, value) for name, value in RECIPES[options.recipe].pipeline.items()}
     report: dict = {"model": options.model, "prompts": options.prompts, "rounds": options.rounds,
-                    "recipe": options.recipe, "recipe_settings": recipe}
+                    "recipe": options.recipe, "recipe_settings": pipeline_settings(options.recipe)}
     try:
         start_children(settings, options)
         mix = training_mix(options)
@@ -236,8 +209,10 @@ def run(settings: StackSettings, options: RunOptions) -> dict:
         }
         # The rules were written against the tuning files; the held-out files measure them fairly.
         data = Path(__file__).with_name("data")
-        for key, names in (("classifier_accuracy", HELD_OUT_LABELS), ("classifier_accuracy_tuning_set", TUNING_LABELS)):
-            report[key] = {k: s.as_dict() for k, s in evaluate.classifier_accuracy(*(data / n for n in names)).items()}
+        for key, names in (("classifier_accuracy", HELD_OUT_LABELS),
+                           ("classifier_accuracy_tuning_set", TUNING_LABELS)):
+            accuracy = evaluate.classifier_accuracy(*(data / n for n in names))
+            report[key] = {k: share.as_dict() for k, share in accuracy.items()}
         report["total_seconds"] = round(time.monotonic() - started, 1)
         write_report(report, options.report)
     finally:

@@ -22,7 +22,7 @@ from agents.constitution import load
 from agents.feed import publish
 from agents.prompt_sets import BENIGN, Prompt
 from streams.admin import ensure_topics
-from cai.run import DEFAULT_RECIPE, RECIPES
+from cai.recipes import DEFAULT_RECIPE, RECIPES
 from streams.settings import StreamSettings
 from tests.agents.test_pipeline_integration import _worker
 

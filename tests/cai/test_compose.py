@@ -60,7 +60,7 @@ def test_triton_image_matches_the_local_binary_release():
 
 
 def test_compose_runs_the_default_recipe_of_cai_run():
-    from cai.run import DEFAULT_RECIPE, RECIPES
+    from cai.recipes import DEFAULT_RECIPE, RECIPES
 
     recipe = RECIPES[DEFAULT_RECIPE]
     env = SERVICES["worker"]["environment"]

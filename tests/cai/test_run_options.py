@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from agents.settings import PipelineSettings
-from cai import run
+from cai import recipes, run
 from cai.settings import StackSettings
 
 
@@ -16,7 +16,7 @@ def _settings_seen_by_worker(env: dict[str, str], monkeypatch) -> PipelineSettin
 
 
 def test_default_recipe_is_context_distillation(monkeypatch, tmp_path):
-    for name in run.RECIPES[run.DEFAULT_RECIPE].pipeline:
+    for name in recipes.RECIPES[recipes.DEFAULT_RECIPE].pipeline:
         monkeypatch.delenv(name, raising=False)
     env = run._child_env(StackSettings(state_dir=tmp_path), run.RunOptions())
     s = _settings_seen_by_worker(env, monkeypatch)
@@ -25,7 +25,7 @@ def test_default_recipe_is_context_distillation(monkeypatch, tmp_path):
 
 
 def test_paper_recipe_and_environment_override(monkeypatch, tmp_path):
-    for name in run.RECIPES[run.DEFAULT_RECIPE].pipeline:
+    for name in recipes.RECIPES[recipes.DEFAULT_RECIPE].pipeline:
         monkeypatch.delenv(name, raising=False)
     paper = run._child_env(StackSettings(state_dir=tmp_path), run.RunOptions(recipe="paper"))
     assert (paper["CAI_PIPELINE_STRATEGY"], paper["CAI_PIPELINE_PREFERENCE"]) == ("critique-revise", "judge")

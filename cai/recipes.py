@@ -1,0 +1,40 @@
+"""How `cai run` makes revisions and preference labels, and how hard its trainer learns from them.
+
+A recipe is a set of ``CAI_PIPELINE_*`` settings for the worker (docs/strategies.md) plus extra
+`cai trainer` flags. `cai run` uses DEFAULT_RECIPE, the best row of the SmolLM2 strategy grid; a
+``CAI_PIPELINE_*`` variable set in the environment overrides the recipe's value. Kept free of
+heavy imports: the command-line parser reads it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Recipe:
+    pipeline: dict[str, str]       # CAI_PIPELINE_* settings of the worker
+    trainer: tuple[str, ...] = ()  # extra `cai trainer` arguments
+
+
+RECIPES: dict[str, Recipe] = {
+    # Context distillation: the policy answers red-team prompts again with the constitution's
+    # reminder after the request, greedily, its answer opened by the constitution's decline
+    # opening so that it writes the reason itself; contrastive pairs (toward vs a careless style,
+    # on red-team and benign prompts) add DPO. The grid's winning budget was several passes at
+    # lr 1e-3; a short run gets a few passes per round.
+    "context-distillation": Recipe(
+        pipeline={"CAI_PIPELINE_STRATEGY": "context", "CAI_PIPELINE_PREFERENCE": "contrastive",
+                  "CAI_PIPELINE_CONTEXT_PLACEMENT": "user-suffix", "CAI_PIPELINE_CONTEXT_TEMPERATURE": "0",
+                  "CAI_PIPELINE_CONTEXT_OPENING": "true"},
+        trainer=("--lr", "1e-3", "--epochs", "3")),
+    # The paper's SL-CAI + RL-CAI data: critique -> revise rounds, the judge's soft labels.
+    "paper": Recipe(pipeline={"CAI_PIPELINE_STRATEGY": "critique-revise", "CAI_PIPELINE_PREFERENCE": "judge"}),
+}
+DEFAULT_RECIPE = "context-distillation"
+
+
+def pipeline_settings(name: str) -> dict[str, str]:
+    """The recipe's worker settings, each overridden by the same variable in the environment."""
+    return {key: os.environ.get(key, value) for key, value in RECIPES[name].pipeline.items()}
