@@ -178,16 +178,21 @@ def _install_version(settings: StackSettings, source: dict, weights_from: Path |
         raise PublishError(f"{exc}. Removed {target}; policy v{max(previous) if previous else '-'} "
                            "keeps serving. Fix: check the checkpoint loads with from_pretrained") from None
     logger.info("policy v%d serving after %.1fs", version, time.monotonic() - started)
+    _record_serving(settings, version, source.get("checkpoint", ""))
+    _prune(role_dir, keep_last, serving=version)
+    return version
+
+
+def _record_serving(settings: StackSettings, version: int, checkpoint: str) -> None:
+    """Point Redis at the version Triton now serves, and remember which checkpoint it holds."""
     try:
         redis = _redis(settings)
         redis.set(REDIS_VERSION_KEY, str(version))
-        redis.hset(REDIS_CHECKPOINTS_KEY, str(version), source.get("checkpoint", ""))
+        redis.hset(REDIS_CHECKPOINTS_KEY, str(version), checkpoint)
     except Exception as exc:  # noqa: BLE001
         raise PublishError(f"policy v{version} is serving, but setting Redis {REDIS_VERSION_KEY} at "
                            f"{settings.redis_address} failed: {exc}. Fix: start Redis, then "
                            f"`cai rollback {version}` or set the key by hand") from None
-    _prune(role_dir, keep_last, serving=version)
-    return version
 
 
 def _prune(role_dir: Path, keep_last: int, serving: int) -> None:
@@ -236,9 +241,7 @@ def adopt_published(checkpoint_dir: str | Path, stack_settings: StackSettings, t
         if source.get("checkpoint") != wanted or "rollback_of" in source:
             return None
         _load_and_wait(stack_settings, newest, timeout_s)
-        redis = _redis(stack_settings)
-        redis.set(REDIS_VERSION_KEY, str(newest))
-        redis.hset(REDIS_CHECKPOINTS_KEY, str(newest), wanted)
+        _record_serving(stack_settings, newest, wanted)
     logger.info("policy v%d was installed for %s but not recorded; completed its publish", newest, wanted)
     return newest
 
