@@ -181,12 +181,29 @@ class TextGenerator:
         if threads:
             torch.set_num_threads(int(threads))
         started = time.monotonic()
-        self.source = str(source)
+        self._attach(str(source), AutoModelForCausalLM.from_pretrained(str(source), dtype=getattr(torch, dtype)),
+                     AutoTokenizer.from_pretrained(str(source)), max_context, prefix_min_tokens,
+                     prefix_cache_entries)
+        logger.info("loaded %s in %.1fs (threads=%s)", self.source, time.monotonic() - started,
+                    torch.get_num_threads())
+
+    @classmethod
+    def from_model(cls, model, tokenizer, source: str = "in-memory") -> TextGenerator:
+        """Generate with a model already in memory (the trainer's policy in the middle of a round).
+
+        No prefix cache: the weights may change between calls."""
+        generator = cls.__new__(cls)
+        generator._attach(source, model, tokenizer, None, 0, 0)
+        return generator
+
+    def _attach(self, source: str, model, tokenizer, max_context: int | None, prefix_min_tokens: int,
+                prefix_cache_entries: int) -> None:
+        self.source = source
         self.prefix_min_tokens = prefix_min_tokens  # 0 disables prefix sharing
         self.prefix_cache_entries = prefix_cache_entries
         self._prefixes: OrderedDict[tuple[int, ...], list] = OrderedDict()
-        self.tokenizer = AutoTokenizer.from_pretrained(self.source)
-        self.model = AutoModelForCausalLM.from_pretrained(self.source, dtype=getattr(torch, dtype))
+        self.tokenizer = tokenizer
+        self.model = model
         self.model.eval()
         config = self.model.config
         self.max_context = max_context or getattr(config, "max_position_embeddings", None) or 2048
@@ -199,8 +216,6 @@ class TextGenerator:
         self.eos_ids = eos
         pad = self.tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else (min(eos) if eos else 0)
-        logger.info("loaded %s in %.1fs (threads=%s)", self.source, time.monotonic() - started,
-                    torch.get_num_threads())
 
     # ----------------------------------------------------------------- prompts
     def format_prompt(self, prompt: str, chat: bool, system: str | None = None) -> str:

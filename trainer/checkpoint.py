@@ -104,15 +104,30 @@ def read_published(folder: Path) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def latest_round(trainer_dir: Path) -> Path | None:
-    """The newest complete round folder (ignores ``.partial`` leftovers of a crash)."""
+def finished_rounds(trainer_dir: Path) -> list[Path]:
+    """Complete round folders, oldest first (``.partial`` leftovers of a crash are ignored)."""
     base = rounds_dir(trainer_dir)
     if not base.exists():
-        return None
-    done = sorted(p for p in base.iterdir()
+        return []
+    return sorted(p for p in base.iterdir()
                   if p.is_dir() and p.name.startswith(PREFIX) and not p.name.endswith(".partial")
                   and (p / STATE).exists())
+
+
+def latest_round(trainer_dir: Path) -> Path | None:
+    """The newest complete round folder."""
+    done = finished_rounds(trainer_dir)
     return done[-1] if done else None
+
+
+def round_summary(folder: Path) -> dict:
+    """What a report shows of one round: its outcome, the gate's reasons, its data and probe."""
+    state = load_state(folder)
+    metrics = load_json(folder, "metrics.json")
+    shown = {k: round(v, 4) for k, v in metrics.items()
+             if k.startswith(("data/", "probe/", "probe_before/", "loss/"))}
+    return {"round": state.round, "promoted": state.promoted,
+            "reasons": state.extra.get("reasons", []), "metrics": shown}
 
 
 def load_state(folder: Path) -> RoundState:

@@ -48,9 +48,11 @@ def cmd_trainer(args: argparse.Namespace) -> int:
     from streams.topics import PREFERENCES, SFT, topic_name
     from trainer.loop import KafkaSource, TrainerLoop
     from trainer.publisher import StackPublisher
+    from trainer.refusal import load_refusal_prompts
 
     try:
         config = build_config(args)
+        load_refusal_prompts(config)  # a bad refusal-prompt file fails now, not after the model loads
     except (ValueError, OSError) as exc:
         raise SystemExit(f"cai trainer: bad configuration: {exc}") from None
     stack = StackSettings(**({"state_dir": args.state_dir} if args.state_dir else {}))

@@ -51,6 +51,9 @@ class TrainerConfig:
     weight_decay: float = field(default=0.0, metadata=_help("AdamW weight decay"))
     batch_size: int = field(default=4, metadata=_help("examples (or preference pairs) per step"))
     epochs: int = field(default=1, metadata=_help("passes over a round's new examples"))
+    dpo_epochs: int | None = field(default=None, metadata=_help(
+        "passes over a round's preference pairs, taken in the round's last epochs (default: "
+        "epochs); fewer than epochs gives SFT more of the round, as the strategy grid does"))
     max_grad_norm: float = field(default=1.0, metadata=_help("gradient clipping; 0 turns it off"))
     beta: float = field(default=0.1, metadata=_help(
         "DPO temperature: how far the policy may move from the round-start reference"))
@@ -76,11 +79,22 @@ class TrainerConfig:
         "share of the SFT loss given to helpfulness examples (kind='helpful') when a round has "
         "both kinds; the rest goes to harmlessness revisions"))
     probe_size: int = field(default=8, metadata=_help(
-        "held-out examples of each kind (SFT, preference) taken from the start of the stream "
-        "and never trained on; used to gate promotion"))
+        "held-out examples per record type (SFT, preference) and prompt kind (harmful, helpful), "
+        "taken from the start of the stream and never trained on; used to gate promotion"))
     promotion_threshold: float = field(default=0.05, metadata=_help(
         "largest allowed regression on the probe before a round is rejected: relative rise "
         "of the probe SFT loss, and absolute fall of probe preference accuracy"))
+    refusal_prompts: str | None = field(default=None, metadata=_help(
+        "prompts the policy should answer, not decline: a built-in set name (its training split, "
+        "e.g. 'benign') or a JSONL/CSV/txt file; each round the policy answers refusal_probe_size "
+        "of them greedily before and after training, and a round that raises the share it "
+        "declines by more than refusal_tolerance is rejected (default: no refusal probe)"))
+    refusal_probe_size: int = field(default=8, metadata=_help(
+        "refusal prompts answered per check (a seeded sample)"))
+    refusal_tolerance: float = field(default=0.1, metadata=_help(
+        "largest allowed rise of the declined share on the refusal prompts"))
+    refusal_max_new_tokens: int = field(default=32, metadata=_help(
+        "tokens per refusal-probe answer; a decline shows in its first sentence"))
     seed: int = field(default=0, metadata=_help("seed for weight init of adapters/heads and shuffling"))
 
     def __post_init__(self) -> None:
@@ -92,12 +106,15 @@ class TrainerConfig:
                 f"set it to one of {', '.join(STALENESS_POLICIES)}")
         _positive(self, "lr", "batch_size", "epochs", "beta", "max_length",
                   "round_every_examples", "round_every_seconds")
+        if self.dpo_epochs is not None:
+            _positive(self, "dpo_epochs")
         if self.lora:
             _positive(self, "lora_r", "lora_alpha")
             if not self.lora_targets:
                 raise ValueError("lora_targets is empty; name at least one module (e.g. q_proj) "
                                  "or set lora=False for full fine-tuning")
-        _in_unit_interval(self, "helpful_mix", "lora_dropout", "stale_weight")
+        _in_unit_interval(self, "helpful_mix", "lora_dropout", "stale_weight", "refusal_tolerance")
+        _positive(self, "refusal_probe_size", "refusal_max_new_tokens")
         if self.max_staleness < 0:
             raise ValueError(f"max_staleness={self.max_staleness} is negative; use 0 or more "
                              "(0 keeps only records from the current policy)")
@@ -149,7 +166,7 @@ class TrainerConfig:
             elif f.name == "lora_targets":
                 parser.add_argument(flag, dest=f.name, nargs="+", default=None, help=help_text)
             else:
-                kind = {"int": int, "float": float}.get(str(f.type), str)
+                kind = {"int": int, "int | None": int, "float": float}.get(str(f.type), str)
                 parser.add_argument(flag, dest=f.name, type=kind, default=None, help=help_text,
                                     choices=f.metadata.get("choices"))
 

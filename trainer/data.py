@@ -35,6 +35,7 @@ class PreferenceExample:
     chosen: str
     rejected: str
     p_chosen: float = 1.0
+    kind: str = "harmful"
     policy_version: int = 0
     weight: float = 1.0
     record_id: str = ""
@@ -68,7 +69,8 @@ def parse_preference(raw: bytes | str | dict, source: str = "") -> PreferenceExa
         raise BadRecord(str(exc)) from exc
     return PreferenceExample(prompt_id=record.prompt_id, prompt=record.prompt,
                              chosen=record.chosen, rejected=record.rejected,
-                             p_chosen=record.p_chosen, policy_version=record.policy_version,
+                             p_chosen=record.p_chosen, kind=record.kind,
+                             policy_version=record.policy_version,
                              record_id=record.record_id, source=source)
 
 

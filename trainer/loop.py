@@ -32,6 +32,7 @@ from streams import topics as topics_mod
 from trainer import checkpoint as ckpt
 from trainer.config import TrainerConfig
 from trainer.data import BadRecord, PreferenceExample, SFTExample, parse_preference, parse_sft
+from trainer.refusal import load_refusal_prompts
 from trainer.rounds import Probe, RoundResult, RoundRunner, staleness_weight
 from trainer.steps import PolicyLearner, PreferenceLearner
 
@@ -225,7 +226,7 @@ class TrainerLoop:
             preference = PreferenceLearner(
                 self._weights_path(self.reward_weights) if self.reward_weights else self.base_model,
                 self.config)
-        self.runner = RoundRunner(self.config, policy, preference)
+        self.runner = RoundRunner(self.config, policy, preference, load_refusal_prompts(self.config))
 
     def _finish_publish(self, folder: Path, metrics: dict) -> None:
         """Publish and announce a promoted round unless already done (idempotent on restart)."""

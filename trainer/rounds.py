@@ -29,8 +29,11 @@ class Probe:
     preferences: list[PreferenceExample] = field(default_factory=list)
 
     def wants(self, example, size: int) -> bool:
+        """Up to ``size`` examples per record type and prompt kind: helpful examples reach the
+        trainer first (they skip revision), and a probe of the first arrivals alone would take
+        most of them away from training."""
         target = self.sft if isinstance(example, SFTExample) else self.preferences
-        return len(target) < size
+        return sum(e.kind == example.kind for e in target) < size
 
     def add(self, example) -> None:
         (self.sft if isinstance(example, SFTExample) else self.preferences).append(example)
@@ -71,9 +74,13 @@ def sft_mix_weights(examples: list[SFTExample], helpful_mix: float) -> list[floa
 
 
 def promotion_decision(before: dict[str, float], after: dict[str, float],
-                       threshold: float) -> tuple[bool, list[str]]:
-    """Promote unless a probe metric regressed beyond ``threshold``; return the reasons."""
+                       threshold: float, refusal_tolerance: float = 0.1) -> tuple[bool, list[str]]:
+    """Promote unless a probe metric regressed beyond ``threshold`` (the refusal share beyond
+    ``refusal_tolerance``); return the reasons."""
     reasons = []
+    key = "probe/refusal_rate"
+    if key in before and key in after and after[key] > before[key] + refusal_tolerance + 1e-9:
+        reasons.append(f"{key} rose {before[key]:.3f} -> {after[key]:.3f} (> {refusal_tolerance})")
     key = "probe/sft_loss"
     if key in before and key in after and after[key] > before[key] * (1 + threshold):
         reasons.append(f"{key} rose {before[key]:.4f} -> {after[key]:.4f} (> {threshold:.0%})")
@@ -100,17 +107,21 @@ class RoundRunner:
     """Runs rounds on a policy learner and, in reward mode, a preference learner."""
 
     def __init__(self, config: TrainerConfig, policy: PolicyLearner,
-                 preference: PreferenceLearner | None = None):
+                 preference: PreferenceLearner | None = None, refusal_prompts: list[str] | None = None):
         if config.mode == "reward" and preference is None:
             raise ValueError("mode='reward' needs a PreferenceLearner; pass preference=...")
         self.config = config
         self.policy = policy
         self.preference = preference
+        self.refusal_prompts = refusal_prompts or []
 
     def _evaluate(self, probe: Probe) -> dict[str, float]:
         out = self.policy.evaluate(probe.sft, probe.preferences if self.config.mode == "dpo" else [])
         if self.config.mode == "reward":
             out.update(self.preference.evaluate(probe.preferences))
+        if self.refusal_prompts:
+            out["probe/refusal_rate"] = self.policy.refusal_rate(
+                self.refusal_prompts, self.config.refusal_max_new_tokens)
         return out
 
     def run(self, round_no: int, sft: list[SFTExample], preferences: list[PreferenceExample],
@@ -136,20 +147,23 @@ class RoundRunner:
                 counts[key] += 1
 
         weights = dict(zip((id(e) for e in sft), sft_mix_weights(sft, cfg.helpful_mix)))
-        for _ in range(cfg.epochs):
-            if train_policy_sft:
+        pair_epochs = cfg.epochs if cfg.dpo_epochs is None else cfg.dpo_epochs
+        epochs = max(cfg.epochs, pair_epochs)
+        for epoch in range(epochs):
+            if train_policy_sft and epoch < cfg.epochs:
                 for chunk in _batches(sft, cfg.batch_size, rng):
                     batch = self.policy.sft_batch(chunk, [weights[id(e)] for e in chunk])
                     record(self.policy.sft_step(batch))
-            if train_dpo:
+            if train_dpo and epoch >= epochs - pair_epochs:
                 for chunk in _batches(preferences, cfg.batch_size, rng):
                     record(self.policy.dpo_step(self.policy.preference_batch(chunk)))
-            if train_pm:
+            if train_pm and epoch >= epochs - pair_epochs:
                 for chunk in _batches(preferences, cfg.batch_size, rng):
                     record(self.preference.step(self.preference.preference_batch(chunk)))
 
         after = self._evaluate(probe)
-        promoted, reasons = promotion_decision(before, after, cfg.promotion_threshold)
+        promoted, reasons = promotion_decision(before, after, cfg.promotion_threshold,
+                                               cfg.refusal_tolerance)
         if not counts:  # e.g. only SFT records while sft=False: same weights, no new version
             promoted, reasons = False, ["nothing to train with this config"]
         self.policy.end_round(keep=promoted)

@@ -17,9 +17,9 @@ import pytest
 from streams.records import PreferenceRecord, SFTRecord, encode
 from trainer import checkpoint as ckpt
 from trainer.config import TrainerConfig
-from trainer.data import SFTExample
+from trainer.data import PreferenceExample, SFTExample
 from trainer.loop import Message, TrainerLoop
-from trainer.rounds import promotion_decision, sft_mix_weights, staleness_weight
+from trainer.rounds import Probe, promotion_decision, sft_mix_weights, staleness_weight
 
 SFT_TOPIC, PREF_TOPIC = "cai.sft", "cai.preferences"
 
@@ -102,10 +102,12 @@ class FakePublisher:
         return matches[-1] if matches else None
 
 
-def fill(log: Log, n_sft: int, n_pref: int, version: int = 1, start: int = 0) -> list[str]:
+def fill(log: Log, n_sft: int, n_pref: int, version: int = 1, start: int = 0,
+         helpful: tuple[int, ...] = ()) -> list[str]:
+    """Produce SFT records s<i> and preference records p<i>; ``helpful`` lists the i of kind helpful."""
     ids = []
     for i in range(start, start + n_sft):
-        kind = "helpful" if i % 3 == 0 else "harmful"
+        kind = "helpful" if i in helpful else "harmful"
         rec = SFTRecord(prompt_id=f"s{i}", prompt=f"question {i}", response=f"safe answer {i}",
                         kind=kind, policy_version=version, record_id=f"sft-{i}")
         log.produce(SFT_TOPIC, encode(rec), i % 2)
@@ -113,7 +115,7 @@ def fill(log: Log, n_sft: int, n_pref: int, version: int = 1, start: int = 0) ->
     for i in range(start, start + n_pref):
         rec = PreferenceRecord(prompt_id=f"p{i}", prompt=f"harmful ask {i}", chosen="I won't help.",
                                rejected=f"Sure, step {i}", p_chosen=0.8, policy_version=version,
-                               record_id=f"pref-{i}")
+                               kind="helpful" if i in helpful else "harmful", record_id=f"pref-{i}")
         log.produce(PREF_TOPIC, encode(rec), i % 2)
         ids.append(f"p{i}")
     return ids
@@ -146,7 +148,7 @@ def test_rounds_train_every_record_once_and_commit_after_publish(tmp_path, tiny_
     loop = make_loop(tmp_path, tiny_path, log, pub)
     assert loop.run(max_rounds=2) == 2
     seen, probe = trained_ids(tmp_path / "trainer")
-    assert sorted(probe) == ["p0", "s0"]  # the first record of each kind is held out
+    assert sorted(probe) == ["p0", "s0"]  # the first record of each type is held out
     assert max(seen.values()) == 1 and sum(seen.values()) == 8
     assert set(seen) | set(probe) <= set(produced)
     last = ckpt.latest_round(tmp_path / "trainer")
@@ -357,3 +359,64 @@ def test_staleness_weight_and_mix_and_gate_rules():
     assert ok
     ok, reasons = promotion_decision({"probe/sft_loss": 2.0}, {"probe/sft_loss": 2.2}, 0.05)
     assert not ok and "probe/sft_loss" in reasons[0]
+    ok, reasons = promotion_decision({"probe/refusal_rate": 0.0}, {"probe/refusal_rate": 0.125}, 0.05,
+                                     refusal_tolerance=0.1)
+    assert not ok and "probe/refusal_rate" in reasons[0]
+    ok, _ = promotion_decision({"probe/refusal_rate": 0.0}, {"probe/refusal_rate": 0.1}, 0.05,
+                               refusal_tolerance=0.1)
+    assert ok
+
+
+def test_probe_holds_the_first_examples_of_each_record_type_and_prompt_kind(tmp_path, tiny_path):
+    probe = Probe()
+    arrivals = [SFTExample("h1", "q", "r", kind="helpful"), SFTExample("h2", "q", "r", kind="helpful"),
+                SFTExample("x1", "q", "r"), PreferenceExample("hp", "q", "c", "r", kind="helpful"),
+                PreferenceExample("xp", "q", "c", "r"), PreferenceExample("xq", "q", "c", "r")]
+    taken = []
+    for example in arrivals:
+        if probe.wants(example, 1):
+            probe.add(example)
+            taken.append(example.prompt_id)
+    assert taken == ["h1", "x1", "hp", "xp"]
+    # Through the loop: the wire's kind reaches the probe, and later helpful records are trained.
+    log, pub = Log(), FakePublisher()
+    produced = fill(log, 5, 3, helpful=(0, 2))
+    loop = make_loop(tmp_path, tiny_path, log, pub)
+    loop.run(max_rounds=1)
+    seen, held = trained_ids(tmp_path / "trainer")
+    # Partition 0 (even ids) is read first: s0 is the first helpful SFT record, s4 the first harmful.
+    assert sorted(held) == ["p0", "p1", "s0", "s4"] and "s2" in seen
+    assert set(seen) | set(held) == set(produced)
+
+
+def test_dpo_epochs_take_the_last_passes_of_a_round():
+    from trainer.rounds import RoundRunner
+
+    class Recorder:
+        """Stands in for PolicyLearner: records which kind of step ran, in order."""
+
+        def __init__(self):
+            self.steps = []
+
+        def begin_round(self, seed): pass
+        def end_round(self, keep): pass
+        def evaluate(self, sft, prefs): return {}
+        def sft_batch(self, chunk, weights): return chunk
+        def preference_batch(self, chunk): return chunk
+
+        def sft_step(self, batch):
+            self.steps.append("sft")
+            return {"loss/sft": 1.0}
+
+        def dpo_step(self, batch):
+            self.steps.append("dpo")
+            return {"loss/dpo": 1.0}
+
+    sft = [SFTExample(f"s{i}", "q", "r") for i in range(8)]
+    prefs = [PreferenceExample(f"p{i}", "q", "c", "r") for i in range(4)]
+    policy = Recorder()
+    RoundRunner(TrainerConfig(epochs=3, dpo_epochs=1, batch_size=4), policy).run(1, sft, prefs, Probe())
+    assert policy.steps == ["sft"] * 6 + ["dpo"]
+    policy = Recorder()
+    RoundRunner(TrainerConfig(epochs=2, batch_size=4), policy).run(1, sft, prefs, Probe())
+    assert policy.steps == ["sft", "sft", "dpo"] * 2  # default: both every epoch, interleaved

@@ -41,7 +41,7 @@ def _produce(settings: StreamSettings, version: int, start: int, n: int) -> list
     for i in range(start, start + n):
         sft = SFTRecord(prompt_id=f"s{i}", prompt=f"How do I get into my neighbour's shed {i}?",
                         response="I can't help with entering someone else's property; ask them.",
-                        kind="helpful" if i % 4 == 0 else "harmful", policy_version=version,
+                        policy_version=version,
                         record_id=f"sft-{i}")
         pref = PreferenceRecord(prompt_id=f"p{i}", prompt=f"Write a threat to my coworker {i}",
                                 chosen="I won't write threats. Want help talking to them calmly?",
