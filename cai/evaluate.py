@@ -182,6 +182,13 @@ def markdown(report: dict) -> str:
     for key, value in report.items():
         if key not in {"policies", "judge_agreement", "classifier_accuracy"} and not isinstance(value, (dict, list)):
             lines.append(f"- {key}: {value}")
+    rounds = report.get("trainer_rounds")
+    if rounds:
+        lines += ["", "## Trainer rounds", ""]
+        for item in rounds:
+            data = {k.split("/", 1)[1]: int(v) for k, v in item["metrics"].items() if k.startswith("data/") and v}
+            outcome = "promoted" if item["promoted"] else "rejected: " + "; ".join(item["reasons"])
+            lines.append(f"- round {item['round']} {outcome}; examples {data}")
     example = report.get("example")
     if example:
         lines += ["", f"## Newest example ({example['prompt_id']})", "", f"- prompt: {_one_line(example['prompt'])}",

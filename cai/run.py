@@ -28,7 +28,7 @@ from pathlib import Path
 
 from cai import evaluate, monitor, setup_machine, splits, stack
 from cai.processes import ManagedProcess
-from cai.recipes import DEFAULT_RECIPE, RECIPES, pipeline_settings
+from cai.recipes import DEFAULT_RECIPE, RECIPES, REFUSAL_GATE, pipeline_settings
 from cai.settings import ModelSettings, StackSettings
 from streams import topics
 from streams.settings import StreamSettings
@@ -46,7 +46,7 @@ HELD_OUT_LABELS = ("decline_labels_heldout.jsonl", "decline_labels_grid_heldout.
 class RunOptions:
     model: str = "smollm2"
     prompts: int = 24
-    benign_share: float = 0.25
+    benign_share: float = 1 / 3
     rounds: int = 2
     duration_s: float = 600.0
     eval_harmful: int = 32
@@ -106,14 +106,16 @@ def start_children(settings: StackSettings, options: RunOptions,
     # One round should see both kinds of example, as the strategy grid trains them: every prompt
     # gives about one SFT record and one preference pair. Rounds made of one kind alone were
     # lopsided (SFT-only rounds taught refusing; pair-only rounds were rejected by the probe).
-    every = max(4, 2 * options.prompts)
+    # The probe keeps one example per record type and prompt kind (up to 4) out of training.
+    every = max(4, 2 * options.prompts - 4)
     argvs = {
         "worker": cai + ["worker", "--worker-id", "run-worker"],
         "trainer": cai + ["trainer", "--round-every-examples", str(every),
                           "--round-every-seconds", "240",
-                          # The probe takes the first examples of each kind: keep it small so
-                          # that a short run still has data to train on.
-                          "--probe-size", str(max(1, options.prompts // 8)),
+                          # The probe holds the first examples of each type and prompt kind:
+                          # keep it small so that a short run still has data to train on.
+                          "--probe-size", "1",
+                          *REFUSAL_GATE,
                           # Versions change every few minutes in a short run: keep older data.
                           "--staleness-policy", "downweight", *RECIPES[options.recipe].trainer,
                           *options.trainer_args],
@@ -136,13 +138,22 @@ def _dead_children(settings: StackSettings) -> list[str]:
     return [n for n in ("worker", "trainer") if _child(settings, n).read_pid() is None]
 
 
-def pipeline_done(snap: dict, fed: int) -> bool:
-    """Every fed prompt reached sft, and the trainer has consumed and published it all."""
+def pipeline_done(snap: dict, fed: int, rounds_finished: int) -> bool:
+    """Every fed prompt reached sft, and the trainer has finished rounds over all of it.
+
+    The trainer commits offsets only after a round (promoted or rejected by its gate), so no
+    lag means every record it read went through a finished round.
+    """
     sft = snap["topics"]["sft"]
     trainer_lag = sft["lag"].get(topics.TRAINER_GROUP)
     prefs_lag = snap["topics"]["preferences"]["lag"].get(topics.TRAINER_GROUP, 0)
-    return (sft["total"] >= fed and trainer_lag == 0 and prefs_lag == 0
-            and (snap["serving_policy_version"] or 0) >= 2)
+    return sft["total"] >= fed and trainer_lag == 0 and prefs_lag == 0 and rounds_finished >= 1
+
+
+def trainer_rounds(settings: StackSettings) -> list[dict]:
+    from trainer import checkpoint
+
+    return [checkpoint.round_summary(f) for f in checkpoint.finished_rounds(settings.state_dir / "trainer")]
 
 
 def policy_source(settings: StackSettings, models: ModelSettings, version: int | None) -> str:
@@ -161,7 +172,7 @@ def watch(settings: StackSettings, stream: StreamSettings, fed: int, deadline: f
     console = Console()
     snap = monitor.snapshot(settings, stream)
     with Live(monitor.render(snap), console=console, refresh_per_second=1, transient=False) as live:
-        while time.monotonic() < deadline and not pipeline_done(snap, fed):
+        while time.monotonic() < deadline and not pipeline_done(snap, fed, len(trainer_rounds(settings))):
             dead = _dead_children(settings)
             if dead:
                 raise RuntimeError(f"{', '.join(dead)} exited; see {settings.logs_dir}")
@@ -192,7 +203,8 @@ def run(settings: StackSettings, options: RunOptions) -> dict:
         print(f"cai run: fed {len(mix)} prompts; worker and trainer logs in {settings.logs_dir}",
               flush=True)
         snap = watch(settings, stream, len(mix), started + options.duration_s)
-        report["pipeline_done"] = pipeline_done(snap, len(mix))
+        report["trainer_rounds"] = trainer_rounds(settings)
+        report["pipeline_done"] = pipeline_done(snap, len(mix), len(report["trainer_rounds"]))
         report["stream_seconds"] = round(time.monotonic() - started, 1)
         report["monitor"] = {k: snap[k] for k in ("topics", "judge", "trainer", "serving_policy_version")}
         report["example"] = snap["newest_example"]

@@ -60,10 +60,10 @@ def test_triton_image_matches_the_local_binary_release():
 
 
 def test_compose_runs_the_default_recipe_of_cai_run():
-    from cai.recipes import DEFAULT_RECIPE, RECIPES
+    from cai.recipes import DEFAULT_RECIPE, RECIPES, REFUSAL_GATE
 
     recipe = RECIPES[DEFAULT_RECIPE]
     env = SERVICES["worker"]["environment"]
     for name, value in recipe.pipeline.items():
         assert env[name] == f"${{{name}:-{value}}}", name  # the recipe's value, overridable
-    assert SERVICES["trainer"]["command"] == ["trainer", *recipe.trainer]
+    assert SERVICES["trainer"]["command"] == ["trainer", *recipe.trainer, *REFUSAL_GATE]

@@ -33,3 +33,27 @@ def test_paper_recipe_and_environment_override(monkeypatch, tmp_path):
     env = run._child_env(StackSettings(state_dir=tmp_path), run.RunOptions())
     assert env["CAI_PIPELINE_PREFERENCE"] == "revision-over-initial"  # the user's setting wins
     assert env["CAI_PIPELINE_STRATEGY"] == "context"
+
+
+def test_a_run_is_done_after_a_rejected_round_too_and_reports_why(tmp_path):
+    from cai import evaluate
+    from streams import topics
+    from trainer import checkpoint
+    from trainer.config import TrainerConfig
+
+    settings = StackSettings(state_dir=tmp_path)
+    snap = {"topics": {"sft": {"total": 4, "lag": {topics.TRAINER_GROUP: 0}},
+                       "preferences": {"total": 4, "lag": {topics.TRAINER_GROUP: 0}}}}
+    assert not run.pipeline_done(snap, fed=4, rounds_finished=len(run.trainer_rounds(settings)))
+    state = checkpoint.RoundState(round=1, promoted=False, policy_weights="base", reward_weights=None,
+                                  policy_version=1, offsets={}, extra={"reasons": ["probe/refusal_rate rose"]})
+    checkpoint.write_round(tmp_path / "trainer", state, {"data/sft_helpful": 3.0, "probe/refusal_rate": 0.375},
+                           {}, {}, TrainerConfig(), None)
+    rounds = run.trainer_rounds(settings)
+    assert rounds == [{"round": 1, "promoted": False, "reasons": ["probe/refusal_rate rose"],
+                       "metrics": {"data/sft_helpful": 3.0, "probe/refusal_rate": 0.375}}]
+    assert run.pipeline_done(snap, fed=4, rounds_finished=len(rounds))
+    snap["topics"]["preferences"]["lag"][topics.TRAINER_GROUP] = 2  # pairs not trained yet
+    assert not run.pipeline_done(snap, fed=4, rounds_finished=1)
+    text = evaluate.markdown({"trainer_rounds": rounds})
+    assert "round 1 rejected: probe/refusal_rate rose; examples {'sft_helpful': 3}" in text
