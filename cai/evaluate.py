@@ -184,11 +184,12 @@ def markdown(report: dict) -> str:
             lines.append(f"- {key}: {value}")
     rounds = report.get("trainer_rounds")
     if rounds:
+        from trainer.checkpoint import round_outcome
+
         lines += ["", "## Trainer rounds", ""]
         for item in rounds:
             data = {k.split("/", 1)[1]: int(v) for k, v in item["metrics"].items() if k.startswith("data/") and v}
-            outcome = "promoted" if item["promoted"] else "rejected: " + "; ".join(item["reasons"])
-            lines.append(f"- round {item['round']} {outcome}; examples {data}")
+            lines.append(f"- {round_outcome(item)}; examples {data}")
     example = report.get("example")
     if example:
         lines += ["", f"## Newest example ({example['prompt_id']})", "", f"- prompt: {_one_line(example['prompt'])}",

@@ -16,6 +16,7 @@ from cai.topic_stats import TopicReader
 from serving.publish import REDIS_VERSION_KEY
 from streams import topics
 from streams.settings import StreamSettings
+from trainer.checkpoint import round_outcome
 
 STAGE_TOPICS = (topics.PROMPTS, topics.CRITIQUE, topics.REVISE, topics.COMPARE)
 OUTPUT_TOPICS = (topics.SFT, topics.PREFERENCES, topics.POLICY_VERSIONS, topics.DEAD_LETTER)
@@ -108,9 +109,23 @@ def snapshot(stack_settings: StackSettings, stream_settings: StreamSettings, win
             if judged else None,
             "preferences_by_strategy": dict(Counter(p.get("strategy", "judge") for p in prefs)),
         },
-        "trainer": {"rounds": trainer_rounds[-5:], "published": len(versions)},
+        "trainer": {"rounds": trainer_rounds[-5:], "published": len(versions),
+                    "last_round": _last_round(stack_settings)},
         "serving_policy_version": _serving_version(stack_settings),
     }
+
+
+def _last_round(settings: StackSettings) -> dict | None:
+    """The trainer's newest finished round, promoted or rejected (trainer/publisher.py)."""
+    import redis
+
+    from trainer.publisher import REDIS_LAST_ROUND_KEY
+
+    try:
+        value = redis.Redis.from_url(settings.redis_address, socket_timeout=2).get(REDIS_LAST_ROUND_KEY)
+    except redis.RedisError:
+        return None
+    return json.loads(value) if value else None
 
 
 def _serving_version(settings: StackSettings) -> int | None:
@@ -151,7 +166,8 @@ def render(snap: dict):
     status = (
         f"policy version serving: {snap['serving_policy_version'] or '-'}   "
         f"published: {trainer['published']}   "
-        f"last round: {json.dumps({k: v for k, v in last_round.items() if isinstance(v, (int, float))})[:200]}\n"
+        f"last round: {round_outcome(trainer.get('last_round')) if trainer.get('last_round') else '-'}\n"
+        f"last published round: {json.dumps({k: v for k, v in last_round.items() if isinstance(v, (int, float))})[:200]}\n"
         f"preferences by strategy: {judge.get('preferences_by_strategy') or '-'}\n"
         f"judge labels: {judge['labels']}   order-swap agreement: {_pct(judge['order_agreement'])}   "
         f"mean p_chosen: {judge['mean_p_chosen'] if judge['mean_p_chosen'] is not None else '-'}"

@@ -120,6 +120,13 @@ def latest_round(trainer_dir: Path) -> Path | None:
     return done[-1] if done else None
 
 
+def round_outcome(summary: dict) -> str:
+    """'round 3 promoted' or 'round 2 rejected: <reasons>' for a ``round_summary``."""
+    if summary["promoted"]:
+        return f"round {summary['round']} promoted"
+    return f"round {summary['round']} rejected: {'; '.join(summary['reasons'])}"
+
+
 def round_summary(folder: Path) -> dict:
     """What a report shows of one round: its outcome, the gate's reasons, its data and probe."""
     state = load_state(folder)

@@ -69,6 +69,7 @@ class Publisher(Protocol):
     def announce(self, version: int, checkpoint_dir: Path, metrics: dict) -> None: ...
     def current_version(self) -> int: ...
     def find_published(self, checkpoint_dir: Path) -> int | None: ...
+    def record_round(self, summary: dict) -> None: ...
 
 
 class KafkaSource:
@@ -368,6 +369,7 @@ class TrainerLoop:
         if result.promoted:
             self._finish_publish(folder, metrics)
         self.source.commit(self.offsets)
+        self.publisher.record_round(ckpt.round_summary(folder))
         _log_round(self.round_no, result.promoted, self.version, metrics, result.reasons)
         in_use = {str(ckpt.rounds_dir(self.trainer_dir) / self.policy_weights)}
         ckpt.prune(self.trainer_dir, self.keep_checkpoints, in_use)

@@ -19,6 +19,11 @@ from streams.settings import StreamSettings
 logger = logging.getLogger(__name__)
 
 
+# The trainer's newest finished round (promoted or rejected, and why), as JSON: live state for
+# `cai monitor`; rebuildable from the round folders.
+REDIS_LAST_ROUND_KEY = "cai:trainer:last_round"
+
+
 class StackPublisher:
     """Publishes to the running stack (Triton + Redis + Kafka)."""
 
@@ -48,6 +53,16 @@ class StackPublisher:
         finally:
             producer.close()
         logger.info("announced policy v%d on %s", version, topic_name(POLICY_VERSIONS, self.streams))
+
+    def record_round(self, summary: dict) -> None:
+        """Store the round's outcome for the monitor; a Redis failure only costs the live view."""
+        import redis
+
+        try:
+            redis.Redis.from_url(self.stack.redis_address, socket_timeout=5).set(
+                REDIS_LAST_ROUND_KEY, json.dumps(summary, sort_keys=True))
+        except redis.RedisError as exc:
+            logger.warning("could not record round %s in Redis: %s", summary.get("round"), exc)
 
     def find_published(self, checkpoint_dir: Path) -> int | None:
         """The version serving already has for this checkpoint, if any: recorded in Redis, or

@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 
 import pytest
+from rich.console import Console
 
 from cai import monitor
 from serving.publish import REDIS_VERSION_KEY
 from streams import admin, records, topics
 from streams.settings import StreamSettings
+from trainer.publisher import REDIS_LAST_ROUND_KEY, StackPublisher
 
 
 def test_principle_stats_counts_unchanged_revisions_and_margins():
@@ -63,13 +65,22 @@ def test_snapshot_sees_flows_examples_and_versions(kafka_redis):
                   OffsetAndMetadata(0, "", -1)})
     group.close()
 
+    # The trainer records every finished round, also one its gate rejected.
+    rejected = {"round": 3, "promoted": False, "reasons": ["probe/refusal_rate rose 0.000 -> 0.250 (> 0.1)"],
+                "metrics": {"data/sft_helpful": 7.0}}
+    StackPublisher(kafka_redis, stream).record_round(rejected)
     try:
         snap = monitor.snapshot(kafka_redis, stream)
     finally:  # the pointer is shared with the other tests on this stack
+        store.delete(REDIS_LAST_ROUND_KEY)
         if previous is None:
             store.delete(REDIS_VERSION_KEY)
         else:
             store.set(REDIS_VERSION_KEY, previous)
+    assert snap["trainer"]["last_round"] == rejected
+    console = Console(record=True, width=200)
+    console.print(monitor.render(snap))
+    assert "last round: round 3 rejected: probe/refusal_rate rose 0.000 -> 0.250" in console.export_text()
     assert snap["topics"]["preferences"]["lag"] == {stream.app_id: 2}
     assert snap["topics"]["sft"]["total"] == 1 and snap["topics"]["sft"]["per_minute"] == 1
     assert snap["newest_example"]["steps"][0]["critique"] == "too harmful"

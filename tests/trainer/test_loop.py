@@ -73,6 +73,7 @@ class FakePublisher:
         self.version = 1
         self.published: list[tuple[int, str]] = []
         self.announced: list[tuple[int, dict]] = []
+        self.rounds: list[dict] = []
         self.fail_publish = fail_publish
         self.fail_announce = fail_announce
 
@@ -96,6 +97,9 @@ class FakePublisher:
 
     def current_version(self) -> int:
         return self.version
+
+    def record_round(self, summary: dict) -> None:
+        self.rounds.append(summary)
 
     def find_published(self, checkpoint_dir: Path) -> int | None:
         matches = [v for v, name in self.published if name == checkpoint_dir.name]
@@ -322,6 +326,8 @@ def test_a_regressing_round_is_rejected_and_not_published(tmp_path, tiny_path):
     state = ckpt.load_state(folder)
     assert state.promoted is False and state.policy_weights == tiny_path
     assert pub.published == [] and not (folder / "model.safetensors").exists()
+    [summary] = pub.rounds  # the monitor learns why no new version came
+    assert summary["round"] == 1 and not summary["promoted"] and "probe/sft_loss" in summary["reasons"][0]
     assert log.committed == state.offsets  # consumed all the same: never trained again
 
 
