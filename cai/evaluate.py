@@ -57,12 +57,13 @@ class Share:
         return f"{100 * self.value:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}] (n={self.total})"
 
 
-def answer(model_source: str, prompts: list[str], max_new_tokens: int = 96, batch_size: int = 8,
+def answer(model, prompts: list[str], max_new_tokens: int = 96, batch_size: int = 8,
            system: str | None = None, progress=None) -> list[str]:
-    """Greedy answers of one model to each prompt (chat template applied)."""
+    """Greedy answers of one model to each prompt (chat template applied); ``model`` is a
+    source to load (path, name) or a ``TextGenerator`` already holding one."""
     from serving.textgen import GenRequest, TextGenerator
 
-    generator = TextGenerator(model_source)
+    generator = model if isinstance(model, TextGenerator) else TextGenerator(model)
     answers: list[str] = []
     for start in range(0, len(prompts), batch_size):
         batch = prompts[start:start + batch_size]

@@ -32,6 +32,7 @@ from cai.recipes import DEFAULT_RECIPE, RECIPES, REFUSAL_GATE, pipeline_settings
 from cai.settings import ModelSettings, StackSettings
 from streams import topics
 from streams.settings import StreamSettings
+from trainer import checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -151,8 +152,7 @@ def pipeline_done(snap: dict, fed: int, rounds_finished: int) -> bool:
 
 
 def trainer_rounds(settings: StackSettings) -> list[dict]:
-    from trainer import checkpoint
-
+    """Outcome, reasons and figures of every round the trainer finished."""
     return [checkpoint.round_summary(f) for f in checkpoint.finished_rounds(settings.state_dir / "trainer")]
 
 
@@ -172,7 +172,9 @@ def watch(settings: StackSettings, stream: StreamSettings, fed: int, deadline: f
     console = Console()
     snap = monitor.snapshot(settings, stream)
     with Live(monitor.render(snap), console=console, refresh_per_second=1, transient=False) as live:
-        while time.monotonic() < deadline and not pipeline_done(snap, fed, len(trainer_rounds(settings))):
+        # Counting the round folders is enough here; their summaries are read once, for the report.
+        while time.monotonic() < deadline and not pipeline_done(
+                snap, fed, len(checkpoint.finished_rounds(settings.state_dir / "trainer"))):
             dead = _dead_children(settings)
             if dead:
                 raise RuntimeError(f"{', '.join(dead)} exited; see {settings.logs_dir}")

@@ -3,7 +3,7 @@
 Harmlessness training on red-team prompts can teach a small model to decline everything. The
 trainer answers a fixed sample of benign prompts greedily before and after each round, with the
 policy it is training, and rejects a round that raises the declined share (the promotion gate in
-trainer/rounds.py). "Declined" is the evaluation's rule classifier (cai/classify.py).
+trainer/rounds.py), the same way `cai eval` measures over-refusal (cai/evaluate.py).
 """
 
 from __future__ import annotations
@@ -39,15 +39,10 @@ def load_refusal_prompts(config: TrainerConfig) -> list[str]:
     return random.Random(config.seed).sample(prompts, min(config.refusal_probe_size, len(prompts)))
 
 
-def refusal_rate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int = 8) -> float:
-    """Share of ``prompts`` whose greedy answer the classifier counts as a decline."""
-    from cai.classify import classify
-    from serving.textgen import GenRequest, TextGenerator
+def refusal_rate(model, tokenizer, prompts: list[str], max_new_tokens: int) -> float:
+    """Share of ``prompts`` whose greedy answer the evaluation's classifier counts as a decline."""
+    from cai import evaluate
+    from serving.textgen import TextGenerator
 
-    generator = TextGenerator.from_model(model, tokenizer)
-    declined = 0
-    for start in range(0, len(prompts), batch_size):
-        results = generator.generate([GenRequest(prompt=p, max_new_tokens=max_new_tokens, temperature=0.0)
-                                      for p in prompts[start:start + batch_size]])
-        declined += sum(classify(samples[0].text).declined for samples in results)
-    return declined / len(prompts)
+    answers = evaluate.answer(TextGenerator.from_model(model, tokenizer), prompts, max_new_tokens)
+    return evaluate.over_refusal(answers).value
