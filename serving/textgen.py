@@ -9,6 +9,9 @@ mixes requests with different ``max_new_tokens``, temperature, top-p, seed and s
 strings. Rows are left-padded; each row samples with its own ``torch.Generator`` so a
 seeded request gives the same text whatever else shares its batch; finished rows are
 dropped from the batch and the KV cache, so a short request does not pay for a long one.
+A prompt prefix that the whole batch shares (the few-shot block of critique, revision and judge
+prompts) is computed once, kept in a small LRU across batches, and attended to at batch size 1
+rather than copied into every row (``serving/shared_prefix_attention.py``).
 ``logprob_sum`` is the sum of the *model's* log-probabilities (temperature 1, no top-p)
 of the generated tokens, which is what a policy-gradient or DPO step needs.
 
@@ -31,6 +34,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
+
+from serving.shared_prefix_attention import SharedPrefix
+from serving.shared_prefix_attention import install as install_shared_prefix_attention
 
 logger = logging.getLogger(__name__)
 
@@ -205,6 +211,10 @@ class TextGenerator:
         self.tokenizer = tokenizer
         self.model = model
         self.model.eval()
+        if self.prefix_min_tokens > 0 and not install_shared_prefix_attention(self.model):
+            logger.warning("%s: shared-prefix attention does not fit this architecture; "
+                           "prompt prefixes are not shared", source)
+            self.prefix_min_tokens = 0
         config = self.model.config
         self.max_context = max_context or getattr(config, "max_position_embeddings", None) or 2048
         eos = set()
@@ -279,7 +289,7 @@ class TextGenerator:
         )
 
     def _run(self, rows: list[_Row]) -> None:
-        cache, mask, logits, next_pos = self._prefill([r.prompt_ids for r in rows])
+        cache, prefix, mask, logits, next_pos = self._prefill([r.prompt_ids for r in rows])
         active = list(range(len(rows)))  # indices into rows, one per batch row
         while True:
             choices = self._choose(logits, [rows[i] for i in active])
@@ -298,25 +308,22 @@ class TextGenerator:
             else:
                 tokens_t = torch.tensor(tokens)
             mask = torch.cat([mask, torch.ones((len(active), 1), dtype=torch.long)], dim=1)
-            out = self.model(input_ids=tokens_t[:, None], attention_mask=mask,
-                             position_ids=next_pos[:, None], past_key_values=cache, use_cache=True)
+            out = self._forward(prefix, mask, input_ids=tokens_t[:, None], position_ids=next_pos[:, None],
+                                past_key_values=cache, use_cache=True)
             logits = out.logits[:, -1, :]
             next_pos = next_pos + 1
 
     def _prefill(self, sequences: list[list[int]]):
         """Run every sequence's prompt once, on top of a shared cached prefix where there is one.
 
-        Returns (KV cache, attention mask, last-position logits, next position), one row per
-        sequence. Each row's own tokens after the shared prefix are left-padded; the padding sits
-        between the prefix and the row's tokens, and the attention mask hides it.
+        Returns (KV cache of the rows' own tokens, shared prefix layers or None, own-token
+        attention mask, last-position logits, next position), one row per sequence. The prefix
+        stays at batch size 1 outside the cache (``serving/shared_prefix_attention.py``); each
+        row's own tokens are left-padded and the mask hides the padding.
         """
         from transformers import DynamicCache
 
         shared, layers = self._shared_prefix(sequences)
-        cache = DynamicCache(config=self.model.config)
-        for index, (keys, values) in enumerate(layers):
-            # Expanded views: no copy until the cache grows (the first concatenation).
-            cache.update(keys.expand(len(sequences), -1, -1, -1), values.expand(len(sequences), -1, -1, -1), index)
         width = max(len(ids) for ids in sequences) - shared
         input_ids = torch.full((len(sequences), width), self.pad_id, dtype=torch.long)
         own = torch.zeros((len(sequences), width), dtype=torch.long)
@@ -325,10 +332,16 @@ class TextGenerator:
             input_ids[i, width - len(suffix):] = torch.tensor(suffix)
             own[i, width - len(suffix):] = 1
         positions = (shared + own.cumsum(-1) - 1).clamp(min=shared)
-        mask = torch.cat([torch.ones((len(sequences), shared), dtype=torch.long), own], dim=1)
-        out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
-                         past_key_values=cache, use_cache=True, logits_to_keep=1)
-        return cache, mask, out.logits[:, -1, :], positions[:, -1] + 1
+        cache = DynamicCache(config=self.model.config)
+        out = self._forward(layers or None, own, input_ids=input_ids, position_ids=positions,
+                            past_key_values=cache, use_cache=True, logits_to_keep=1)
+        return cache, layers or None, own, out.logits[:, -1, :], positions[:, -1] + 1
+
+    def _forward(self, prefix_layers, own_mask: torch.Tensor, **inputs):
+        """One model call on the rows' own tokens, attending to the shared prefix when given."""
+        if prefix_layers is None:
+            return self.model(attention_mask=own_mask, **inputs)
+        return self.model(attention_mask=own_mask, shared_prefix=SharedPrefix(prefix_layers, own_mask), **inputs)
 
     def _shared_prefix(self, sequences: list[list[int]]) -> tuple[int, list[tuple[torch.Tensor, torch.Tensor]]]:
         """Length and per-layer KV (batch 1) of a token prefix that every sequence starts with.
@@ -475,7 +488,7 @@ class TextGenerator:
         if not tails:
             return results
         # Phase 1: the shared heads, one row per item, on top of their common cached prefix.
-        cache, head_mask, first, _ = self._prefill(heads)
+        cache, prefix, head_mask, first, _ = self._prefill(heads)
         first = torch.log_softmax(first.float(), dim=-1)  # predicts each item's first tail token
         rows = torch.tensor([item for item, _ in owners])
         for (item_index, choice_index), tail in zip(owners, tails):
@@ -493,9 +506,9 @@ class TextGenerator:
                 tail_ids[i, : len(tail) - 1] = torch.tensor(tail[:-1])
                 tail_mask[i, : len(tail) - 1] = 1
         starts = torch.tensor([len(heads[item]) for item, _ in owners])[:, None]
-        logits = self.model(input_ids=tail_ids, attention_mask=torch.cat([head_mask[rows], tail_mask], 1),
-                            position_ids=starts + torch.arange(longest - 1)[None, :],
-                            past_key_values=cache, use_cache=True).logits.float()
+        logits = self._forward(prefix, torch.cat([head_mask[rows], tail_mask], 1), input_ids=tail_ids,
+                               position_ids=starts + torch.arange(longest - 1)[None, :],
+                               past_key_values=cache, use_cache=True).logits.float()
         logprobs = torch.log_softmax(logits, dim=-1)
         for i, ((item_index, choice_index), tail) in enumerate(zip(owners, tails)):
             for j in range(1, len(tail)):
