@@ -123,6 +123,11 @@ def latest_round(trainer_dir: Path) -> Path | None:
 def round_outcome(summary: dict) -> str:
     """'round 3 promoted' or 'round 2 rejected: <reasons>' for a ``round_summary``."""
     if summary["promoted"]:
+        kept = summary["metrics"].get("round/epochs_kept")
+        planned = summary["metrics"].get("round/epochs_planned")
+        if kept is not None and planned is not None and kept < planned:
+            return (f"round {summary['round']} promoted with the weights of epoch {int(kept)} of {int(planned)} "
+                    "(the refusal probe rejected the later ones)")
         return f"round {summary['round']} promoted"
     return f"round {summary['round']} rejected: {'; '.join(summary['reasons'])}"
 
@@ -132,7 +137,7 @@ def round_summary(folder: Path) -> dict:
     state = load_state(folder)
     metrics = load_json(folder, "metrics.json")
     shown = {k: round(v, 4) for k, v in metrics.items()
-             if k.startswith(("data/", "probe/", "probe_before/", "loss/"))}
+             if k.startswith(("data/", "probe/", "probe_before/", "loss/", "round/epochs"))}
     return {"round": state.round, "promoted": state.promoted,
             "reasons": state.extra.get("reasons", []), "metrics": shown}
 

@@ -89,12 +89,16 @@ class TrainerConfig:
         "e.g. 'benign') or a JSONL/CSV/txt file; each round the policy answers refusal_probe_size "
         "of them greedily before and after training, and a round that raises the share it "
         "declines by more than refusal_tolerance is rejected (default: no refusal probe)"))
-    refusal_probe_size: int = field(default=8, metadata=_help(
+    refusal_probe_size: int = field(default=16, metadata=_help(
         "refusal prompts answered per check (a seeded sample)"))
     refusal_tolerance: float = field(default=0.1, metadata=_help(
         "largest allowed rise of the declined share on the refusal prompts"))
     refusal_max_new_tokens: int = field(default=32, metadata=_help(
         "tokens per refusal-probe answer; a decline shows in its first sentence"))
+    refusal_every_epoch: bool = field(default=False, metadata=_help(
+        "with refusal prompts, also check them after every epoch of a round and keep the weights "
+        "of the latest epoch whose declined share stayed within refusal_tolerance (the round is "
+        "rejected only if no epoch did)"))
     seed: int = field(default=0, metadata=_help("seed for weight init of adapters/heads and shuffling"))
 
     def __post_init__(self) -> None:

@@ -4,6 +4,8 @@
 policy (SFT on revisions mixed with helpfulness data, then soft DPO) or the preference
 model, measures the probe before and after, and decides whether to promote: a round whose
 probe regresses beyond ``promotion_threshold`` is rolled back to the round-start weights.
+With refusal prompts the policy is also checked after every epoch, and the round keeps the
+weights of the latest epoch that did not make it decline more benign prompts.
 """
 
 from __future__ import annotations
@@ -103,6 +105,41 @@ def _batches(items: list, size: int, rng: random.Random) -> list[list]:
     return [order[i:i + size] for i in range(0, len(order), size)]
 
 
+class _RefusalGuard:
+    """Checkpoint selection on the refusal probe: after each epoch the policy answers the
+    refusal prompts; the weights of the latest epoch that declined no more of them than the
+    round-start share plus the tolerance are the ones the round keeps.
+
+    Training runs every epoch: the declined share is not monotonic in training (a decline
+    habit learnt early can give way to answers once the helpful examples are learnt too).
+    """
+
+    def __init__(self, policy: PolicyLearner, prompts: list[str], config: TrainerConfig, start_rate: float):
+        self.policy, self.prompts, self.config = policy, prompts, config
+        self.start_rate = start_rate
+        self.limit = start_rate + config.refusal_tolerance + 1e-9
+        self.kept, self.kept_epoch = policy.trainable_state(), 0
+        self.last_failure: tuple[int, float] | None = None
+
+    def after_epoch(self, epoch: int) -> None:
+        rate = self.policy.refusal_rate(self.prompts, self.config.refusal_max_new_tokens)
+        logger.info("epoch %d: refusal probe declined %.3f (limit %.3f)", epoch, rate, self.limit)
+        if rate <= self.limit:
+            self.kept, self.kept_epoch = self.policy.trainable_state(), epoch
+        else:
+            self.last_failure = (epoch, rate)
+
+    def finish(self, epochs: int) -> tuple[int, str | None]:
+        """(epochs whose weights are kept, why later ones were not); restores those weights."""
+        if self.kept_epoch == epochs:
+            return epochs, None
+        self.policy.load_trainable_state(self.kept)
+        epoch, rate = self.last_failure
+        return self.kept_epoch, (f"probe/refusal_rate rose {self.start_rate:.3f} -> {rate:.3f} "
+                                 f"(> {self.config.refusal_tolerance}) after epoch {epoch}; "
+                                 f"kept the weights of epoch {self.kept_epoch} of {epochs}")
+
+
 class RoundRunner:
     """Runs rounds on a policy learner and, in reward mode, a preference learner."""
 
@@ -123,6 +160,11 @@ class RoundRunner:
             out["probe/refusal_rate"] = self.policy.refusal_rate(
                 self.refusal_prompts, self.config.refusal_max_new_tokens)
         return out
+
+    def _epoch_guard(self, before: dict[str, float]) -> _RefusalGuard | None:
+        if not (self.refusal_prompts and self.config.refusal_every_epoch):
+            return None
+        return _RefusalGuard(self.policy, self.refusal_prompts, self.config, before["probe/refusal_rate"])
 
     def run(self, round_no: int, sft: list[SFTExample], preferences: list[PreferenceExample],
             probe: Probe) -> RoundResult:
@@ -149,6 +191,7 @@ class RoundRunner:
         weights = dict(zip((id(e) for e in sft), sft_mix_weights(sft, cfg.helpful_mix)))
         pair_epochs = cfg.epochs if cfg.dpo_epochs is None else cfg.dpo_epochs
         epochs = max(cfg.epochs, pair_epochs)
+        guard = self._epoch_guard(before)
         for epoch in range(epochs):
             if train_policy_sft and epoch < cfg.epochs:
                 for chunk in _batches(sft, cfg.batch_size, rng):
@@ -160,12 +203,19 @@ class RoundRunner:
             if train_pm and epoch >= epochs - pair_epochs:
                 for chunk in _batches(preferences, cfg.batch_size, rng):
                     record(self.preference.step(self.preference.preference_batch(chunk)))
+            if guard is not None:
+                guard.after_epoch(epoch + 1)
+        kept_epochs, stop_reason = guard.finish(epochs) if guard is not None else (epochs, None)
 
         after = self._evaluate(probe)
         promoted, reasons = promotion_decision(before, after, cfg.promotion_threshold,
                                                cfg.refusal_tolerance)
         if not counts:  # e.g. only SFT records while sft=False: same weights, no new version
             promoted, reasons = False, ["nothing to train with this config"]
+        elif stop_reason and kept_epochs == 0:
+            promoted, reasons = False, [stop_reason]
+        if stop_reason:
+            logger.info("round %d: %s", round_no, stop_reason)
         self.policy.end_round(keep=promoted)
         if self.preference is not None:
             self.preference.end_round(keep=promoted)
@@ -178,6 +228,8 @@ class RoundRunner:
             "data/sft_helpful": float(sum(1 for e in sft if e.kind == "helpful")),
             "data/preferences": float(len(preferences)),
             "round/promoted": float(promoted),
+            "round/epochs_kept": float(kept_epochs),
+            "round/epochs_planned": float(epochs),
             "time/round_s": time.monotonic() - started,
         })
         return RoundResult(promoted, metrics, reasons)

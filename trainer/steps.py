@@ -106,6 +106,17 @@ class PolicyLearner:
         self.model.eval()
         self.in_round = False
 
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        """A copy of the weights this round trains (the adapters under LoRA)."""
+        return {name: p.detach().clone() for name, p in self.model.named_parameters() if p.requires_grad}
+
+    @torch.no_grad()
+    def load_trainable_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Return the trained weights to ``state`` (from ``trainable_state`` in this round)."""
+        for name, p in self.model.named_parameters():
+            if name in state:
+                p.copy_(state[name])
+
     # --- steps ---------------------------------------------------------------------------
     @torch.no_grad()
     def reference_logps(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
