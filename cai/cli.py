@@ -19,6 +19,17 @@ def _stack_settings(args: argparse.Namespace) -> StackSettings:
     return StackSettings(**overrides)
 
 
+def _share(text: str) -> float:
+    """A fraction in [0, 1] from the command line (argparse type)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number; give a fraction such as 0.5") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"{text} is outside [0, 1]; give a fraction such as 0.5")
+    return value
+
+
 def _model_settings(args: argparse.Namespace) -> ModelSettings:
     return ModelSettings(**({"model": args.model} if getattr(args, "model", None) else {}))
 
@@ -87,6 +98,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         model=args.model or ModelSettings().model, prompts=args.prompts, rounds=args.rounds,
         duration_s=args.duration * 60, report=args.report, keep=args.keep, seed=args.seed,
         eval_harmful=args.eval_harmful, eval_benign=args.eval_benign, recipe=args.recipe,
+        benign_share=args.benign_share,
     )
     try:
         run.run(settings, options)
@@ -148,6 +160,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from agents.settings import PipelineSettings
     from cai import bench, run, setup_machine, stack
     from serving.models import resolve
+    from serving.settings import ServingSettings
     from serving.textgen import TextGenerator
     from streams.admin import ensure_topics
     from streams.settings import StreamSettings
@@ -181,15 +194,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
                 run.stop_children(settings)
                 stack.down(settings)
     source = resolve(models.for_role("policy"), settings.cache_dir)
+    dtype = ServingSettings().dtype  # the in-process modes run the weights Triton serves
     if {"raw", "sequential-cached"} & set(args.modes):
-        generator = TextGenerator(source, threads=args.threads)
+        generator = TextGenerator(source, threads=args.threads, dtype=dtype)
         if "raw" in args.modes:
             results["modes"]["raw"] = bench.run_raw(generator, constitution, work).as_dict()
         if "sequential-cached" in args.modes:
             results["modes"]["sequential-cached"] = bench.run_sequential(
                 generator, constitution, work, name="sequential loop, prefix cache kept").as_dict()
     if "sequential" in args.modes:
-        plain = TextGenerator(source, threads=args.threads, prefix_min_tokens=0)
+        plain = TextGenerator(source, threads=args.threads, dtype=dtype, prefix_min_tokens=0)
         results["modes"]["sequential"] = bench.run_sequential(
             plain, constitution, work, name="sequential loop, chain-tool style").as_dict()
     modes = results["modes"]
@@ -252,6 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "Ctrl-C stops cleanly; running it again resumes.")
     p.add_argument("--model", help="smollm2 (default), tiny, a folder or a hub id (env CAI_MODEL)")
     p.add_argument("--prompts", type=int, default=24, help="training prompts to feed (default 24)")
+    p.add_argument("--benign-share", type=_share, default=0.5,
+                   help="share of the fed prompts that are benign (default 0.5); the rest are red-team")
     p.add_argument("--rounds", type=int, default=2, help="critique/revision rounds per prompt")
     p.add_argument("--recipe", choices=sorted(RECIPES), default=DEFAULT_RECIPE,
                    help="how revisions and preference labels are made (default %(default)s, the best "

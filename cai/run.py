@@ -28,7 +28,7 @@ from pathlib import Path
 
 from cai import evaluate, monitor, setup_machine, splits, stack
 from cai.processes import ManagedProcess
-from cai.recipes import DEFAULT_RECIPE, RECIPES, REFUSAL_GATE, pipeline_settings
+from cai.recipes import DEFAULT_RECIPE, RECIPES, REFUSAL_GATE, REFUSAL_PROMPTS, pipeline_settings
 from cai.settings import ModelSettings, StackSettings
 from streams import topics
 from streams.settings import StreamSettings
@@ -47,7 +47,7 @@ HELD_OUT_LABELS = ("decline_labels_heldout.jsonl", "decline_labels_grid_heldout.
 class RunOptions:
     model: str = "smollm2"
     prompts: int = 24
-    benign_share: float = 1 / 3
+    benign_share: float = 0.5
     rounds: int = 2
     duration_s: float = 600.0
     eval_harmful: int = 32
@@ -60,13 +60,23 @@ class RunOptions:
     trainer_args: list[str] = field(default_factory=list)
 
 
+def refusal_probe_prompts() -> set[str]:
+    """The benign prompts the trainer's refusal probe answers; they are never fed, so the probe
+    measures how the policy treats benign prompts it was not trained on."""
+    from trainer.config import TrainerConfig
+    from trainer.refusal import load_refusal_prompts
+
+    return set(load_refusal_prompts(TrainerConfig(refusal_prompts=REFUSAL_PROMPTS)))
+
+
 def training_mix(options: RunOptions):
     """The prompts to feed: a seeded sample of the training split of the built-in sets."""
     from agents import prompt_sets
 
     rng = random.Random(options.seed)
     harmful = [p for name in HARMFUL_SETS for p in splits.train_part(prompt_sets.builtin(name))]
-    benign = splits.train_part(prompt_sets.builtin("benign"))
+    reserved = refusal_probe_prompts()
+    benign = [p for p in splits.train_part(prompt_sets.builtin("benign")) if p.prompt not in reserved]
     n_benign = min(len(benign), round(options.prompts * options.benign_share))
     n_harmful = options.prompts - n_benign
     mix = rng.sample(harmful, n_harmful) + rng.sample(benign, n_benign)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from agents.settings import PipelineSettings
 from cai import recipes, run
 from cai.settings import StackSettings
+from trainer.config import TrainerConfig
 
 
 def _settings_seen_by_worker(env: dict[str, str], monkeypatch) -> PipelineSettings:
@@ -57,3 +58,14 @@ def test_a_run_is_done_after_a_rejected_round_too_and_reports_why(tmp_path):
     assert not run.pipeline_done(snap, fed=4, rounds_finished=1)
     text = evaluate.markdown({"trainer_rounds": rounds})
     assert "round 1 rejected: probe/refusal_rate rose; examples {'sft_helpful': 3}" in text
+
+
+def test_the_fed_mix_is_half_benign_and_never_holds_the_refusal_probe_or_held_out_prompts():
+    from cai import splits
+
+    mix = run.training_mix(run.RunOptions(prompts=24))
+    benign = [p for p in mix if p.kind == "helpful"]
+    assert len(mix) == 24 and len(benign) == 12
+    assert not {p.prompt for p in mix} & run.refusal_probe_prompts()
+    assert len(run.refusal_probe_prompts()) == TrainerConfig().refusal_probe_size == 16
+    assert not any(splits.is_held_out(p.prompt) for p in mix)
