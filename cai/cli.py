@@ -102,6 +102,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     try:
         run.run(settings, options)
+    except run.RunStateMismatch as exc:
+        print(f"cai run: error: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("\ncai run: interrupted; stopping the worker and trainer", file=sys.stderr)
         run.stop_children(settings)

@@ -194,11 +194,42 @@ def watch(settings: StackSettings, stream: StreamSettings, fed: int, deadline: f
     return snap
 
 
+class RunStateMismatch(ValueError):
+    """The state folder holds a run of another model or recipe; resuming would mix the two."""
+
+
+RUN_MANIFEST = "run.json"
+
+
+def claim_state(settings: StackSettings, options: RunOptions) -> None:
+    """Record which model and recipe this state folder's run uses, or refuse a different one.
+
+    A resumed run reuses the trainer's checkpoints and the fed prompts; with another model or
+    recipe it would evaluate one model on rounds trained from another.
+    """
+    path = settings.state_dir / RUN_MANIFEST
+    mine = {"model": options.model, "recipe": options.recipe}
+    if path.exists():
+        theirs = json.loads(path.read_text())
+        differ = {k: theirs.get(k) for k in mine if theirs.get(k) != mine[k]}
+        if differ:
+            held = ", ".join(f"{k} {v!r}" for k, v in differ.items())
+            asked = ", ".join(f"{k} {mine[k]!r}" for k in differ)
+            raise RunStateMismatch(
+                f"the state folder {settings.state_dir} holds a run with {held}, not {asked}; "
+                f"resuming it would mix the two. Fix: give a new --state-dir, or run "
+                f"`cai stack down --state-dir {settings.state_dir}` and delete that folder")
+        return
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(mine))
+
+
 def run(settings: StackSettings, options: RunOptions) -> dict:
     from agents import feed
     from streams.admin import ensure_topics
 
     started = time.monotonic()
+    claim_state(settings, options)
     models = ModelSettings(model=options.model)
     print(f"cai run: model {options.model}, {options.prompts} prompts, {options.rounds} revision "
           f"rounds, up to {options.duration_s / 60:.0f} min of streaming", flush=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from agents.settings import PipelineSettings
 from cai import recipes, run
 from cai.settings import StackSettings
@@ -69,3 +71,13 @@ def test_the_fed_mix_is_half_benign_and_never_holds_the_refusal_probe_or_held_ou
     assert not {p.prompt for p in mix} & run.refusal_probe_prompts()
     assert len(run.refusal_probe_prompts()) == TrainerConfig().refusal_probe_size == 16
     assert not any(splits.is_held_out(p.prompt) for p in mix)
+
+
+def test_a_state_folder_refuses_a_run_of_another_model_and_accepts_its_own(tmp_path):
+    settings = StackSettings(state_dir=tmp_path / "state")
+    run.claim_state(settings, run.RunOptions(model="smollm2"))
+    run.claim_state(settings, run.RunOptions(model="smollm2", prompts=48))  # resuming with more prompts is fine
+    with pytest.raises(run.RunStateMismatch, match=r"model 'smollm2', not model 'tiny'.*--state-dir"):
+        run.claim_state(settings, run.RunOptions(model="tiny"))
+    with pytest.raises(run.RunStateMismatch, match="recipe 'context-distillation', not recipe 'paper'"):
+        run.claim_state(settings, run.RunOptions(model="smollm2", recipe="paper"))
