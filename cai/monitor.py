@@ -115,26 +115,26 @@ def snapshot(stack_settings: StackSettings, stream_settings: StreamSettings, win
     }
 
 
-def _last_round(settings: StackSettings) -> dict | None:
-    """The trainer's newest finished round, promoted or rejected (trainer/publisher.py)."""
+def _redis_value(settings: StackSettings, key: str) -> bytes | None:
+    """One key of the live state, or None when it is unset or Redis cannot be reached."""
     import redis
 
-    from trainer.publisher import REDIS_LAST_ROUND_KEY
-
     try:
-        value = redis.Redis.from_url(settings.redis_address, socket_timeout=2).get(REDIS_LAST_ROUND_KEY)
+        return redis.Redis.from_url(settings.redis_address, socket_timeout=2).get(key)
     except redis.RedisError:
         return None
+
+
+def _last_round(settings: StackSettings) -> dict | None:
+    """The trainer's newest finished round, promoted or rejected (trainer/publisher.py)."""
+    from trainer.publisher import REDIS_LAST_ROUND_KEY
+
+    value = _redis_value(settings, REDIS_LAST_ROUND_KEY)
     return json.loads(value) if value else None
 
 
 def _serving_version(settings: StackSettings) -> int | None:
-    import redis
-
-    try:
-        value = redis.Redis.from_url(settings.redis_address, socket_timeout=2).get(REDIS_VERSION_KEY)
-    except redis.RedisError:
-        return None
+    value = _redis_value(settings, REDIS_VERSION_KEY)
     return int(value) if value else None
 
 
