@@ -75,14 +75,22 @@ def sft_mix_weights(examples: list[SFTExample], helpful_mix: float) -> list[floa
     return [e.weight * scale[e.kind == "helpful"] for e in examples]
 
 
+def refusal_rise(before: float, after: float, tolerance: float) -> str | None:
+    """Why the refusal probe fails, if the declined share rose by more than ``tolerance``."""
+    if after > before + tolerance + 1e-9:
+        return f"probe/refusal_rate rose {before:.3f} -> {after:.3f} (> {tolerance})"
+    return None
+
+
 def promotion_decision(before: dict[str, float], after: dict[str, float],
                        threshold: float, refusal_tolerance: float = 0.1) -> tuple[bool, list[str]]:
     """Promote unless a probe metric regressed beyond ``threshold`` (the refusal share beyond
     ``refusal_tolerance``); return the reasons."""
     reasons = []
     key = "probe/refusal_rate"
-    if key in before and key in after and after[key] > before[key] + refusal_tolerance + 1e-9:
-        reasons.append(f"{key} rose {before[key]:.3f} -> {after[key]:.3f} (> {refusal_tolerance})")
+    refusal = refusal_rise(before[key], after[key], refusal_tolerance) if key in before and key in after else None
+    if refusal:
+        reasons.append(refusal)
     key = "probe/sft_loss"
     if key in before and key in after and after[key] > before[key] * (1 + threshold):
         reasons.append(f"{key} rose {before[key]:.4f} -> {after[key]:.4f} (> {threshold:.0%})")
@@ -117,27 +125,26 @@ class _RefusalGuard:
     def __init__(self, policy: PolicyLearner, prompts: list[str], config: TrainerConfig, start_rate: float):
         self.policy, self.prompts, self.config = policy, prompts, config
         self.start_rate = start_rate
-        self.limit = start_rate + config.refusal_tolerance + 1e-9
-        self.kept, self.kept_epoch = policy.trainable_state(), 0
-        self.last_failure: tuple[int, float] | None = None
+        # The kept weights and their declined share (the round start's until an epoch passes).
+        self.kept, self.kept_epoch, self.kept_rate = policy.trainable_state(), 0, start_rate
+        self.last_failure: tuple[int, str] | None = None
 
     def after_epoch(self, epoch: int) -> None:
         rate = self.policy.refusal_rate(self.prompts, self.config.refusal_max_new_tokens)
-        logger.info("epoch %d: refusal probe declined %.3f (limit %.3f)", epoch, rate, self.limit)
-        if rate <= self.limit:
-            self.kept, self.kept_epoch = self.policy.trainable_state(), epoch
+        failure = refusal_rise(self.start_rate, rate, self.config.refusal_tolerance)
+        logger.info("epoch %d: refusal probe declined %.3f%s", epoch, rate, f" ({failure})" if failure else "")
+        if failure:
+            self.last_failure = (epoch, failure)
         else:
-            self.last_failure = (epoch, rate)
+            self.kept, self.kept_epoch, self.kept_rate = self.policy.trainable_state(), epoch, rate
 
     def finish(self, epochs: int) -> tuple[int, str | None]:
         """(epochs whose weights are kept, why later ones were not); restores those weights."""
         if self.kept_epoch == epochs:
             return epochs, None
         self.policy.load_trainable_state(self.kept)
-        epoch, rate = self.last_failure
-        return self.kept_epoch, (f"probe/refusal_rate rose {self.start_rate:.3f} -> {rate:.3f} "
-                                 f"(> {self.config.refusal_tolerance}) after epoch {epoch}; "
-                                 f"kept the weights of epoch {self.kept_epoch} of {epochs}")
+        epoch, failure = self.last_failure
+        return self.kept_epoch, f"{failure} after epoch {epoch}; kept the weights of epoch {self.kept_epoch} of {epochs}"
 
 
 class RoundRunner:
@@ -152,12 +159,13 @@ class RoundRunner:
         self.preference = preference
         self.refusal_prompts = refusal_prompts or []
 
-    def _evaluate(self, probe: Probe) -> dict[str, float]:
+    def _evaluate(self, probe: Probe, refusal_rate: float | None = None) -> dict[str, float]:
+        """Probe metrics of the current weights; ``refusal_rate`` when it was already measured on them."""
         out = self.policy.evaluate(probe.sft, probe.preferences if self.config.mode == "dpo" else [])
         if self.config.mode == "reward":
             out.update(self.preference.evaluate(probe.preferences))
         if self.refusal_prompts:
-            out["probe/refusal_rate"] = self.policy.refusal_rate(
+            out["probe/refusal_rate"] = refusal_rate if refusal_rate is not None else self.policy.refusal_rate(
                 self.refusal_prompts, self.config.refusal_max_new_tokens)
         return out
 
@@ -207,7 +215,7 @@ class RoundRunner:
                 guard.after_epoch(epoch + 1)
         kept_epochs, stop_reason = guard.finish(epochs) if guard is not None else (epochs, None)
 
-        after = self._evaluate(probe)
+        after = self._evaluate(probe, guard.kept_rate if guard is not None else None)
         promoted, reasons = promotion_decision(before, after, cfg.promotion_threshold,
                                                cfg.refusal_tolerance)
         if not counts:  # e.g. only SFT records while sft=False: same weights, no new version
