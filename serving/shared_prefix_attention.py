@@ -10,7 +10,9 @@ Here the prefix's keys and values stay at batch size 1, outside the KV cache. Ea
 attends every row's queries to the prefix in one matrix product (the rows play the part of
 extra query positions), attends each row to its own cached tokens under its own mask, and
 merges the two softmax parts exactly with their log-sum-exp weights (the "cascade" split of
-attention). The result equals ordinary attention over ``prefix + own tokens``.
+attention). The result equals ordinary attention over ``prefix + own tokens``. That split is
+for decoding (one query per row); a prefill call, with many queries per row, copies the
+prefix into the batch once and runs the fused SDPA kernel instead, which is faster there.
 
 The engine turns it on per call by passing ``shared_prefix=SharedPrefix(...)`` to the model;
 without it the layer runs the library's SDPA attention, so the model behaves as usual.
@@ -56,6 +58,8 @@ def shared_prefix_attention(module, query, key, value, attention_mask, scaling=N
                                       scaling=scaling, **kwargs)
     prefix_keys, prefix_values = shared_prefix.layers[module.layer_idx]
     rows, heads, queries, dim = query.shape
+    if queries > 1:
+        return _prefill_attention(query, key, value, prefix_keys, prefix_values, shared_prefix.own_mask, scaling)
     kv_heads = key.shape[1]
     group = heads // kv_heads
     scale = scaling if scaling is not None else dim ** -0.5
@@ -84,6 +88,26 @@ def shared_prefix_attention(module, query, key, value, attention_mask, scaling=N
     merged = (prefix_out * prefix_weight + own_out * own_weight) / (prefix_weight + own_weight)
     merged = merged.reshape(rows, heads, queries, dim).to(query.dtype)
     return merged.transpose(1, 2).contiguous(), None
+
+
+def _prefill_attention(query, key, value, prefix_keys, prefix_values, own_mask, scaling):
+    """Many queries per row (prefill): fused SDPA over the prefix expanded into every row.
+
+    Here the work is ``rows x queries x (prefix + own)`` and the copy of the prefix is only
+    ``rows x prefix``, so copying it once is cheap, and the fused kernel is about 4x faster
+    on a CPU than the two-part split with its explicit score matrices.
+    """
+    import torch.nn.functional as F
+
+    rows, _, queries, _ = query.shape
+    prefix_len = prefix_keys.shape[2]
+    keys = torch.cat([prefix_keys.expand(rows, -1, -1, -1), key], dim=2)
+    values = torch.cat([prefix_values.expand(rows, -1, -1, -1), value], dim=2)
+    allowed = torch.cat([torch.ones((rows, 1, queries, prefix_len), dtype=torch.bool),
+                         _allowed(own_mask, queries)], dim=-1)
+    out = F.scaled_dot_product_attention(query, keys, values, attn_mask=allowed, scale=scaling,
+                                         enable_gqa=key.shape[1] != query.shape[1])
+    return out.transpose(1, 2).contiguous(), None
 
 
 def install(model) -> bool:

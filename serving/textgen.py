@@ -26,6 +26,7 @@ the probabilities into a range (default 0.4-0.6, as in Bai et al. 2022).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import time
@@ -205,6 +206,7 @@ class TextGenerator:
     def _attach(self, source: str, model, tokenizer, max_context: int | None, prefix_min_tokens: int,
                 prefix_cache_entries: int) -> None:
         self.source = source
+        self.core_share = None  # a serving.core_share.CoreShare when instances share the cores
         self.prefix_min_tokens = prefix_min_tokens  # 0 disables prefix sharing
         self.prefix_cache_entries = prefix_cache_entries
         self._prefixes: OrderedDict[tuple[int, ...], list] = OrderedDict()
@@ -319,26 +321,45 @@ class TextGenerator:
         Returns (KV cache of the rows' own tokens, shared prefix layers or None, own-token
         attention mask, last-position logits, next position), one row per sequence. The prefix
         stays at batch size 1 outside the cache (``serving/shared_prefix_attention.py``); each
-        row's own tokens are left-padded and the mask hides the padding.
+        row's own tokens are left-padded and the mask hides the padding. Rows of very different
+        lengths run in groups of similar length (``length_groups``), so that a short row does
+        not pay for padding up to the longest; the groups' caches are then joined.
         """
-        from transformers import DynamicCache
-
         shared, layers = self._shared_prefix(sequences)
-        width = max(len(ids) for ids in sequences) - shared
-        input_ids = torch.full((len(sequences), width), self.pad_id, dtype=torch.long)
-        own = torch.zeros((len(sequences), width), dtype=torch.long)
-        for i, ids in enumerate(sequences):
-            suffix = ids[shared:]
-            input_ids[i, width - len(suffix):] = torch.tensor(suffix)
-            own[i, width - len(suffix):] = 1
-        positions = (shared + own.cumsum(-1) - 1).clamp(min=shared)
-        cache = DynamicCache(config=self.model.config)
-        out = self._forward(layers or None, own, input_ids=input_ids, position_ids=positions,
+        prefix = layers or None
+        own = [ids[shared:] for ids in sequences]
+        groups = length_groups([len(ids) for ids in own])
+        if len(groups) == 1:
+            cache, mask, logits, next_pos = self._prefill_rows(own, shared, prefix)
+        else:
+            parts = [(group, *self._prefill_rows([own[i] for i in group], shared, prefix)) for group in groups]
+            cache, mask, logits, next_pos = _join_rows(parts, len(sequences), self.model.config)
+        return cache, prefix, mask, logits, next_pos
+
+    def _prefill_rows(self, own: list[list[int]], shared: int, prefix):
+        """One forward over the rows' own tokens, left-padded: (cache, mask, last logits, next position)."""
+        from serving.kv_cache import growing_cache
+
+        width = max(len(ids) for ids in own)
+        input_ids = torch.full((len(own), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(own), width), dtype=torch.long)
+        for i, ids in enumerate(own):
+            input_ids[i, width - len(ids):] = torch.tensor(ids)
+            mask[i, width - len(ids):] = 1
+        positions = (shared + mask.cumsum(-1) - 1).clamp(min=shared)
+        cache = growing_cache(self.model.config)
+        out = self._forward(prefix, mask, input_ids=input_ids, position_ids=positions,
                             past_key_values=cache, use_cache=True, logits_to_keep=1)
-        return cache, layers or None, own, out.logits[:, -1, :], positions[:, -1] + 1
+        return cache, mask, out.logits[:, -1, :], positions[:, -1] + 1
+
+    def busy(self):
+        """Context for one batch of work: takes this instance's share of the cores when it shares them."""
+        return self.core_share.busy() if self.core_share is not None else contextlib.nullcontext()
 
     def _forward(self, prefix_layers, own_mask: torch.Tensor, **inputs):
         """One model call on the rows' own tokens, attending to the shared prefix when given."""
+        if self.core_share is not None:
+            self.core_share.rebalance()  # other instances may have started or finished meanwhile
         if prefix_layers is None:
             return self.model(attention_mask=own_mask, **inputs)
         return self.model(attention_mask=own_mask, shared_prefix=SharedPrefix(prefix_layers, own_mask), **inputs)
@@ -516,6 +537,65 @@ class TextGenerator:
         return results
 
 
+# A prefill call costs about this many padded tokens' work beyond its tokens (fixed per-layer
+# overheads, smaller matrix products), so splitting rows into length groups must save more.
+PREFILL_CALL_OVERHEAD_TOKENS = 64
+
+
+def length_groups(lengths: list[int], call_overhead: int = PREFILL_CALL_OVERHEAD_TOKENS) -> list[list[int]]:
+    """Row indices split into groups of similar length, for separate left-padded prefills.
+
+    Minimises padded tokens (rows x longest, summed over groups) plus ``call_overhead`` per
+    group, exactly, by dynamic programming over the rows sorted by length.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    best = [0] + [None] * len(order)  # best[j]: cost of grouping the j shortest rows
+    start = [0] * (len(order) + 1)
+    for end in range(1, len(order) + 1):
+        longest = lengths[order[end - 1]]
+        for begin in range(end):
+            cost = best[begin] + (end - begin) * longest + call_overhead
+            if best[end] is None or cost < best[end]:
+                best[end], start[end] = cost, begin
+    groups, end = [], len(order)
+    while end > 0:
+        groups.append(order[start[end]:end])
+        end = start[end]
+    return groups[::-1]
+
+
+def _join_rows(parts, rows: int, config):
+    """One left-padded batch, in the original row order, from groups prefilled separately.
+
+    ``parts`` holds (row indices, cache, mask, logits, next position) per group; returns the
+    joined (cache, mask, logits, next position). Padding keys and values are zeros, hidden by
+    the mask like any other padding.
+    """
+    from serving.kv_cache import growing_cache
+
+    width = max(mask.shape[1] for _, _, mask, _, _ in parts)
+    joined = growing_cache(config)
+    for layer_index in range(len(parts[0][1].layers)):
+        tensors = []
+        for kind in ("keys", "values"):
+            sample = getattr(parts[0][1].layers[layer_index], kind)
+            full = sample.new_zeros((rows, sample.shape[1], width, sample.shape[3]))
+            for group, cache, mask, _, _ in parts:
+                full[torch.tensor(group), :, width - mask.shape[1]:] = getattr(cache.layers[layer_index], kind)
+            tensors.append(full)
+        joined.update(tensors[0], tensors[1], layer_index)
+    first_logits = parts[0][3]
+    mask = torch.zeros((rows, width), dtype=torch.long)
+    logits = first_logits.new_empty((rows, first_logits.shape[-1]))
+    next_pos = torch.zeros(rows, dtype=torch.long)
+    for group, _, group_mask, group_logits, group_next in parts:
+        index = torch.tensor(group)
+        mask[index, width - group_mask.shape[1]:] = group_mask
+        logits[index] = group_logits
+        next_pos[index] = group_next
+    return joined, mask, logits, next_pos
+
+
 def clamp_probs(probs: list[float], low: float, high: float) -> list[float]:
     """Clamp each probability into [low, high] and renormalise (exact for two choices when low+high=1)."""
     clamped = [min(max(p, low), high) for p in probs]
@@ -541,5 +621,6 @@ __all__ = [
     "RequestError",
     "TextGenerator",
     "clamp_probs",
+    "length_groups",
     "sequence_logprob",
 ]
