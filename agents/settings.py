@@ -57,7 +57,7 @@ class PipelineSettings(BaseSettings):
     seed: int = Field(0, description="seeds principle draws and sampling; recorded on every record")
     constitution: Path | None = Field(None, description="YAML file or paper-format folder; default built in")
 
-    batch_size: int = Field(8, ge=1, description="records per Triton batch (stream.take)")
+    batch_size: int = Field(16, ge=1, description="most records per Triton batch (stream.take)")
     batch_within_s: float = Field(0.5, gt=0, description="max wait to fill a batch")
     max_attempts: int = Field(3, ge=1, description="Triton attempts before a record goes to dead-letter")
     backoff_s: float = Field(0.5, ge=0)

@@ -40,14 +40,14 @@ def _write_if_changed(path: Path, text: str) -> None:
 
 def config_pbtxt(role: str, spec: str, threads: int = 1, instances: int = 1, max_batch_size: int = 16,
                  batching: bool = True, max_queue_delay_us: int = 10_000, dtype: str = "float32",
-                 prefix_min_tokens: int = 32) -> str:
+                 prefix_min_tokens: int = 32, share_cores: bool = True) -> str:
     """The config.pbtxt text of one role."""
     batching_block = (
         f"dynamic_batching {{\n  max_queue_delay_microseconds: {max_queue_delay_us}\n}}\n"
         if batching else ""
     )
     params = {"role": role, "model": spec, "threads": str(threads), "dtype": dtype,
-              "prefix_min_tokens": str(prefix_min_tokens)}
+              "prefix_min_tokens": str(prefix_min_tokens), "share_cores": str(share_cores).lower()}
     params_block = "".join(
         f'parameters: {{ key: "{k}" value: {{ string_value: {json.dumps(v)} }} }}\n'
         for k, v in params.items()
@@ -118,20 +118,21 @@ def render_repository(
     repo_dir: Path, models: ModelSettings, cache_dir: Path, roles: tuple[str, ...] = ROLES,
     threads: int | None = None, instances: int | None = None, max_batch_size: int | None = None,
     batching: bool | None = None, max_queue_delay_us: int | None = None, dtype: str | None = None,
-    prefix_min_tokens: int | None = None,
+    prefix_min_tokens: int | None = None, share_cores: bool | None = None,
 ) -> Path:
     """Write config.pbtxt and version 1 of every role; refresh model.py in existing versions.
 
     Knobs left as None come from ``ServingSettings`` (env ``CAI_SERVING_*``): ``threads``
     (torch threads per instance), ``instances`` (processes per role), ``max_batch_size`` and
     ``max_queue_delay_us`` (dynamic batching; ``batching=False`` turns it off), ``dtype``,
-    ``prefix_min_tokens`` (share a common prompt prefix's KV cache; 0 = off).
+    ``prefix_min_tokens`` (share a common prompt prefix's KV cache; 0 = off), ``share_cores``
+    (split the cores among the busy instances).
     """
     from serving.settings import ServingSettings
 
     given = {"threads": threads, "instances": instances, "max_batch_size": max_batch_size,
              "batching": batching, "max_queue_delay_us": max_queue_delay_us, "dtype": dtype,
-             "prefix_min_tokens": prefix_min_tokens}
+             "prefix_min_tokens": prefix_min_tokens, "share_cores": share_cores}
     knobs = ServingSettings(**{k: v for k, v in given.items() if v is not None}).model_dump()
     repo_dir = Path(repo_dir)
     for role in roles:

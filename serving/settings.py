@@ -14,7 +14,11 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 class ServingSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CAI_SERVING_", extra="ignore")
 
-    threads: int = Field(1, ge=1, description="torch.set_num_threads in each model instance.")
+    threads: int = Field(1, ge=1, description="torch threads in each model instance (the least it gets when "
+                         "share_cores is on).")
+    share_cores: bool = Field(
+        True, description="Split the machine's cores among the instances busy at the moment, instead of a fixed "
+        "`threads` each (serving/core_share.py).")
     instances: int = Field(1, ge=1, description="Model instances (processes) per role.")
     max_batch_size: int = Field(16, ge=1, description="Most requests Triton batches into one execute.")
     batching: bool = Field(True, description="Triton dynamic batching on/off.")

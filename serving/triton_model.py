@@ -1,7 +1,7 @@
 """Triton python-backend adapter: one role (policy, critic, reviser or judge), one version.
 
 ``serving/repository.py`` copies this file to ``<repository>/<role>/<version>/model.py``.
-``initialize`` reads the knobs from config.pbtxt ``parameters`` (role, threads) and the
+``initialize`` reads the knobs from config.pbtxt ``parameters`` (role, threads, core sharing) and the
 version's ``source.json`` (which weights this version serves), then loads them through
 ``serving/textgen.py``. ``execute`` receives the requests that Triton's dynamic batcher
 grouped, runs all generate requests in one batch and all judge requests in another, and
@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
+from serving.core_share import CoreShare
 from serving.protocol import INPUT_NAME, OUTPUT_NAME, decode_request, encode_response
 from serving.repository import read_version_source
 from serving.textgen import GenRequest, JudgeRequest, TextGenerator
@@ -50,6 +51,8 @@ class TritonPythonModel:
         self.generator = TextGenerator(
             source, threads=threads, dtype=params.get("dtype") or "float32",
             prefix_min_tokens=int(params.get("prefix_min_tokens") or 32))
+        if params.get("share_cores", "true") == "true":
+            self.generator.core_share = CoreShare(min_threads=threads)
         self._metrics = self._make_metrics()
         logger.info("%s v%d serving %s", self.role, self.version, source)
 
@@ -89,8 +92,9 @@ class TritonPythonModel:
         judge = [(r, i, req) for r, items in parsed.items() for i, req in enumerate(items)
                  if isinstance(req, JudgeRequest)]
         failed: dict[int, Exception] = {}
-        self._run(gen, self._generate, answers, failed)
-        self._run(judge, self._judge, answers, failed)
+        with self.generator.busy():
+            self._run(gen, self._generate, answers, failed)
+            self._run(judge, self._judge, answers, failed)
         for r, items in answers.items():
             if r in failed:
                 responses[r] = self._error(failed[r])
