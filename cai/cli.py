@@ -162,6 +162,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from agents.constitution import load
     from agents.settings import PipelineSettings
     from cai import bench, run, setup_machine, stack
+    from serving.core_share import machine_cores
     from serving.models import resolve
     from serving.settings import ServingSettings
     from serving.textgen import TextGenerator
@@ -198,15 +199,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
                 stack.down(settings)
     source = resolve(models.for_role("policy"), settings.cache_dir)
     dtype = ServingSettings().dtype  # the in-process modes run the weights Triton serves
+    threads = args.threads or machine_cores()
     if {"raw", "sequential-cached"} & set(args.modes):
-        generator = TextGenerator(source, threads=args.threads, dtype=dtype)
+        generator = TextGenerator(source, threads=threads, dtype=dtype)
         if "raw" in args.modes:
             results["modes"]["raw"] = bench.run_raw(generator, constitution, work).as_dict()
         if "sequential-cached" in args.modes:
             results["modes"]["sequential-cached"] = bench.run_sequential(
                 generator, constitution, work, name="sequential loop, prefix cache kept").as_dict()
     if "sequential" in args.modes:
-        plain = TextGenerator(source, threads=args.threads, dtype=dtype, prefix_min_tokens=0)
+        plain = TextGenerator(source, threads=threads, dtype=dtype, prefix_min_tokens=0)
         results["modes"]["sequential"] = bench.run_sequential(
             plain, constitution, work, name="sequential loop, chain-tool style").as_dict()
     modes = results["modes"]
@@ -318,8 +320,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=int, default=1, help="critique/revision rounds")
     p.add_argument("--modes", nargs="+", default=["pipeline", "raw", "sequential", "sequential-cached"],
                    choices=["pipeline", "raw", "sequential", "sequential-cached"])
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch threads for the in-process modes (default 1, like each Triton instance)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads for the in-process modes (default: every core, which the Triton "
+                   "instances share too)")
     p.add_argument("--timeout", type=float, default=1800, help="seconds to wait for the pipeline")
     p.add_argument("--keep", action="store_true", help="leave the stack and worker running")
     p.add_argument("--state-dir", help="state folder (default .cai)")
