@@ -52,7 +52,10 @@ class TritonPythonModel:
             source, threads=threads, dtype=params.get("dtype") or "float32",
             prefix_min_tokens=int(params.get("prefix_min_tokens") or 32))
         if params.get("share_cores", "true") == "true":
-            self.generator.core_share = CoreShare(min_threads=threads)
+            try:
+                self.generator.core_share = CoreShare(min_threads=threads)
+            except OSError as exc:  # no writable temp folder: keep the fixed thread count
+                logger.warning("%s: cores are not shared (%s); each batch uses %d threads", self.role, exc, threads)
         self._metrics = self._make_metrics()
         logger.info("%s v%d serving %s", self.role, self.version, source)
 
