@@ -35,8 +35,7 @@ RECIPES: dict[str, Recipe] = {
 DEFAULT_RECIPE = "context-distillation"
 # Every recipe's trainer also answers a sample of benign training prompts before and after each
 # round, and rejects a round that makes the policy decline more of them (trainer/refusal.py).
-REFUSAL_PROMPTS = "benign"
-REFUSAL_GATE: tuple[str, ...] = ("--refusal-prompts", REFUSAL_PROMPTS)
+REFUSAL_GATE: tuple[str, ...] = ("--refusal-prompts", "benign")
 
 
 def pipeline_settings(name: str) -> dict[str, str]:

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from cai import evaluate, monitor, setup_machine, splits, stack
 from cai.processes import ManagedProcess
-from cai.recipes import DEFAULT_RECIPE, RECIPES, REFUSAL_GATE, REFUSAL_PROMPTS, pipeline_settings
+from cai.recipes import DEFAULT_RECIPE, RECIPES, REFUSAL_GATE, pipeline_settings
 from cai.settings import ModelSettings, StackSettings
 from streams import topics
 from streams.settings import StreamSettings
@@ -60,13 +60,35 @@ class RunOptions:
     trainer_args: list[str] = field(default_factory=list)
 
 
-def refusal_probe_prompts() -> set[str]:
-    """The benign prompts the trainer's refusal probe answers; they are never fed, so the probe
-    measures how the policy treats benign prompts it was not trained on."""
-    from trainer.config import TrainerConfig
+def trainer_argv(options: RunOptions) -> list[str]:
+    """The ``cai trainer`` arguments of this run."""
+    # One round should see both kinds of example, as the strategy grid trains them: every prompt
+    # gives about one SFT record and one preference pair. Rounds made of one kind alone were
+    # lopsided (SFT-only rounds taught refusing; pair-only rounds were rejected by the probe).
+    # The probe keeps one example per record type and prompt kind (up to 4) out of training.
+    every = max(4, 2 * options.prompts - 4)
+    return ["--round-every-examples", str(every), "--round-every-seconds", "240",
+            # The probe holds the first examples of each type and prompt kind:
+            # keep it small so that a short run still has data to train on.
+            "--probe-size", "1",
+            *REFUSAL_GATE,
+            # Versions change every few minutes in a short run: keep older data.
+            "--staleness-policy", "downweight", *RECIPES[options.recipe].trainer,
+            *options.trainer_args]
+
+
+def refusal_probe_prompts(options: RunOptions) -> set[str]:
+    """The benign prompts the trainer's refusal probe answers, read from the trainer's own
+    arguments; they are never fed, so the probe measures how the policy treats benign prompts it
+    was not trained on."""
+    import argparse
+
+    from trainer.cli import add_arguments, build_config
     from trainer.refusal import load_refusal_prompts
 
-    return set(load_refusal_prompts(TrainerConfig(refusal_prompts=REFUSAL_PROMPTS)))
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return set(load_refusal_prompts(build_config(parser.parse_args(trainer_argv(options)))))
 
 
 def training_mix(options: RunOptions):
@@ -75,7 +97,7 @@ def training_mix(options: RunOptions):
 
     rng = random.Random(options.seed)
     harmful = [p for name in HARMFUL_SETS for p in splits.train_part(prompt_sets.builtin(name))]
-    reserved = refusal_probe_prompts()
+    reserved = refusal_probe_prompts(options)
     benign = [p for p in splits.train_part(prompt_sets.builtin("benign")) if p.prompt not in reserved]
     n_benign = min(len(benign), round(options.prompts * options.benign_share))
     n_harmful = options.prompts - n_benign
@@ -114,22 +136,9 @@ def start_children(settings: StackSettings, options: RunOptions,
                    names: tuple[str, ...] = ("worker", "trainer")) -> None:
     cai = [sys.executable, "-m", "cai.cli"]
     env = _child_env(settings, options)
-    # One round should see both kinds of example, as the strategy grid trains them: every prompt
-    # gives about one SFT record and one preference pair. Rounds made of one kind alone were
-    # lopsided (SFT-only rounds taught refusing; pair-only rounds were rejected by the probe).
-    # The probe keeps one example per record type and prompt kind (up to 4) out of training.
-    every = max(4, 2 * options.prompts - 4)
     argvs = {
         "worker": cai + ["worker", "--worker-id", "run-worker"],
-        "trainer": cai + ["trainer", "--round-every-examples", str(every),
-                          "--round-every-seconds", "240",
-                          # The probe holds the first examples of each type and prompt kind:
-                          # keep it small so that a short run still has data to train on.
-                          "--probe-size", "1",
-                          *REFUSAL_GATE,
-                          # Versions change every few minutes in a short run: keep older data.
-                          "--staleness-policy", "downweight", *RECIPES[options.recipe].trainer,
-                          *options.trainer_args],
+        "trainer": cai + ["trainer", *trainer_argv(options)],
     }
     for name in names:
         argv = argvs[name]

@@ -65,12 +65,17 @@ def test_a_run_is_done_after_a_rejected_round_too_and_reports_why(tmp_path):
 def test_the_fed_mix_is_half_benign_and_never_holds_the_refusal_probe_or_held_out_prompts():
     from cai import splits
 
-    mix = run.training_mix(run.RunOptions(prompts=24))
+    options = run.RunOptions(prompts=24)
+    mix = run.training_mix(options)
     benign = [p for p in mix if p.kind == "helpful"]
     assert len(mix) == 24 and len(benign) == 12
-    assert not {p.prompt for p in mix} & run.refusal_probe_prompts()
-    assert len(run.refusal_probe_prompts()) == TrainerConfig().refusal_probe_size == 16
+    assert not {p.prompt for p in mix} & run.refusal_probe_prompts(options)
+    assert len(run.refusal_probe_prompts(options)) == TrainerConfig().refusal_probe_size == 16
     assert not any(splits.is_held_out(p.prompt) for p in mix)
+    # The reserved prompts follow the trainer's own arguments, overrides included.
+    larger = run.RunOptions(prompts=24, trainer_args=["--refusal-probe-size", "24"])
+    assert len(run.refusal_probe_prompts(larger)) == 24
+    assert not {p.prompt for p in run.training_mix(larger)} & run.refusal_probe_prompts(larger)
 
 
 def test_a_state_folder_refuses_a_run_of_another_model_and_accepts_its_own(tmp_path):
