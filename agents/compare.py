@@ -118,9 +118,13 @@ async def process(svc: Services, records: list[CompareRecord]) -> list[list[Outp
         rescored = (await _judge(svc, [(r, t.text.strip(), a.text.strip()) for r, t, a in made])
                     if s.contrastive_label == "judge" else [None] * len(made))
         for (r, toward, away), judgement in zip(made, rescored):
+            if judgement is None:
+                pair = strategies.contrastive_pair(r.kind, toward.text.strip(), away.text.strip())
+            else:
+                pair = toward.text.strip(), away.text.strip()
             p = strategies.contrastive_label(judgement["p_first"] if judgement else None)
-            outputs[id(r)] = [_preference(svc, r, toward.text.strip(), away.text.strip(), p, "contrastive",
-                                          judgement, policy_version=toward.model_version)]
+            outputs[id(r)] = [] if pair is None else [
+                _preference(svc, r, *pair, p, "contrastive", judgement, policy_version=toward.model_version)]
 
     for (r, first, second), j in zip(judged, await _judge(svc, judged) if judged else []):
         a_wins = j["p_first"] >= 0.5

@@ -25,8 +25,9 @@ Preference strategies (``PipelineSettings.preference``):
   constitution as system prompt ("toward") and once with ``Constitution.contrast_prompt``
   ("away": terse, careless, no reasons; never a request for harmful content), both placed as
   ``context_placement`` says and sampled at ``context_temperature``. The toward
-  answer is chosen by construction (p_chosen=1), or with ``contrastive_label='judge'`` the
-  judge's soft probability that it is better is the label.
+  answer is chosen by construction (p_chosen=1), and a pair whose toward answer declines a
+  helpful prompt is dropped (``contrastive_pair``); or with
+  ``contrastive_label='judge'`` the judge's soft probability that it is better is the label.
 
 Context and contrast answers are ordinary calls to the "policy" role, so they always come from
 the policy version that is serving: each new version makes the next round's data.
@@ -41,6 +42,7 @@ from dataclasses import dataclass
 from agents import prompts
 from agents.constitution import Constitution, CritiquePrinciple
 from agents.settings import PipelineSettings
+from cai.classify import classify
 from serving.client import GenerationParams
 from streams.records import PREFERENCE_STRATEGIES, REVISION_STRATEGIES
 
@@ -183,6 +185,20 @@ def contrast_calls(constitution: Constitution, settings: PipelineSettings, promp
     """The (toward, away) policy calls of one contrastive pair, on the plain prompt."""
     return (context_call(constitution, settings, prompt, kind=kind),
             context_call(constitution, settings, prompt, away=True, kind=kind))
+
+
+def contrastive_pair(kind: str, toward: str, away: str) -> tuple[str, str] | None:
+    """(chosen, rejected) of a pair labelled by construction, or None to drop it.
+
+    The toward answer is chosen, except on a helpful prompt where it declines (``cai.classify``):
+    the constitution asks for a full answer there, so the construction failed and the pair is
+    dropped. Kept, such pairs teach the policy to decline harmless requests in alarming words
+    ("How do I kill a zombie process?"). The pair is not turned around either: preferring the
+    away answer over a decline pushes declines down everywhere, red-team prompts included.
+    """
+    if kind == "helpful" and classify(toward).declined:
+        return None
+    return toward, away
 
 
 def contrastive_label(p_toward: float | None) -> float:

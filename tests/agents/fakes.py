@@ -76,6 +76,7 @@ class FakeInference:
     version: int = 3
     judge_bias: float = 0.1                # extra probability for whatever is shown as (A)
     calls: list = field(default_factory=list)
+    reply_for: object = None               # optional (role, prompt, params) -> text, or None for the default
 
     def _maybe_fail(self, texts: list[str]) -> None:
         if self.fail_times:
@@ -90,7 +91,8 @@ class FakeInference:
         out = []
         for prompt, seed in items:
             tail = prompt[-40:].replace("\n", " ")
-            out.append([Generation(text=f" {role}#{k} seed={seed} on [{tail}]\n\nHuman: leaked",
+            scripted = self.reply_for(role, prompt, params) if self.reply_for else None
+            out.append([Generation(text=scripted or f" {role}#{k} seed={seed} on [{tail}]\n\nHuman: leaked",
                                    prompt_tokens=len(prompt) // 4, completion_tokens=8,
                                    model_version=self.version)
                         for k in range(params.num_samples)])

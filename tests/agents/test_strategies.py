@@ -3,6 +3,7 @@ revision-over-initial, contrastive) through the stage agents, with fake Triton/R
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import pytest
@@ -99,6 +100,14 @@ def test_labels():
     assert strategies.hard_label("same", " same ") is None and strategies.hard_label("old", "") is None
     assert strategies.contrastive_label(None) == 1.0
     assert strategies.contrastive_label(0.3) == 0.3 and strategies.contrastive_label(1.2) == 1.0
+
+
+def test_a_contrastive_pair_never_prefers_declining_a_helpful_prompt():
+    decline, helps = "I can't help with that. It could hurt someone.", "Run kill -9 on its parent."
+    assert strategies.contrastive_pair("harmful", decline, helps) == (decline, helps)
+    assert strategies.contrastive_pair("helpful", helps, "ok") == (helps, "ok")
+    assert strategies.contrastive_pair("helpful", decline, helps) is None
+    assert strategies.contrastive_pair("helpful", "I'm sorry to hear that. Run kill -9.", helps) is not None
 
 
 async def test_run_calls_groups_by_params_and_keeps_order(services):
@@ -247,6 +256,28 @@ async def test_contrastive_can_take_the_judges_soft_label(make_pipeline):
     # fake judge: neither text holds a reviser output -> 0.3 each way plus (A) bias; p is the judge's
     assert pref.p_chosen == pytest.approx(0.5) and pref.principle_ids
     assert len(json.loads(pref.probs_json)) == 1
+
+
+async def test_contrastive_pairs_on_helpful_prompts_do_not_teach_declines(make_pipeline):
+    svc = make_services(preference="contrastive")
+    decline = "I can't help with that, because it could hurt someone."
+
+    def reply_for(role, prompt, params):
+        toward = params.system == svc.constitution.system_prompt
+        return decline if toward and "kill" in prompt else None
+
+    svc.inference.reply_for = reply_for
+    p = make_pipeline(svc)
+    recs = [CompareRecord(prompt_id=pid, prompt=text, response_a="", response_b="", pair="contrastive", kind=kind)
+            for pid, text, kind in [("h1", "How do I kill a zombie process?", "helpful"),
+                                    ("h2", "Name a cat", "helpful"),
+                                    ("r1", "How do I kill my neighbour's cat?", "harmful")]]
+    await put_all(p, "compare", [encode(r) for r in recs], lambda: len(svc.send.sent) == 2)
+    await asyncio.sleep(0.2)                                              # nothing more arrives
+    prefs = {r.prompt_id: r for r in svc.send.on(topics.PREFERENCES)}
+    assert sorted(prefs) == ["h2", "r1"]                                  # the declined helpful prompt: dropped
+    assert prefs["h2"].chosen.startswith("policy#0") and prefs["r1"].chosen == decline
+    assert not svc.send.on(topics.DEAD_LETTER)
 
 
 async def test_full_chain_context_with_contrastive_preferences(make_pipeline):

@@ -21,8 +21,8 @@ from agents import export
 from agents.constitution import load
 from agents.feed import publish
 from agents.prompt_sets import BENIGN, Prompt
-from streams.admin import ensure_topics
 from cai.recipes import DEFAULT_RECIPE, RECIPES
+from streams.admin import ensure_topics
 from streams.settings import StreamSettings
 from tests.agents.test_pipeline_integration import _worker
 
