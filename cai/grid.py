@@ -493,7 +493,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="context answers (and contrastive 'toward' answers) to red-team prompts start with "
                         "the constitution's decline_opening; the policy writes the reason")
     p.add_argument("--eval-harmful", type=int, default=d.eval_harmful)
-    p.add_argument("--eval-benign", type=int, default=d.eval_benign)
+    p.add_argument("--eval-benign", type=int, default=d.eval_benign,
+                   help="the first N held-out benign prompts (the split holds 43)")
     p.add_argument("--eval-max-new-tokens", type=int, default=d.eval_max_new_tokens)
     p.add_argument("--no-baseline", dest="baseline", action="store_false", help="skip the untrained row")
     p.add_argument("--no-teacher", dest="teacher", action="store_false",
