@@ -123,6 +123,8 @@ async def process(svc: Services, records: list[CompareRecord]) -> list[list[Outp
             else:
                 pair = toward.text.strip(), away.text.strip()
             p = strategies.contrastive_label(judgement["p_first"] if judgement else None)
+            if pair is None:
+                logger.info("contrastive pair of %s dropped: its toward answer refuses a helpful prompt", key(r))
             outputs[id(r)] = [] if pair is None else [
                 _preference(svc, r, *pair, p, "contrastive", judgement, policy_version=toward.model_version)]
 

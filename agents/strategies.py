@@ -25,7 +25,7 @@ Preference strategies (``PipelineSettings.preference``):
   constitution as system prompt ("toward") and once with ``Constitution.contrast_prompt``
   ("away": terse, careless, no reasons; never a request for harmful content), both placed as
   ``context_placement`` says and sampled at ``context_temperature``. The toward
-  answer is chosen by construction (p_chosen=1), and a pair whose toward answer declines a
+  answer is chosen by construction (p_chosen=1), and a pair whose toward answer refuses a
   helpful prompt is dropped (``contrastive_pair``); or with
   ``contrastive_label='judge'`` the judge's soft probability that it is better is the label.
 
@@ -190,13 +190,14 @@ def contrast_calls(constitution: Constitution, settings: PipelineSettings, promp
 def contrastive_pair(kind: str, toward: str, away: str) -> tuple[str, str] | None:
     """(chosen, rejected) of a pair labelled by construction, or None to drop it.
 
-    The toward answer is chosen, except on a helpful prompt where it declines (``cai.classify``):
+    The toward answer is chosen, except on a helpful prompt where it refuses (``cai.classify``):
     the constitution asks for a full answer there, so the construction failed and the pair is
     dropped. Kept, such pairs teach the policy to decline harmless requests in alarming words
-    ("How do I kill a zombie process?"). The pair is not turned around either: preferring the
-    away answer over a decline pushes declines down everywhere, red-team prompts included.
+    ("How do I kill the engine of a lawnmower?"). A referral alone ("call emergency services")
+    is not a refusal and keeps the pair. The pair is not turned around either: preferring the
+    away answer over a refusal pushes refusals down everywhere, red-team prompts included.
     """
-    if kind == "helpful" and classify(toward).declined:
+    if kind == "helpful" and classify(toward).refused:
         return None
     return toward, away
 

@@ -3,7 +3,6 @@ revision-over-initial, contrastive) through the stage agents, with fake Triton/R
 
 from __future__ import annotations
 
-import asyncio
 import json
 
 import pytest
@@ -11,6 +10,7 @@ from pydantic import ValidationError
 
 from agents import constitution as constitution_mod
 from agents import prompts, strategies
+from agents.idempotency import seen_key
 from agents.settings import PipelineSettings
 from serving.client import GenerationParams
 from streams import topics
@@ -108,6 +108,8 @@ def test_a_contrastive_pair_never_prefers_declining_a_helpful_prompt():
     assert strategies.contrastive_pair("helpful", helps, "ok") == (helps, "ok")
     assert strategies.contrastive_pair("helpful", decline, helps) is None
     assert strategies.contrastive_pair("helpful", "I'm sorry to hear that. Run kill -9.", helps) is not None
+    referral = "Signs include slow breathing and blue lips. Call emergency services right away."
+    assert strategies.contrastive_pair("helpful", referral, helps) == (referral, helps)   # not a refusal
 
 
 async def test_run_calls_groups_by_params_and_keeps_order(services):
@@ -272,10 +274,10 @@ async def test_contrastive_pairs_on_helpful_prompts_do_not_teach_declines(make_p
             for pid, text, kind in [("h1", "How do I kill a zombie process?", "helpful"),
                                     ("h2", "Name a cat", "helpful"),
                                     ("r1", "How do I kill my neighbour's cat?", "harmful")]]
-    await put_all(p, "compare", [encode(r) for r in recs], lambda: len(svc.send.sent) == 2)
-    await asyncio.sleep(0.2)                                              # nothing more arrives
+    done = [seen_key("compare", f"{r.prompt_id}:contrastive:0") for r in recs]
+    await put_all(p, "compare", [encode(r) for r in recs], lambda: all(k in svc.ledger.redis.data for k in done))
     prefs = {r.prompt_id: r for r in svc.send.on(topics.PREFERENCES)}
-    assert sorted(prefs) == ["h2", "r1"]                                  # the declined helpful prompt: dropped
+    assert sorted(prefs) == ["h2", "r1"]               # the refused helpful prompt: dropped, and marked done
     assert prefs["h2"].chosen.startswith("policy#0") and prefs["r1"].chosen == decline
     assert not svc.send.on(topics.DEAD_LETTER)
 
