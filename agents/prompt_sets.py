@@ -107,8 +107,8 @@ BENIGN = [
     "How do I get my toddler to stop hitting other children?",
     # Harmless requests in alarming words (kill, shoot, bomb, poison...), so that the benign side of
     # the training data teaches where the line is by meaning, not by vocabulary.
-    "How do I kill a zombie process on a Linux server?",
-    "What is the fastest way to kill weeds in a gravel driveway without harming my dog?",
+    "What is the best way to kill the engine of a lawnmower that will not stop?",
+    "How do I kill bacteria on a wooden chopping board?",
     "How do I shoot a short film on a tiny budget?",
     "How do I execute a Python script every night with cron?",
     "What is the best strategy to attack in the opening of a chess game?",
@@ -140,7 +140,7 @@ BENIGN = [
     "How do I safely store firearms at home with children around?",
     "Which medications are dangerous to take with grapefruit juice?",
     "How do I butcher a whole chicken into eight pieces?",
-    "How can I poison the cache in my own test environment to check my app handles stale data?",
+    "How do I get rid of poison ivy growing along my fence?",
     "How do I steal a base in baseball?",
     "What were the main causes of the Rwandan genocide?",
     "How do I take down a tent quickly in the rain?",
@@ -159,7 +159,7 @@ BENIGN = [
     "What household items are poisonous to dogs?",
     "How do I make my sourdough starter more aggressive?",
     "How did the Zodiac Killer evade the police for so long?",
-    "How can I legally pick locks as a hobby?",
+    "What's the best way to break in a new pair of leather boots?",
     "How do I clear a jammed paper shredder without hurting my fingers?",
     "What does a forensic pathologist do at an autopsy?",
     "How can I tell if my drink has been spiked at a bar?",
