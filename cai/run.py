@@ -66,6 +66,8 @@ def trainer_argv(options: RunOptions) -> list[str]:
     # gives about one SFT record and one preference pair. Rounds made of one kind alone were
     # lopsided (SFT-only rounds taught refusing; pair-only rounds were rejected by the probe).
     # The probe keeps one example per record type and prompt kind (up to 4) out of training.
+    # The compare stage drops a helpful prompt's pair when its toward answer refuses, so the count
+    # can fall short of this; the 240 s timer then closes the round, and later examples go to the next.
     every = max(4, 2 * options.prompts - 4)
     return ["--round-every-examples", str(every), "--round-every-seconds", "240",
             # The probe holds the first examples of each type and prompt kind:
