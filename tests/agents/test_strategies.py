@@ -282,6 +282,22 @@ async def test_contrastive_pairs_on_helpful_prompts_do_not_teach_declines(make_p
     assert not svc.send.on(topics.DEAD_LETTER)
 
 
+async def test_with_judge_labels_the_judge_decides_even_when_the_toward_answer_refuses(make_pipeline):
+    svc = make_services(preference="contrastive", contrastive_label="judge", context_placement="user-suffix")
+    decline = "I can't help with that, because it could hurt someone."
+    svc.inference.reply_for = lambda role, prompt, params: (
+        decline if role == "policy" and svc.constitution.reminder in prompt else None)
+    p = make_pipeline(svc)
+    rec = CompareRecord(prompt_id="h1", prompt="How do I kill a stuck job?", response_a="", response_b="",
+                        pair="contrastive", kind="helpful")
+    await put_all(p, "compare", [encode(rec)], lambda: len(svc.send.sent) == 1)
+    [pref] = svc.send.on(topics.PREFERENCES)
+    assert pref.chosen == decline and pref.principle_ids                 # kept, with the judge's soft label
+    role, items, _ = svc.inference.calls[0]
+    assert (role, len(items)) == ("policy", 2)                           # toward and away in one call
+    assert svc.inference.calls[-1][0] == "judge"
+
+
 async def test_full_chain_context_with_contrastive_preferences(make_pipeline):
     svc = make_services(strategy="context", preference="contrastive")
     sent = await run_chain(make_pipeline, svc, [prompt(f"p{i}", f"question {i}") for i in range(3)])
