@@ -114,19 +114,17 @@ async def process(svc: Services, records: list[CompareRecord]) -> list[list[Outp
             calls += [(toward, stable_seed(NAME, key(r), "toward", r.seed)),
                       (away, stable_seed(NAME, key(r), "away", r.seed))]
         answers = await strategies.run_calls(svc.inference, calls)
-        made = [(r, answers[2 * i], answers[2 * i + 1]) for i, r in enumerate(contrastive)]
-        rescored = (await _judge(svc, [(r, t.text.strip(), a.text.strip()) for r, t, a in made])
-                    if s.contrastive_label == "judge" else [None] * len(made))
-        for (r, toward, away), judgement in zip(made, rescored):
-            if judgement is None:
-                pair = strategies.contrastive_pair(r.kind, toward.text.strip(), away.text.strip())
-            else:
-                pair = toward.text.strip(), away.text.strip()
-            p = strategies.contrastive_label(judgement["p_first"] if judgement else None)
+        made = [(r, answers[2 * i].text.strip(), answers[2 * i + 1].text.strip()) for i, r in enumerate(contrastive)]
+        versions = [answers[2 * i].model_version for i in range(len(contrastive))]
+        rescored = await _judge(svc, made) if s.contrastive_label == "judge" else [None] * len(made)
+        for (r, toward, away), version, judgement in zip(made, versions, rescored):
+            pair = (toward, away) if judgement is not None else strategies.contrastive_pair(r.kind, toward, away)
             if pair is None:
                 logger.info("contrastive pair of %s dropped: its toward answer refuses a helpful prompt", key(r))
-            outputs[id(r)] = [] if pair is None else [
-                _preference(svc, r, *pair, p, "contrastive", judgement, policy_version=toward.model_version)]
+                outputs[id(r)] = []
+                continue
+            p = strategies.contrastive_label(judgement["p_first"] if judgement is not None else None)
+            outputs[id(r)] = [_preference(svc, r, *pair, p, "contrastive", judgement, policy_version=version)]
 
     for (r, first, second), j in zip(judged, await _judge(svc, judged) if judged else []):
         a_wins = j["p_first"] >= 0.5
