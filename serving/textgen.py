@@ -574,22 +574,22 @@ def _join_rows(parts, rows: int, config):
     from serving.kv_cache import growing_cache
 
     width = max(mask.shape[1] for _, _, mask, _, _ in parts)
+    indices = [torch.tensor(group) for group, *_ in parts]
     joined = growing_cache(config)
     for layer_index in range(len(parts[0][1].layers)):
         tensors = []
         for kind in ("keys", "values"):
             sample = getattr(parts[0][1].layers[layer_index], kind)
             full = sample.new_zeros((rows, sample.shape[1], width, sample.shape[3]))
-            for group, cache, mask, _, _ in parts:
-                full[torch.tensor(group), :, width - mask.shape[1]:] = getattr(cache.layers[layer_index], kind)
+            for index, (_, cache, mask, _, _) in zip(indices, parts):
+                full[index, :, width - mask.shape[1]:] = getattr(cache.layers[layer_index], kind)
             tensors.append(full)
         joined.update(tensors[0], tensors[1], layer_index)
     first_logits = parts[0][3]
     mask = torch.zeros((rows, width), dtype=torch.long)
     logits = first_logits.new_empty((rows, first_logits.shape[-1]))
     next_pos = torch.zeros(rows, dtype=torch.long)
-    for group, _, group_mask, group_logits, group_next in parts:
-        index = torch.tensor(group)
+    for index, (_, _, group_mask, group_logits, group_next) in zip(indices, parts):
         mask[index, width - group_mask.shape[1]:] = group_mask
         logits[index] = group_logits
         next_pos[index] = group_next
