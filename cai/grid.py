@@ -465,13 +465,6 @@ def run_grid(options: GridOptions, say=print) -> dict:
 
 # ---- command line ---------------------------------------------------------------------------------
 
-def held_out_benign_count() -> int:
-    from agents import prompt_sets
-    from cai import splits
-
-    return len(splits.held_out_part(prompt_sets.builtin("benign")))
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
     d = GridOptions()
     p.add_argument("--model", default=d.model, help="base policy (and critic/reviser/judge): tiny, smollm2, a folder")
@@ -501,7 +494,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "the constitution's decline_opening; the policy writes the reason")
     p.add_argument("--eval-harmful", type=int, default=d.eval_harmful)
     p.add_argument("--eval-benign", type=int, default=d.eval_benign,
-                   help=f"the first N held-out benign prompts (the split holds {held_out_benign_count()})")
+                   help="evaluate on the first N prompts of the built-in benign set's held-out split")
     p.add_argument("--eval-max-new-tokens", type=int, default=d.eval_max_new_tokens)
     p.add_argument("--no-baseline", dest="baseline", action="store_false", help="skip the untrained row")
     p.add_argument("--no-teacher", dest="teacher", action="store_false",
