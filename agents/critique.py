@@ -13,7 +13,7 @@ import logging
 from agents import prompts, strategies
 from agents.delivery import Output, Stage, stable_seed
 from agents.services import Services
-from serving.client import GenerationParams
+from serving.requests import GenerationParams
 from streams import topics
 from streams.records import CritiqueRecord, ReviseRecord, now
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import random
 
-from agents.prompt_sets import Prompt
+from scoring.prompt_sets import Prompt
 from streams import topics
 from streams.records import PromptRecord, encode, now
 from streams.settings import StreamSettings

@@ -1,7 +1,7 @@
 """The outbound calls of every stage, behind small objects that tests replace.
 
-* ``Inference``: the Triton roles through ``serving.client.InferenceClient``, one call per
-  prompt so each prompt keeps its own seed while Triton's dynamic batcher still forms batches.
+* ``Inference`` (``serving/inference.py``): the model roles; the worker uses
+  ``TritonInference``, the strategy grid ``LocalInference``.
 * ``TopicSender``: send a record to a pipeline topic and wait for the broker's ack.
 * ``Ledger`` (agents.idempotency): Redis idempotency keys and counters.
 
@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -18,6 +17,7 @@ from typing import Any, Protocol
 from agents.constitution import Constitution
 from agents.idempotency import Ledger
 from agents.settings import PipelineSettings
+from serving.inference import Inference, TritonInference
 from streams.records import WireRecord, encode
 
 logger = logging.getLogger(__name__)
@@ -25,32 +25,6 @@ logger = logging.getLogger(__name__)
 
 class Sender(Protocol):
     async def __call__(self, topic: str, key: str, record: WireRecord) -> None: ...
-
-
-class Inference(Protocol):
-    async def generate(self, role: str, items: list[tuple[str, int]], params: Any) -> list[list[Any]]: ...
-
-    async def judge(self, prompts: list[str], choices: list[str], cot: bool, seed: int | None) -> list[Any]: ...
-
-
-class TritonInference:
-    """``Inference`` on a real ``InferenceClient``."""
-
-    def __init__(self, client) -> None:
-        self.client = client
-
-    async def generate(self, role: str, items: list[tuple[str, int]], params) -> list[list[Any]]:
-        from dataclasses import replace
-
-        results = await asyncio.gather(*(
-            self.client.generate(role, [prompt], replace(params, seed=seed)) for prompt, seed in items))
-        return [r[0] for r in results]
-
-    async def judge(self, prompts: list[str], choices: list[str], cot: bool, seed: int | None) -> list[Any]:
-        return await self.client.judge(prompts, list(choices), cot=cot, chat=False, seed=seed)
-
-    async def close(self) -> None:
-        await self.client.close()
 
 
 class TopicSender:

@@ -1,7 +1,9 @@
 """Knobs of the critique -> revise -> compare pipeline (env prefix ``CAI_PIPELINE_``).
 
-Addresses default to the local stack (``cai.settings.StackSettings``). Read these at entry
-points (``cai worker``); tests pass values to the constructor.
+Addresses default to the local stack (``core.settings.StackSettings``). Read these at entry
+points (``cai worker``, whose flags are built from these fields); tests pass values to the
+constructor. The strategy names are the wire contract's (``streams.records``); the other
+vocabularies are defined here, once.
 """
 
 from __future__ import annotations
@@ -14,9 +16,12 @@ from typing import Literal
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from cai.settings import StackSettings
+from core.settings import StackSettings
+from streams.records import PREFERENCE_STRATEGIES, REVISION_STRATEGIES
 
-COMPARE_MODES = ("initial-vs-final", "policy-samples", "none")
+COMPARES = ("initial-vs-final", "policy-samples", "none")
+PLACEMENTS = ("system", "user-suffix")
+CONTRASTIVE_LABELS = ("construction", "judge")
 
 
 class PipelineSettings(BaseSettings):
@@ -26,21 +31,21 @@ class PipelineSettings(BaseSettings):
 
     rounds: int = Field(2, ge=1, le=16, description="critique/revision rounds per answer (the paper used 4)")
     num_samples: int = Field(1, ge=1, le=16, description="policy samples per prompt (k)")
-    compare: Literal["initial-vs-final", "policy-samples", "none"] = Field(
+    compare: Literal[COMPARES] = Field(
         "initial-vs-final", description="which pairs the judge labels")
     judge_principles: int = Field(1, ge=1, le=16,
                                   description="comparison principles averaged per label (each in both orders)")
     judge_cot: bool = Field(False, description="chain-of-thought judging (probabilities clamped to 40-60%)")
     revise_helpful: bool = Field(False, description="also critique/revise prompts of kind 'helpful'")
-    strategy: Literal["critique-revise", "direct", "context"] = Field(
+    strategy: Literal[REVISION_STRATEGIES] = Field(
         "critique-revise", description="revision strategy: 'critique-revise' (the paper's), 'direct' "
         "(revise under the principle, no critique) or 'context' (the policy answers again with the "
         "constitution as system prompt; training on it distils the context); docs/strategies.md")
-    preference: Literal["judge", "revision-over-initial", "contrastive"] = Field(
+    preference: Literal[PREFERENCE_STRATEGIES] = Field(
         "judge", description="preference strategy: 'judge' (soft (A)/(B) labels), "
         "'revision-over-initial' (hard label for the final revision) or 'contrastive' (RLCD: a "
         "policy answer prompted toward the constitution over one prompted away from it)")
-    context_placement: Literal["system", "user-suffix"] = Field(
+    context_placement: Literal[PLACEMENTS] = Field(
         "system", description="where context and contrast answers get the constitution: as system "
         "prompt (system_prompt / contrast_prompt), or appended to the user's turn in parentheses "
         "(reminder / contrast_prompt); training always uses the plain prompt")
@@ -51,7 +56,7 @@ class PipelineSettings(BaseSettings):
         False, description="context answers to red-team prompts, and the 'toward' side of contrastive "
         "pairs on them, start with the constitution's decline_opening and the policy writes the "
         "reason; helpful prompts never get it (docs/strategies.md)")
-    contrastive_label: Literal["construction", "judge"] = Field(
+    contrastive_label: Literal[CONTRASTIVE_LABELS] = Field(
         "construction", description="contrastive pairs: p_chosen=1 by construction, or the judge's "
         "soft probability that the 'toward' answer is better")
     seed: int = Field(0, description="seeds principle draws and sampling; recorded on every record")

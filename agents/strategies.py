@@ -2,7 +2,7 @@
 
 The stage agents (policy, critique, revise, compare) stay the same for every strategy; they ask
 this module what to call and how to label, so the Faust pipeline and the in-process strategy
-grid (``cai grid``, cai/grid.py) run exactly the same logic.
+grid (``cai grid``, cai/grid/) run exactly the same logic.
 
 Revision strategies (``PipelineSettings.strategy``; carried on every chain record, so records
 already in flight finish under the strategy that started them):
@@ -42,14 +42,12 @@ from dataclasses import dataclass
 from agents import prompts
 from agents.constitution import Constitution, CritiquePrinciple
 from agents.settings import PipelineSettings
-from cai.classify import classify
-from serving.client import GenerationParams
-from streams.records import PREFERENCE_STRATEGIES, REVISION_STRATEGIES
+from scoring.classify import classify
+from serving.requests import GenerationParams
+from streams.records import REVISION_STRATEGIES
 
 logger = logging.getLogger(__name__)
 
-REVISION = REVISION_STRATEGIES
-PREFERENCE = PREFERENCE_STRATEGIES
 CONTEXT_PRINCIPLE = "constitution"  # principle id recorded for context answers (the whole text)
 CONTRASTIVE_PAIR = "contrastive"
 
@@ -64,8 +62,9 @@ class Call:
 
 
 def check_strategy(strategy: str) -> None:
-    if strategy not in REVISION:
-        raise ValueError(f"revision strategy {strategy!r} is not one of {', '.join(REVISION)}; "
+    if strategy not in REVISION_STRATEGIES:
+        raise ValueError(f"revision strategy {strategy!r} is not one of "
+                         f"{', '.join(REVISION_STRATEGIES)}; "
                          "set CAI_PIPELINE_STRATEGY to one of them")
 
 
@@ -190,7 +189,7 @@ def contrast_calls(constitution: Constitution, settings: PipelineSettings, promp
 def contrastive_pair(kind: str, toward: str, away: str) -> tuple[str, str] | None:
     """(chosen, rejected) of a pair labelled by construction, or None to drop it.
 
-    The toward answer is chosen, except on a helpful prompt where it refuses (``cai.classify``):
+    The toward answer is chosen, except on a helpful prompt where it refuses (``scoring.classify``):
     the constitution asks for a full answer there, so the construction failed and the pair is
     dropped. Kept, such pairs teach the policy to decline harmless requests in alarming words
     ("How do I kill the engine of a lawnmower?"). A referral alone ("call emergency services")

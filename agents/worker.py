@@ -27,22 +27,3 @@ def run(stream_settings: StreamSettings, settings: PipelineSettings, loglevel: s
                 stream_settings.kafka_address)
     worker = faust.Worker(pipeline.app, loglevel=loglevel, override_logging=False, quiet=True)
     worker.execute_from_commandline()
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m agents.worker``: the same as ``cai worker`` (settings from the environment)."""
-    import argparse
-
-    from agents.cli import cmd_worker, register
-
-    parser = argparse.ArgumentParser(prog="python -m agents.worker")
-    register(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["worker", *(argv if argv is not None else __import__("sys").argv[1:])])
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("kafka", "aiokafka", "faust", "mode"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    return cmd_worker(args)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

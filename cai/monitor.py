@@ -11,11 +11,11 @@ import statistics
 import time
 from collections import Counter, defaultdict
 
-from cai.settings import StackSettings
-from cai.topic_stats import TopicReader
+from core.settings import StackSettings
 from serving.publish import REDIS_VERSION_KEY
 from streams import topics
 from streams.settings import StreamSettings
+from streams.topic_stats import TopicReader
 from trainer.checkpoint import round_outcome
 
 STAGE_TOPICS = (topics.PROMPTS, topics.CRITIQUE, topics.REVISE, topics.COMPARE)

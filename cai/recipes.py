@@ -1,43 +1,63 @@
 """How `cai run` makes revisions and preference labels, and how hard its trainer learns from them.
 
-A recipe is a set of ``CAI_PIPELINE_*`` settings for the worker (docs/strategies.md) plus extra
-`cai trainer` flags. `cai run` uses DEFAULT_RECIPE, the best row of the SmolLM2 strategy grid; a
-``CAI_PIPELINE_*`` variable set in the environment overrides the recipe's value. Kept free of
-heavy imports: the command-line parser reads it.
+A recipe is typed: ``pipeline`` holds ``PipelineSettings`` fields for the worker
+(docs/results-log.md), ``trainer`` holds ``TrainerConfig`` fields. `cai run` hands the worker
+its fields as ``CAI_PIPELINE_*`` variables (``pipeline_env``; a variable already set in the
+environment wins over the recipe's value) and the trainer a config file built from its fields
+(``cai/run.py``). `cai run` uses DEFAULT_RECIPE, the best row of the SmolLM2 strategy grid.
 """
 
 from __future__ import annotations
 
+import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass(frozen=True)
 class Recipe:
-    pipeline: dict[str, str]       # CAI_PIPELINE_* settings of the worker
-    trainer: tuple[str, ...] = ()  # extra `cai trainer` arguments
+    pipeline: dict[str, Any]                               # PipelineSettings fields (the worker)
+    trainer: dict[str, Any] = field(default_factory=dict)  # TrainerConfig fields
 
 
 RECIPES: dict[str, Recipe] = {
     # Context distillation: the policy answers red-team prompts again with the constitution's
     # reminder after the request, greedily, its answer opened by the constitution's decline
-    # opening so that it writes the reason itself; contrastive pairs (toward vs a careless style,
-    # on red-team and benign prompts) add DPO. As in the grid's winning cell: 48-token answers,
-    # lr 1e-3, SFT given three times the passes of DPO, the pairs last.
+    # opening so that it writes the reason itself; contrastive pairs (toward vs a careless
+    # style, on red-team and benign prompts) add DPO. As in the grid's winning cell: 48-token
+    # answers, lr 1e-3, SFT given three times the passes of DPO, the pairs last.
     "context-distillation": Recipe(
-        pipeline={"CAI_PIPELINE_STRATEGY": "context", "CAI_PIPELINE_PREFERENCE": "contrastive",
-                  "CAI_PIPELINE_CONTEXT_PLACEMENT": "user-suffix", "CAI_PIPELINE_CONTEXT_TEMPERATURE": "0",
-                  "CAI_PIPELINE_CONTEXT_OPENING": "true", "CAI_PIPELINE_POLICY_MAX_NEW_TOKENS": "48"},
-        trainer=("--lr", "1e-3", "--epochs", "6", "--dpo-epochs", "2", "--max-length", "256")),
+        pipeline={"strategy": "context", "preference": "contrastive",
+                  "context_placement": "user-suffix", "context_temperature": 0,
+                  "context_opening": True, "policy_max_new_tokens": 48},
+        trainer={"lr": 1e-3, "epochs": 6, "dpo_epochs": 2, "max_length": 256}),
     # The paper's SL-CAI + RL-CAI data: critique -> revise rounds, the judge's soft labels.
-    "paper": Recipe(pipeline={"CAI_PIPELINE_STRATEGY": "critique-revise", "CAI_PIPELINE_PREFERENCE": "judge"}),
+    "paper": Recipe(pipeline={"strategy": "critique-revise", "preference": "judge"}),
 }
 DEFAULT_RECIPE = "context-distillation"
 # Every recipe's trainer also answers a sample of benign training prompts before and after each
 # round, and rejects a round that makes the policy decline more of them (trainer/refusal.py).
-REFUSAL_GATE: tuple[str, ...] = ("--refusal-prompts", "benign")
+REFUSAL_GATE: dict[str, Any] = {"refusal_prompts": "benign"}
 
 
-def pipeline_settings(name: str) -> dict[str, str]:
-    """The recipe's worker settings, each overridden by the same variable in the environment."""
-    return {key: os.environ.get(key, value) for key, value in RECIPES[name].pipeline.items()}
+def env_name(field_name: str) -> str:
+    """The worker's environment variable for a ``PipelineSettings`` field."""
+    return f"CAI_PIPELINE_{field_name.upper()}"
+
+
+def env_value(value: Any) -> str:
+    """A field value as pydantic-settings reads it back from the environment."""
+    return json.dumps(value) if isinstance(value, bool) else str(value)
+
+
+def worker_env(pipeline: dict[str, Any]) -> dict[str, str]:
+    """``PipelineSettings`` fields as the worker's ``CAI_PIPELINE_*`` variables."""
+    return {env_name(k): env_value(v) for k, v in pipeline.items()}
+
+
+def pipeline_env(name: str) -> dict[str, str]:
+    """The recipe's worker settings as ``CAI_PIPELINE_*`` variables, each overridden by the same
+    variable in the environment."""
+    return {key: os.environ.get(key, value)
+            for key, value in worker_env(RECIPES[name].pipeline).items()}

@@ -19,88 +19,94 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import random
-import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from cai import evaluate, monitor, setup_machine, splits, stack
-from cai.processes import ManagedProcess
-from cai.recipes import DEFAULT_RECIPE, RECIPES, REFUSAL_GATE, pipeline_settings
-from cai.settings import ModelSettings, StackSettings
+from cai import monitor
+from cai import report as run_report
+from cai.recipes import DEFAULT_RECIPE, RECIPES, REFUSAL_GATE, pipeline_env
+from core.options import fraction, option
+from core.settings import ModelSettings, StackSettings
+from scoring import evaluate, labels, splits
+from stack import children, services, setup_machine
 from streams import topics
 from streams.settings import StreamSettings
 from trainer import checkpoint
+from trainer.config import TrainerConfig
 
 logger = logging.getLogger(__name__)
 
 HARMFUL_SETS = ("harmbench", "donotanswer", "advbench")
-# Hand-labelled SmolLM2 answers (cai/data): the decline rules were written against the tuning
-# files and never against the held-out ones.
-TUNING_LABELS = ("decline_labels.jsonl", "decline_labels_grid.jsonl")
-HELD_OUT_LABELS = ("decline_labels_heldout.jsonl", "decline_labels_grid_heldout.jsonl")
 
 
 @dataclass
 class RunOptions:
-    model: str = "smollm2"
-    prompts: int = 24
-    benign_share: float = 0.5
-    rounds: int = 2
-    duration_s: float = 600.0
-    eval_harmful: int = 32
-    eval_benign: int = 16
-    eval_max_new_tokens: int = 96
-    report: Path = Path("reports/run.json")
-    keep: bool = False
-    seed: int = 0
-    recipe: str = DEFAULT_RECIPE
-    trainer_args: list[str] = field(default_factory=list)
+    model: str = option(default_factory=lambda: ModelSettings().model,
+                        help="smollm2, tiny, a folder or a hub id (env CAI_MODEL)")
+    prompts: int = option(24, "training prompts to feed")
+    benign_share: float = option(0.5, "share of the fed prompts that are benign; the rest are "
+                                      "red-team", type=fraction)
+    rounds: int = option(2, "critique/revision rounds per prompt")
+    recipe: str = option(DEFAULT_RECIPE, "how revisions and preference labels are made (the best "
+                                         "in docs/results-log.md; 'paper' is critique-revise + "
+                                         "judge). CAI_PIPELINE_* variables override single "
+                                         "settings", choices=sorted(RECIPES))
+    duration: float = option(10.0, "minutes of streaming before evaluation starts")
+    eval_harmful: int = option(32, "held-out harmful prompts to evaluate")
+    eval_benign: int = option(16, "held-out benign prompts to evaluate")
+    eval_max_new_tokens: int = option(96, "tokens per evaluation answer", cli=False)
+    report: Path = option(Path("reports/run.json"),
+                          "JSON report; a Markdown copy is written beside it")
+    keep: bool = option(False, "leave the stack, worker and trainer running")
+    seed: int = option(0, "seeds the fed mix and the evaluation sample")
+    trainer_overrides: dict[str, Any] = option(
+        default_factory=dict, cli=False,
+        help="TrainerConfig fields over the run's and the recipe's (set by code, e.g. tests)")
 
 
-def trainer_argv(options: RunOptions) -> list[str]:
-    """The ``cai trainer`` arguments of this run."""
+def trainer_config(options: RunOptions) -> TrainerConfig:
+    """The trainer's config in this run: the run's round settings, the refusal gate, the
+    recipe's fields, then any overrides."""
     # One round should see both kinds of example, as the strategy grid trains them: every prompt
     # gives about one SFT record and one preference pair. Rounds made of one kind alone were
     # lopsided (SFT-only rounds taught refusing; pair-only rounds were rejected by the probe).
     # The probe keeps one example per record type and prompt kind (up to 4) out of training.
-    # The compare stage drops a helpful prompt's pair when its toward answer refuses, so the count
-    # can fall short of this; the 240 s timer then closes the round, and later examples go to the next.
+    # The compare stage drops a helpful prompt's pair when its toward answer refuses, so the
+    # count can fall short of this; the 240 s timer then closes the round, and later examples go
+    # to the next.
     every = max(4, 2 * options.prompts - 4)
-    return ["--round-every-examples", str(every), "--round-every-seconds", "240",
-            # The probe holds the first examples of each type and prompt kind:
-            # keep it small so that a short run still has data to train on.
-            "--probe-size", "1",
-            *REFUSAL_GATE,
-            # Versions change every few minutes in a short run: keep older data.
-            "--staleness-policy", "downweight", *RECIPES[options.recipe].trainer,
-            *options.trainer_args]
+    return TrainerConfig(**{
+        "round_every_examples": every, "round_every_seconds": 240.0,
+        # The probe holds the first examples of each type and prompt kind:
+        # keep it small so that a short run still has data to train on.
+        "probe_size": 1,
+        **REFUSAL_GATE,
+        # Versions change every few minutes in a short run: keep older data.
+        "staleness_policy": "downweight",
+        **RECIPES[options.recipe].trainer, **options.trainer_overrides})
 
 
 def refusal_probe_prompts(options: RunOptions) -> set[str]:
     """The benign prompts the trainer's refusal probe answers, read from the trainer's own
-    arguments; they are never fed, so the probe measures how the policy treats benign prompts it
+    config; they are never fed, so the probe measures how the policy treats benign prompts it
     was not trained on."""
-    import argparse
-
-    from trainer.cli import add_arguments, build_config
     from trainer.refusal import load_refusal_prompts
 
-    parser = argparse.ArgumentParser()
-    add_arguments(parser)
-    return set(load_refusal_prompts(build_config(parser.parse_args(trainer_argv(options)))))
+    return set(load_refusal_prompts(trainer_config(options)))
 
 
 def training_mix(options: RunOptions):
     """The prompts to feed: a seeded sample of the training split of the built-in sets."""
-    from agents import prompt_sets
+    from scoring import prompt_sets
 
     rng = random.Random(options.seed)
     harmful = [p for name in HARMFUL_SETS for p in splits.train_part(prompt_sets.builtin(name))]
     reserved = refusal_probe_prompts(options)
-    benign = [p for p in splits.train_part(prompt_sets.builtin("benign")) if p.prompt not in reserved]
+    benign = [p for p in splits.train_part(prompt_sets.builtin("benign"))
+              if p.prompt not in reserved]
     n_benign = min(len(benign), round(options.prompts * options.benign_share))
     n_harmful = options.prompts - n_benign
     mix = rng.sample(harmful, n_harmful) + rng.sample(benign, n_benign)
@@ -109,55 +115,31 @@ def training_mix(options: RunOptions):
 
 
 def evaluation_sets(options: RunOptions) -> tuple[list[str], list[str]]:
-    from agents import prompt_sets
+    from scoring import prompt_sets
 
     rng = random.Random(options.seed + 1)
-    harmful = [p.prompt for name in HARMFUL_SETS for p in splits.held_out_part(prompt_sets.builtin(name))]
+    harmful = [p.prompt for name in HARMFUL_SETS
+               for p in splits.held_out_part(prompt_sets.builtin(name))]
     benign = [p.prompt for p in splits.held_out_part(prompt_sets.builtin("benign"))]
     return (rng.sample(harmful, min(options.eval_harmful, len(harmful))),
             benign[: options.eval_benign])
 
 
-def _child(settings: StackSettings, name: str) -> ManagedProcess:
-    return ManagedProcess(name, settings.state_dir / "pids" / f"{name}.pid",
-                          settings.logs_dir / f"{name}.log")
+def child_env(settings: StackSettings, options: RunOptions) -> dict[str, str]:
+    """The worker's and trainer's environment: this stack and model, the recipe's worker
+    settings."""
+    return children.child_env(settings, options.model, options.rounds,
+                              pipeline_env(options.recipe))
 
 
-def _child_env(settings: StackSettings, options: RunOptions) -> dict[str, str]:
-    env = dict(os.environ)
-    env["CAI_STATE_DIR"] = str(settings.state_dir)
-    env["CAI_MODEL"] = options.model
-    env["CAI_PIPELINE_ROUNDS"] = str(options.rounds)
-    env["CAI_PIPELINE_DATA_DIR"] = str(settings.state_dir / "faust")
-    env.update(pipeline_settings(options.recipe))
-    env.setdefault("OMP_NUM_THREADS", "1")
-    return env
-
-
-def start_children(settings: StackSettings, options: RunOptions,
-                   names: tuple[str, ...] = ("worker", "trainer")) -> None:
-    cai = [sys.executable, "-m", "cai.cli"]
-    env = _child_env(settings, options)
-    argvs = {
-        "worker": cai + ["worker", "--worker-id", "run-worker"],
-        "trainer": cai + ["trainer", *trainer_argv(options)],
-    }
-    for name in names:
-        argv = argvs[name]
-        proc = _child(settings, name)
-        if proc.read_pid() is not None:
-            continue
-        proc.start(argv, healthy=lambda: True, timeout_s=5, env=env,
-                   fix_hint=f"read {proc.log_file}")
-
-
-def stop_children(settings: StackSettings) -> None:
-    for name in ("worker", "trainer"):
-        _child(settings, name).stop(grace_s=30)
-
-
-def _dead_children(settings: StackSettings) -> list[str]:
-    return [n for n in ("worker", "trainer") if _child(settings, n).read_pid() is None]
+def start_children(settings: StackSettings, options: RunOptions) -> None:
+    """The worker, and the trainer with this run's config written beside its rounds."""
+    trainer_dir = settings.state_dir / "trainer"
+    trainer_dir.mkdir(parents=True, exist_ok=True)
+    config_file = trainer_config(options).save(trainer_dir)
+    children.start(settings, {"worker": children.worker_argv(),
+                              "trainer": children.trainer_argv(config_file)},
+                   child_env(settings, options))
 
 
 def pipeline_done(snap: dict, fed: int, rounds_finished: int) -> bool:
@@ -177,15 +159,6 @@ def trainer_rounds(settings: StackSettings) -> list[dict]:
     return [checkpoint.round_summary(f) for f in checkpoint.finished_rounds(settings.state_dir / "trainer")]
 
 
-def policy_source(settings: StackSettings, models: ModelSettings, version: int | None) -> str:
-    from serving.models import resolve
-    from serving.repository import read_version_source
-
-    if version is None or version <= 1:
-        return resolve(models.for_role("policy"), settings.cache_dir)
-    return read_version_source(settings.triton_repository / "policy" / str(version))
-
-
 def watch(settings: StackSettings, stream: StreamSettings, fed: int, deadline: float) -> dict:
     from rich.console import Console
     from rich.live import Live
@@ -196,7 +169,7 @@ def watch(settings: StackSettings, stream: StreamSettings, fed: int, deadline: f
         # Counting the round folders is enough here; their summaries are read once, for the report.
         while time.monotonic() < deadline and not pipeline_done(
                 snap, fed, len(checkpoint.finished_rounds(settings.state_dir / "trainer"))):
-            dead = _dead_children(settings)
+            dead = children.dead(settings)
             if dead:
                 raise RuntimeError(f"{', '.join(dead)} exited; see {settings.logs_dir}")
             time.sleep(3)
@@ -237,60 +210,50 @@ def claim_state(settings: StackSettings, options: RunOptions) -> None:
 
 def run(settings: StackSettings, options: RunOptions) -> dict:
     from agents import feed
+    from serving.repository import policy_source
     from streams.admin import ensure_topics
 
     started = time.monotonic()
     claim_state(settings, options)
     models = ModelSettings(model=options.model)
     print(f"cai run: model {options.model}, {options.prompts} prompts, {options.rounds} revision "
-          f"rounds, up to {options.duration_s / 60:.0f} min of streaming", flush=True)
+          f"rounds, up to {options.duration:.0f} min of streaming", flush=True)
     setup_machine.run(settings, with_models=(options.model,))
-    stack.print_status(settings, stack.up(settings, models), as_json=False)
+    services.print_status(settings, services.up(settings, models), as_json=False)
     stream = StreamSettings(kafka_bootstrap=settings.kafka_address)
     ensure_topics(stream)
     report: dict = {"model": options.model, "prompts": options.prompts, "rounds": options.rounds,
-                    "recipe": options.recipe, "recipe_settings": pipeline_settings(options.recipe)}
+                    "recipe": options.recipe, "recipe_settings": pipeline_env(options.recipe)}
     try:
         start_children(settings, options)
         mix = training_mix(options)
         feed.publish(mix, stream, progress=False)
         print(f"cai run: fed {len(mix)} prompts; worker and trainer logs in {settings.logs_dir}",
               flush=True)
-        snap = watch(settings, stream, len(mix), started + options.duration_s)
+        snap = watch(settings, stream, len(mix), started + options.duration * 60)
         report["trainer_rounds"] = trainer_rounds(settings)
         report["pipeline_done"] = pipeline_done(snap, len(mix), len(report["trainer_rounds"]))
         report["stream_seconds"] = round(time.monotonic() - started, 1)
-        report["monitor"] = {k: snap[k] for k in ("topics", "judge", "trainer", "serving_policy_version")}
+        report["monitor"] = {k: snap[k] for k in ("topics", "judge", "trainer",
+                                                   "serving_policy_version")}
         report["example"] = snap["newest_example"]
         if not options.keep:
-            stop_children(settings)  # free the CPU for evaluation
+            children.stop(settings)  # free the CPU for evaluation
         last = report["monitor"]["serving_policy_version"] or 1
         harmful, benign = evaluation_sets(options)
-        print(f"cai run: evaluating policy v1 against v{last} on {len(harmful)} held-out harmful and "
-              f"{len(benign)} held-out benign prompts", flush=True)
+        print(f"cai run: evaluating policy v1 against v{last} on {len(harmful)} held-out harmful "
+              f"and {len(benign)} held-out benign prompts", flush=True)
         report["policies"] = {
             f"v{v}": evaluate.evaluate_policy(policy_source(settings, models, v), harmful, benign,
                                               options.eval_max_new_tokens)
             for v in sorted({1, last})
         }
-        # The rules were written against the tuning files; the held-out files measure them fairly.
-        data = Path(__file__).with_name("data")
-        for key, names in (("classifier_accuracy", HELD_OUT_LABELS),
-                           ("classifier_accuracy_tuning_set", TUNING_LABELS)):
-            accuracy = evaluate.classifier_accuracy(*(data / n for n in names))
-            report[key] = {k: share.as_dict() for k, share in accuracy.items()}
+        # The rules were written against the tuning labels; the held-out ones measure them fairly.
+        report.update(labels.builtin_accuracy())
         report["total_seconds"] = round(time.monotonic() - started, 1)
-        write_report(report, options.report)
+        run_report.write(report, options.report)
     finally:
         if not options.keep:
-            stop_children(settings)
-            stack.down(settings)
+            children.stop(settings)
+            services.down(settings)
     return report
-
-
-def write_report(report: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=2, default=str) + "\n")
-    path.with_suffix(".md").write_text(evaluate.markdown(report))
-    print(evaluate.markdown(report))
-    print(f"report: {path} and {path.with_suffix('.md')}")

@@ -1,7 +1,9 @@
-"""Serving subcommands: ``cai publish CHECKPOINT``, ``cai rollback VERSION``, ``cai serve-status``.
+"""Serving subcommands: ``cai publish CHECKPOINT``, ``cai rollback VERSION``, ``cai serve-status``
+and ``cai repository render DIRECTORY``.
 
-They act on the running stack described by ``StackSettings`` (env ``CAI_*``, or
-``--state-dir``): the Triton model repository, Triton's HTTP endpoint and Redis.
+The first three act on the running stack described by ``StackSettings`` (env ``CAI_*``, or
+``--state-dir``): the Triton model repository, Triton's HTTP endpoint and Redis. ``repository``
+writes a model repository for the configured models (the Triton container runs it at start).
 """
 
 from __future__ import annotations
@@ -9,47 +11,80 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from core.options import add_command, option
+from core.settings import ModelSettings, StackSettings
 
 
-def _settings(args: argparse.Namespace):
-    from cai.settings import StackSettings
+@dataclass
+class LoadOptions:
+    timeout: float = option(300.0, "seconds to wait for the load")
+    keep_last: int = option(3, "published policy versions to keep on disk (v1 is always kept)")
 
-    return StackSettings(**({"state_dir": args.state_dir} if args.state_dir else {}))
+
+@dataclass
+class PublishOptions(LoadOptions):
+    checkpoint: str | None = option(
+        None, "folder written by save_pretrained (config.json, *.safetensors)", positional=True,
+        required=True)
 
 
-def cmd_publish(args: argparse.Namespace) -> int:
+@dataclass
+class RollbackOptions(LoadOptions):
+    version: int | None = option(None, "a policy version still on disk (see serve-status)",
+                                 positional=True, required=True)
+
+
+@dataclass
+class StatusOptions:
+    json: bool = option(False, "print JSON")
+
+
+@dataclass
+class RepositoryOptions:
+    action: str | None = option(None, "what to do", positional=True, required=True,
+                                choices=("render",))
+    directory: Path | None = option(None, "model repository folder to write", positional=True,
+                                    required=True)
+
+
+def cmd_publish(options: PublishOptions, settings: StackSettings) -> int:
     from serving.publish import PublishError, publish_policy
 
     try:
-        version = publish_policy(args.checkpoint, _settings(args), keep_last=args.keep_last,
-                                 timeout_s=args.timeout)
+        version = publish_policy(options.checkpoint, settings, keep_last=options.keep_last,
+                                 timeout_s=options.timeout)
     except PublishError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    print(f"policy v{version} is serving {args.checkpoint}")
+    print(f"policy v{version} is serving {options.checkpoint}")
     return 0
 
 
-def cmd_rollback(args: argparse.Namespace) -> int:
+def cmd_rollback(options: RollbackOptions, settings: StackSettings) -> int:
     from serving.publish import PublishError, rollback
 
     try:
-        version = rollback(args.version, _settings(args), keep_last=args.keep_last, timeout_s=args.timeout)
+        version = rollback(options.version, settings, keep_last=options.keep_last,
+                           timeout_s=options.timeout)
     except PublishError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    print(f"policy v{version} is serving the weights of v{args.version}")
+    print(f"policy v{version} is serving the weights of v{options.version}")
     return 0
 
 
-def cmd_status(args: argparse.Namespace) -> int:
+def cmd_status(options: StatusOptions, settings: StackSettings) -> int:
     from serving.publish import serving_status
 
-    status = serving_status(_settings(args))
-    if args.json:
+    status = serving_status(settings)
+    if options.json:
         print(json.dumps(status, indent=2))
     else:
-        print(f"triton {status['triton']}" + (f"  ERROR {status['triton_error']}" if "triton_error" in status else ""))
+        error = f"  ERROR {status['triton_error']}" if "triton_error" in status else ""
+        print(f"triton {status['triton']}{error}")
         for role, entries in sorted(status["roles"].items()):
             states = ", ".join(f"v{e.get('version', '?')} {e.get('state', '?')}" for e in entries)
             print(f"  {role:8} {states}")
@@ -60,27 +95,30 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0 if ready else 1
 
 
+def cmd_repository(options: RepositoryOptions, settings: StackSettings,
+                   models: ModelSettings) -> int:
+    from serving.repository import render_repository
+
+    target = render_repository(options.directory, models, settings.cache_dir)
+    print(f"rendered the model repository in {target}")
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     """Add serving's subcommands to the `cai` parser."""
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--state-dir", help="stack state folder (default .cai, env CAI_STATE_DIR)")
-    common.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the load")
-    common.add_argument("--keep-last", type=int, default=3,
-                        help="published policy versions to keep on disk (default 3; v1 is always kept)")
-
-    p = sub.add_parser("publish", parents=[common], help="serve a policy checkpoint as the next version",
-                       description="Validate CHECKPOINT (safetensors only), add it as policy/<next>/, "
-                       "load it into Triton, then set Redis cai:policy:version. On failure the "
-                       "previous version keeps serving.")
-    p.add_argument("checkpoint", help="folder written by save_pretrained (config.json, *.safetensors)")
-    p.set_defaults(func=cmd_publish)
-
-    p = sub.add_parser("rollback", parents=[common], help="serve an earlier policy version again",
-                       description="Re-publish the weights of a kept VERSION as a new version number.")
-    p.add_argument("version", type=int, help="a policy version still on disk (see serve-status)")
-    p.set_defaults(func=cmd_rollback)
-
-    p = sub.add_parser("serve-status", help="what Triton serves per role and the Redis policy pointer")
-    p.add_argument("--state-dir", help="stack state folder (default .cai, env CAI_STATE_DIR)")
-    p.add_argument("--json", action="store_true", help="print JSON")
-    p.set_defaults(func=cmd_status)
+    state = {StackSettings: ("state_dir",)}
+    add_command(sub, "publish", cmd_publish, options=PublishOptions, settings=state,
+                help="serve a policy checkpoint as the next version",
+                description="Validate CHECKPOINT (safetensors only), add it as policy/<next>/, "
+                "load it into Triton, then set Redis cai:policy:version. On failure the "
+                "previous version keeps serving.")
+    add_command(sub, "rollback", cmd_rollback, options=RollbackOptions, settings=state,
+                help="serve an earlier policy version again",
+                description="Re-publish the weights of a kept VERSION as a new version number.")
+    add_command(sub, "serve-status", cmd_status, options=StatusOptions, settings=state,
+                help="what Triton serves per role and the Redis policy pointer")
+    add_command(sub, "repository", cmd_repository, options=RepositoryOptions,
+                settings={StackSettings: (), ModelSettings: ("model",)},
+                help="render the Triton model repository from settings",
+                description="Write config.pbtxt and model.py for policy, critic, reviser and judge "
+                "into DIRECTORY, using CAI_MODEL / CAI_<ROLE>_MODEL (used by the Triton container).")

@@ -20,49 +20,16 @@ import asyncio
 import dataclasses
 import logging
 import random
-from dataclasses import dataclass, field
 
 import numpy as np
 
 from serving import protocol
+from serving.requests import Generation, GenerationParams, JudgeResult
 
 logger = logging.getLogger(__name__)
 
 RETRYABLE = ("UNAVAILABLE", "Connection refused", "failed to connect", "Socket closed",
              "connection reset", "is not ready", "Request for unknown model")
-
-
-@dataclass(frozen=True)
-class GenerationParams:
-    """Sampling knobs of one generate call; ``chat=False`` means raw text continuation."""
-
-    max_new_tokens: int = 128
-    temperature: float = 0.7  # 0 = greedy
-    top_p: float = 0.95
-    seed: int | None = None  # per prompt: prompt k of a call uses seed + k * num_samples
-    stop: tuple[str, ...] = ()
-    num_samples: int = 1
-    chat: bool = True
-    system: str | None = None
-    response_prefix: str = ""  # the answer starts with this text; the model continues it
-
-
-@dataclass
-class Generation:
-    text: str
-    prompt_tokens: int
-    completion_tokens: int
-    model_version: int
-    logprob_sum: float | None = None
-    finish_reason: str = "length"
-
-
-@dataclass
-class JudgeResult:
-    probs: list[float]
-    model_version: int
-    reasoning: str | None = None
-    logprobs: list[float] = field(default_factory=list)
 
 
 class InferenceError(RuntimeError):
@@ -153,7 +120,7 @@ class InferenceClient:
     async def judge(self, prompts: list[str], choices: list[str], cot: bool = False,
                     role: str = "judge", **params) -> list[JudgeResult]:
         """Probability of each choice per prompt. ``params``: chat, system, clamp, cot_max_new_tokens,
-        cot_temperature, cot_stop, answer_prefix, seed (see serving.textgen.JudgeRequest)."""
+        cot_temperature, cot_stop, answer_prefix, seed (see serving.requests.JudgeRequest)."""
         params = {k: list(v) if isinstance(v, tuple) else v for k, v in params.items()}
         answers = await asyncio.gather(*(
             self._infer_one(role, protocol.encode_judge(p, choices, cot, params)) for p in prompts))

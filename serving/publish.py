@@ -34,7 +34,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from cai.settings import StackSettings
+from core.settings import StackSettings
 from serving.repository import (
     SOURCE_FILE,
     WEIGHTS_DIR,

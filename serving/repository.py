@@ -20,7 +20,7 @@ import logging
 import os
 from pathlib import Path
 
-from cai.settings import ROLES, ModelSettings
+from core.settings import ROLES, ModelSettings, StackSettings
 from serving.models import resolve
 
 logger = logging.getLogger(__name__)
@@ -147,3 +147,11 @@ def render_repository(
                 _write_if_changed(role_dir / str(version) / "model.py", MODEL_FILE.read_text())
         logger.info("rendered %s (model %s) in %s", role, spec, role_dir)
     return repo_dir
+
+
+def policy_source(settings: StackSettings, models: ModelSettings, version: int | None) -> str:
+    """The weights a policy version serves: the base model for v1 (or no version), else the
+    folder recorded in that version of the stack's model repository."""
+    if version is None or version <= 1:
+        return resolve(models.for_role("policy"), settings.cache_dir)
+    return read_version_source(settings.triton_repository / "policy" / str(version))

@@ -1,8 +1,9 @@
-"""Batched text generation and multiple-choice judging with a causal LM, without Triton.
+"""The engine: batched text generation and multiple-choice judging with a causal LM, no Triton.
 
 This is the engine behind every Triton role (``serving/triton_model.py`` is a thin
-adapter around it) and it runs the same in-process, which is how it is unit-tested and
-benchmarked (``python -m serving.bench``).
+adapter around it) and it runs the same in-process (``serving/inference.py``), which is how it
+is unit-tested and benchmarked (``cai bench``, ``cai bench-serving``). Its request and response
+types live in ``serving/requests.py``, its prefill in ``serving/prefill.py``.
 
 Generation is a custom sampling loop rather than ``model.generate`` because one batch
 mixes requests with different ``max_new_tokens``, temperature, top-p, seed and stop
@@ -11,7 +12,7 @@ seeded request gives the same text whatever else shares its batch; finished rows
 dropped from the batch and the KV cache, so a short request does not pay for a long one.
 A prompt prefix that the whole batch shares (the few-shot block of critique, revision and judge
 prompts) is computed once, kept in a small LRU across batches, and attended to at batch size 1
-rather than copied into every row (``serving/shared_prefix_attention.py``).
+rather than copied into every row (``serving/prefill.py``, ``serving/shared_prefix_attention.py``).
 ``logprob_sum`` is the sum of the *model's* log-probabilities (temperature 1, no top-p)
 of the generated tokens, which is what a policy-gradient or DPO step needs.
 
@@ -30,100 +31,17 @@ import contextlib
 import logging
 import random
 import time
-from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 
+from serving.prefill import Prefiller
+from serving.requests import GenRequest, GenResult, JudgeOutput, JudgeRequest, RequestError
 from serving.shared_prefix_attention import SharedPrefix
 from serving.shared_prefix_attention import install as install_shared_prefix_attention
 
 logger = logging.getLogger(__name__)
-
-
-class RequestError(ValueError):
-    """A request is invalid (bad parameter, prompt too long); the message names the field."""
-
-
-@dataclass
-class GenRequest:
-    """One prompt to complete; ``num_samples`` completions are drawn from it."""
-
-    prompt: str
-    max_new_tokens: int = 128
-    temperature: float = 0.7
-    top_p: float = 0.95
-    seed: int | None = None
-    stop: tuple[str, ...] = ()
-    num_samples: int = 1
-    chat: bool = True
-    system: str | None = None
-    # Text the answer starts with (the model continues it); it is part of the returned text.
-    response_prefix: str = ""
-
-    def validate(self) -> None:
-        if not isinstance(self.prompt, str):
-            raise RequestError(f"prompt must be a string, got {type(self.prompt).__name__}")
-        if not isinstance(self.response_prefix, str):
-            raise RequestError(f"response_prefix must be a string, got {type(self.response_prefix).__name__}")
-        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
-            raise RequestError(f"max_new_tokens must be an integer >= 1, got {self.max_new_tokens!r}")
-        if not isinstance(self.temperature, (int, float)) or self.temperature < 0:
-            raise RequestError(f"temperature must be >= 0 (0 = greedy), got {self.temperature!r}")
-        if not isinstance(self.top_p, (int, float)) or not 0 < self.top_p <= 1:
-            raise RequestError(f"top_p must be in (0, 1], got {self.top_p!r}")
-        if not isinstance(self.num_samples, int) or self.num_samples < 1:
-            raise RequestError(f"num_samples must be an integer >= 1, got {self.num_samples!r}")
-        if self.seed is not None and not isinstance(self.seed, int):
-            raise RequestError(f"seed must be an integer or null, got {self.seed!r}")
-        if any(not isinstance(s, str) or not s for s in self.stop):
-            raise RequestError(f"stop must be a list of non-empty strings, got {list(self.stop)!r}")
-
-
-@dataclass
-class GenResult:
-    text: str
-    prompt_tokens: int
-    completion_tokens: int
-    logprob_sum: float
-    token_ids: list[int] = field(default_factory=list, repr=False)
-    finish_reason: str = "length"  # "eos" | "stop" | "length"
-
-
-@dataclass
-class JudgeRequest:
-    """Which of ``choices`` best continues ``prompt``; optional chain-of-thought first."""
-
-    prompt: str
-    choices: tuple[str, ...] = ("(A)", "(B)")
-    cot: bool = False
-    chat: bool = True
-    system: str | None = None
-    cot_max_new_tokens: int = 128
-    cot_temperature: float = 0.0
-    cot_stop: tuple[str, ...] = ()
-    answer_prefix: str = "\nTherefore, the answer is "
-    clamp: tuple[float, float] = (0.4, 0.6)
-    seed: int | None = None
-
-    def validate(self) -> None:
-        if not isinstance(self.prompt, str):
-            raise RequestError(f"prompt must be a string, got {type(self.prompt).__name__}")
-        if len(self.choices) < 2 or any(not isinstance(c, str) or not c for c in self.choices):
-            raise RequestError(f"choices must be >= 2 non-empty strings, got {list(self.choices)!r}")
-        lo, hi = self.clamp
-        if not 0 <= lo < hi <= 1:
-            raise RequestError(f"clamp must be (low, high) with 0 <= low < high <= 1, got {self.clamp!r}")
-        if not isinstance(self.cot_max_new_tokens, int) or self.cot_max_new_tokens < 1:
-            raise RequestError(f"cot_max_new_tokens must be >= 1, got {self.cot_max_new_tokens!r}")
-
-
-@dataclass
-class JudgeOutput:
-    probs: list[float]
-    logprobs: list[float]  # per-choice log-likelihood before normalisation
-    reasoning: str | None = None
 
 
 @dataclass
@@ -207,16 +125,13 @@ class TextGenerator:
                 prefix_cache_entries: int) -> None:
         self.source = source
         self.core_share = None  # a serving.core_share.CoreShare when instances share the cores
-        self.prefix_min_tokens = prefix_min_tokens  # 0 disables prefix sharing
-        self.prefix_cache_entries = prefix_cache_entries
-        self._prefixes: OrderedDict[tuple[int, ...], list] = OrderedDict()
         self.tokenizer = tokenizer
         self.model = model
         self.model.eval()
-        if self.prefix_min_tokens > 0 and not install_shared_prefix_attention(self.model):
+        if prefix_min_tokens > 0 and not install_shared_prefix_attention(self.model):
             logger.warning("%s: shared-prefix attention does not fit this architecture; "
                            "prompt prefixes are not shared", source)
-            self.prefix_min_tokens = 0
+            prefix_min_tokens = 0  # 0 disables prefix sharing
         config = self.model.config
         self.max_context = max_context or getattr(config, "max_position_embeddings", None) or 2048
         eos = set()
@@ -228,6 +143,8 @@ class TextGenerator:
         self.eos_ids = eos
         pad = self.tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else (min(eos) if eos else 0)
+        self.prefill = Prefiller(self.model, self.pad_id, self._forward, prefix_min_tokens,
+                                 prefix_cache_entries)
 
     # ----------------------------------------------------------------- prompts
     def format_prompt(self, prompt: str, chat: bool, system: str | None = None) -> str:
@@ -291,7 +208,7 @@ class TextGenerator:
         )
 
     def _run(self, rows: list[_Row]) -> None:
-        cache, prefix, mask, logits, next_pos = self._prefill([r.prompt_ids for r in rows])
+        cache, prefix, mask, logits, next_pos = self.prefill([r.prompt_ids for r in rows])
         active = list(range(len(rows)))  # indices into rows, one per batch row
         while True:
             choices = self._choose(logits, [rows[i] for i in active])
@@ -315,43 +232,6 @@ class TextGenerator:
             logits = out.logits[:, -1, :]
             next_pos = next_pos + 1
 
-    def _prefill(self, sequences: list[list[int]]):
-        """Run every sequence's prompt once, on top of a shared cached prefix where there is one.
-
-        Returns (KV cache of the rows' own tokens, shared prefix layers or None, own-token
-        attention mask, last-position logits, next position), one row per sequence. The prefix
-        stays at batch size 1 outside the cache (``serving/shared_prefix_attention.py``); each
-        row's own tokens are left-padded and the mask hides the padding. Rows of very different
-        lengths run in groups of similar length (``length_groups``), so that a short row does
-        not pay for padding up to the longest; the groups' caches are then joined.
-        """
-        shared, layers = self._shared_prefix(sequences)
-        prefix = layers or None
-        own = [ids[shared:] for ids in sequences]
-        groups = length_groups([len(ids) for ids in own])
-        if len(groups) == 1:
-            cache, mask, logits, next_pos = self._prefill_rows(own, shared, prefix)
-        else:
-            parts = [(group, *self._prefill_rows([own[i] for i in group], shared, prefix)) for group in groups]
-            cache, mask, logits, next_pos = _join_rows(parts, len(sequences), self.model.config)
-        return cache, prefix, mask, logits, next_pos
-
-    def _prefill_rows(self, own: list[list[int]], shared: int, prefix):
-        """One forward over the rows' own tokens, left-padded: (cache, mask, last logits, next position)."""
-        from serving.kv_cache import growing_cache
-
-        width = max(len(ids) for ids in own)
-        input_ids = torch.full((len(own), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(own), width), dtype=torch.long)
-        for i, ids in enumerate(own):
-            input_ids[i, width - len(ids):] = torch.tensor(ids)
-            mask[i, width - len(ids):] = 1
-        positions = (shared + mask.cumsum(-1) - 1).clamp(min=shared)
-        cache = growing_cache(self.model.config)
-        out = self._forward(prefix, mask, input_ids=input_ids, position_ids=positions,
-                            past_key_values=cache, use_cache=True, logits_to_keep=1)
-        return cache, mask, out.logits[:, -1, :], positions[:, -1] + 1
-
     def busy(self):
         """Context for one batch of work: takes this instance's share of the cores when it shares them."""
         return self.core_share.busy() if self.core_share is not None else contextlib.nullcontext()
@@ -363,51 +243,6 @@ class TextGenerator:
         if prefix_layers is None:
             return self.model(attention_mask=own_mask, **inputs)
         return self.model(attention_mask=own_mask, shared_prefix=SharedPrefix(prefix_layers, own_mask), **inputs)
-
-    def _shared_prefix(self, sequences: list[list[int]]) -> tuple[int, list[tuple[torch.Tensor, torch.Tensor]]]:
-        """Length and per-layer KV (batch 1) of a token prefix that every sequence starts with.
-
-        Critique, revision and judge prompts repeat a long fixed block, and samples of one
-        request repeat their whole prompt: computing that part once per batch, and keeping it
-        across batches (a small LRU), removes most of the prefill work.
-        """
-        if self.prefix_min_tokens <= 0:
-            return 0, []
-        limit = min(len(ids) for ids in sequences) - 1  # every row keeps >= 1 token of its own
-        first = sequences[0]
-        common = limit
-        for ids in sequences[1:]:
-            k = 0
-            while k < common and ids[k] == first[k]:
-                k += 1
-            common = k
-        best_key: tuple[int, ...] = ()
-        for key in self._prefixes:
-            if len(best_key) < len(key) <= common and tuple(first[: len(key)]) == key:
-                best_key = key
-        if best_key:
-            self._prefixes.move_to_end(best_key)  # the long-lived few-shot block stays cached
-        if len(sequences) > 1 and common - len(best_key) >= self.prefix_min_tokens:
-            return common, self._extend_prefix(best_key, tuple(first[:common]))
-        if best_key:
-            return len(best_key), self._prefixes[best_key]
-        return 0, []
-
-    def _extend_prefix(self, base: tuple[int, ...], key: tuple[int, ...]) -> list:
-        from transformers import DynamicCache
-
-        cache = DynamicCache(config=self.model.config)
-        for index, (keys, values) in enumerate(self._prefixes.get(base, [])):
-            cache.update(keys, values, index)
-        extra = torch.tensor([key[len(base):]])
-        positions = torch.arange(len(base), len(key))[None, :]
-        self.model(input_ids=extra, attention_mask=torch.ones((1, len(key)), dtype=torch.long),
-                   position_ids=positions, past_key_values=cache, use_cache=True, logits_to_keep=1)
-        layers = [(layer.keys, layer.values) for layer in cache.layers]
-        self._prefixes[key] = layers
-        while len(self._prefixes) > self.prefix_cache_entries:
-            self._prefixes.popitem(last=False)
-        return layers
 
     def _choose(self, logits: torch.Tensor, rows: list[_Row]) -> list[tuple[int, float]]:
         """Pick each row's next token with its own temperature/top-p/generator; with its logprob."""
@@ -509,7 +344,7 @@ class TextGenerator:
         if not tails:
             return results
         # Phase 1: the shared heads, one row per item, on top of their common cached prefix.
-        cache, prefix, head_mask, first, _ = self._prefill(heads)
+        cache, prefix, head_mask, first, _ = self.prefill(heads)
         first = torch.log_softmax(first.float(), dim=-1)  # predicts each item's first tail token
         rows = torch.tensor([item for item, _ in owners])
         for (item_index, choice_index), tail in zip(owners, tails):
@@ -537,65 +372,6 @@ class TextGenerator:
         return results
 
 
-# A prefill call costs about this many padded tokens' work beyond its tokens (fixed per-layer
-# overheads, smaller matrix products), so splitting rows into length groups must save more.
-PREFILL_CALL_OVERHEAD_TOKENS = 64
-
-
-def length_groups(lengths: list[int], call_overhead: int = PREFILL_CALL_OVERHEAD_TOKENS) -> list[list[int]]:
-    """Row indices split into groups of similar length, for separate left-padded prefills.
-
-    Minimises padded tokens (rows x longest, summed over groups) plus ``call_overhead`` per
-    group, exactly, by dynamic programming over the rows sorted by length.
-    """
-    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-    best = [0] + [None] * len(order)  # best[j]: cost of grouping the j shortest rows
-    start = [0] * (len(order) + 1)
-    for end in range(1, len(order) + 1):
-        longest = lengths[order[end - 1]]
-        for begin in range(end):
-            cost = best[begin] + (end - begin) * longest + call_overhead
-            if best[end] is None or cost < best[end]:
-                best[end], start[end] = cost, begin
-    groups, end = [], len(order)
-    while end > 0:
-        groups.append(order[start[end]:end])
-        end = start[end]
-    return groups[::-1]
-
-
-def _join_rows(parts, rows: int, config):
-    """One left-padded batch, in the original row order, from groups prefilled separately.
-
-    ``parts`` holds (row indices, cache, mask, logits, next position) per group; returns the
-    joined (cache, mask, logits, next position). Padding keys and values are zeros, hidden by
-    the mask like any other padding.
-    """
-    from serving.kv_cache import growing_cache
-
-    width = max(mask.shape[1] for _, _, mask, _, _ in parts)
-    indices = [torch.tensor(group) for group, *_ in parts]
-    joined = growing_cache(config)
-    for layer_index in range(len(parts[0][1].layers)):
-        tensors = []
-        for kind in ("keys", "values"):
-            sample = getattr(parts[0][1].layers[layer_index], kind)
-            full = sample.new_zeros((rows, sample.shape[1], width, sample.shape[3]))
-            for index, (_, cache, mask, _, _) in zip(indices, parts):
-                full[index, :, width - mask.shape[1]:] = getattr(cache.layers[layer_index], kind)
-            tensors.append(full)
-        joined.update(tensors[0], tensors[1], layer_index)
-    first_logits = parts[0][3]
-    mask = torch.zeros((rows, width), dtype=torch.long)
-    logits = first_logits.new_empty((rows, first_logits.shape[-1]))
-    next_pos = torch.zeros(rows, dtype=torch.long)
-    for index, (_, _, group_mask, group_logits, group_next) in zip(indices, parts):
-        mask[index, width - group_mask.shape[1]:] = group_mask
-        logits[index] = group_logits
-        next_pos[index] = group_next
-    return joined, mask, logits, next_pos
-
-
 def clamp_probs(probs: list[float], low: float, high: float) -> list[float]:
     """Clamp each probability into [low, high] and renormalise (exact for two choices when low+high=1)."""
     clamped = [min(max(p, low), high) for p in probs]
@@ -613,14 +389,4 @@ def sequence_logprob(model, prompt_ids: list[int], completion_ids: list[int]) ->
     return float(sum(logprobs[start - 1 + k, t] for k, t in enumerate(completion_ids)))
 
 
-__all__ = [
-    "GenRequest",
-    "GenResult",
-    "JudgeOutput",
-    "JudgeRequest",
-    "RequestError",
-    "TextGenerator",
-    "clamp_probs",
-    "length_groups",
-    "sequence_logprob",
-]
+__all__ = ["TextGenerator", "clamp_probs", "sequence_logprob"]

@@ -26,7 +26,8 @@ import triton_python_backend_utils as pb_utils
 from serving.core_share import CoreShare
 from serving.protocol import INPUT_NAME, OUTPUT_NAME, decode_request, encode_response
 from serving.repository import read_version_source
-from serving.textgen import GenRequest, JudgeRequest, TextGenerator
+from serving.requests import GenRequest, JudgeRequest
+from serving.textgen import TextGenerator
 
 logger = logging.getLogger(__name__)
 

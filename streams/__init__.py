@@ -1,2 +1,3 @@
-"""The wire contract of the pipeline: topic names and partitions, typed records, settings and
-explicit topic creation. No worker code lives here."""
+"""The wire contract of the pipeline: topic names and partitions, typed records, settings,
+explicit topic creation (``cai topics``) and read-only views of the live topics. No worker
+code lives here."""

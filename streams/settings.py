@@ -1,6 +1,6 @@
 """Where the pipeline's topics live: broker address, topic prefix, partition counts (env ``CAI_``).
 
-The broker defaults to the stack's own Kafka (``cai.settings.StackSettings().kafka_address``),
+The broker defaults to the stack's own Kafka (``core.settings.StackSettings().kafka_address``),
 so ``cai stack up`` followed by ``cai worker`` needs no configuration. Tests pass values to the
 constructor instead of touching the environment.
 """
@@ -10,7 +10,8 @@ from __future__ import annotations
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from cai.settings import StackSettings
+from core.settings import StackSettings
+from streams.topics import TOPICS
 
 
 class StreamSettings(BaseSettings):
@@ -19,7 +20,8 @@ class StreamSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CAI_", extra="ignore")
 
     kafka_bootstrap: str | None = Field(
-        None, description="Broker list host:port[,host:port]; default: the local stack's Kafka.")
+        None, description="Broker list host:port[,host:port]; default: the local stack's Kafka.",
+        json_schema_extra={"flag": "--bootstrap"})
     topic_prefix: str = Field("cai.", description="Prepended to every topic name.")
     partitions: int = Field(
         4, description="Partitions of each stage topic; a consumer group splits them between workers.")
@@ -39,8 +41,6 @@ class StreamSettings(BaseSettings):
     @field_validator("topic_partitions")
     @classmethod
     def _known_topics(cls, value: dict[str, int]) -> dict[str, int]:
-        from streams.topics import TOPICS
-
         for name, count in value.items():
             if name not in TOPICS:
                 raise ValueError(f"unknown topic {name!r}; use one of {', '.join(TOPICS)}")

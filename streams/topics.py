@@ -2,13 +2,17 @@
 
 Short names are fixed by the contract; the full name is ``prefix + short name``
 (default ``cai.prompts`` ...). ``partitions_for`` gives each topic's partition count.
+The names are the lower module: ``streams.settings`` validates its per-topic overrides against
+``TOPICS``, and the functions here take those settings as an argument.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from streams.settings import StreamSettings
+if TYPE_CHECKING:  # annotations only: settings import this module, not the other way round
+    from streams.settings import StreamSettings
 
 PROMPTS = "prompts"
 CRITIQUE = "critique"
@@ -33,10 +37,9 @@ class TopicSpec:
     replication_factor: int
 
 
-def topic_name(short: str, settings: StreamSettings | None = None) -> str:
+def topic_name(short: str, settings: StreamSettings) -> str:
     if short not in TOPICS:
         raise ValueError(f"unknown topic {short!r}; use one of {', '.join(TOPICS)}")
-    settings = settings or StreamSettings()
     return settings.topic_prefix + short
 
 
@@ -44,8 +47,7 @@ def partitions_for(short: str, settings: StreamSettings) -> int:
     return settings.topic_partitions.get(short, settings.partitions)
 
 
-def all_topics(settings: StreamSettings | None = None) -> list[TopicSpec]:
-    settings = settings or StreamSettings()
+def all_topics(settings: StreamSettings) -> list[TopicSpec]:
     return [
         TopicSpec(short, topic_name(short, settings), partitions_for(short, settings),
                   settings.replication_factor)

@@ -11,9 +11,9 @@ import os
 import pytest
 import torch
 
-from cai import stack
-from cai.processes import ServiceError, free_port
-from cai.settings import ModelSettings, StackSettings
+from core.settings import ModelSettings, StackSettings
+from stack import services as stack
+from stack.processes import ServiceError, free_port
 
 torch.set_num_threads(1)
 

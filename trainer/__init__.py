@@ -4,7 +4,8 @@ policy to Triton.
 
 Modules, in data-flow order:
 
-* ``config``     TrainerConfig: hyper-parameters with help text, validated, saved per round
+* ``config``     TrainerConfig: hyper-parameters with help text (the flags), validated, saved
+                 per round
 * ``data``       decode wire records, tokenise chat turns (labels on assistant tokens only)
 * ``losses``     SFT, soft DPO, soft Bradley-Terry; log-probs gathered at answer tokens only
 * ``reward``     PreferenceModel: decoder + scalar head, ``score(prompts, answers)``
@@ -13,6 +14,5 @@ Modules, in data-flow order:
 * ``checkpoint`` atomic round folders: weights, offsets, metrics, records used
 * ``loop``       Kafka consumption, round triggers (K examples / T seconds), publish, commit
 * ``publisher``  serving.publish + the policy-versions announcement + Redis version
-* ``cli``        ``cai trainer`` (also ``python -m trainer``)
-* ``bench_dpo``  benchmark against TRL's DPOTrainer (a script; TRL is not a dependency)
+* ``cli``        ``cai trainer``
 """

@@ -4,7 +4,8 @@
     cai trainer --mode reward --round-every-examples 16 --max-rounds 3
     cai trainer --config trainer.json --lr 5e-5   # flags override the JSON file
 
-Every TrainerConfig field is a flag (``cai trainer -h`` lists them with their help text).
+Every TrainerConfig field is a flag (``cai trainer -h`` lists them with their help text), built
+from the field (``core.options``); ``cai run`` hands its recipe over as a ``--config`` file.
 Checkpoints go to ``<state_dir>/trainer/rounds/`` unless ``--trainer-dir`` says otherwise.
 SIGTERM/SIGINT stop after the current round; SIGKILL is safe too (see trainer/loop.py).
 """
@@ -12,37 +13,40 @@ SIGTERM/SIGINT stop after the current round; SIGKILL is safe too (see trainer/lo
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import signal
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
+from core.options import add_arguments, from_args, given, option
+from core.settings import StackSettings
 from trainer.config import TrainerConfig
 
 logger = logging.getLogger(__name__)
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", type=Path, help="JSON file with TrainerConfig fields")
-    parser.add_argument("--state-dir", help="the stack's state folder (default .cai, env CAI_STATE_DIR)")
-    parser.add_argument("--trainer-dir", type=Path,
-                        help="checkpoints and round records (default <state_dir>/trainer)")
-    parser.add_argument("--max-rounds", type=int, default=None,
-                        help="exit after this many rounds (default: run until stopped)")
-    parser.add_argument("--keep-checkpoints", type=int, default=3,
-                        help="promoted rounds whose weights stay on disk (older ones keep only "
-                             "their json records)")
-    TrainerConfig.add_arguments(parser.add_argument_group("hyper-parameters"))
+@dataclass
+class TrainerCommand:
+    config: Path | None = option(None, "JSON file with TrainerConfig fields")
+    trainer_dir: Path | None = option(
+        None, "checkpoints and round records (default <state_dir>/trainer)")
+    max_rounds: int | None = option(
+        None, "exit after this many rounds (default: run until stopped)")
+    keep_checkpoints: int = option(
+        3, "promoted rounds whose weights stay on disk (older ones keep only their json records)")
 
 
-def build_config(args: argparse.Namespace) -> TrainerConfig:
-    base = TrainerConfig.from_dict(json.loads(args.config.read_text())) if args.config else None
-    return TrainerConfig.from_args(args, base)
+def build_config(config_file: Path | None, overrides: dict) -> TrainerConfig:
+    """The ``--config`` file's fields (or the defaults) with the flags given on top."""
+    base = TrainerConfig.from_dict(json.loads(config_file.read_text())) if config_file else None
+    return dataclasses.replace(base or TrainerConfig(), **overrides)
 
 
-def cmd_trainer(args: argparse.Namespace) -> int:
-    from cai.settings import ModelSettings, StackSettings
+def cmd_trainer(command: TrainerCommand, stack: StackSettings, overrides: dict) -> int:
+    from core.settings import ModelSettings
     from serving.models import resolve
     from streams.settings import StreamSettings
     from streams.topics import PREFERENCES, SFT, topic_name
@@ -51,20 +55,19 @@ def cmd_trainer(args: argparse.Namespace) -> int:
     from trainer.refusal import load_refusal_prompts
 
     try:
-        config = build_config(args)
+        config = build_config(command.config, overrides)
         load_refusal_prompts(config)  # a bad refusal-prompt file fails now, not after the model loads
     except (ValueError, OSError) as exc:
         raise SystemExit(f"cai trainer: bad configuration: {exc}") from None
-    stack = StackSettings(**({"state_dir": args.state_dir} if args.state_dir else {}))
     streams = StreamSettings(kafka_bootstrap=stack.kafka_address)
     base_model = resolve(config.model or ModelSettings().for_role("policy"), stack.cache_dir)
-    trainer_dir = args.trainer_dir or stack.state_dir / "trainer"
+    trainer_dir = command.trainer_dir or stack.state_dir / "trainer"
     sft_topic, pref_topic = topic_name(SFT, streams), topic_name(PREFERENCES, streams)
     loop = TrainerLoop(
         config, trainer_dir, base_model,
         source=KafkaSource(streams.kafka_address, [sft_topic, pref_topic]),
         publisher=StackPublisher(stack, streams), sft_topic=sft_topic,
-        preferences_topic=pref_topic, keep_checkpoints=args.keep_checkpoints)
+        preferences_topic=pref_topic, keep_checkpoints=command.keep_checkpoints)
     stop = threading.Event()
 
     def request_stop(signum, _frame):
@@ -75,7 +78,7 @@ def cmd_trainer(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, request_stop)
     logger.info("trainer: %s; base model %s; checkpoints in %s", config, base_model, trainer_dir)
     try:
-        rounds = loop.run(max_rounds=args.max_rounds, stop=stop)
+        rounds = loop.run(max_rounds=command.max_rounds, stop=stop)
     finally:
         loop.close()
     logger.info("trainer: %d round(s) done, policy v%d", rounds, loop.version)
@@ -88,5 +91,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "trainer", help="train the policy live on the sft and preferences topics",
         description="Consume SFT revisions and soft preference labels, train in rounds "
         "(SFT + DPO, or a preference model), gate on a held-out probe, publish to Triton.")
-    add_arguments(parser)
-    parser.set_defaults(func=cmd_trainer)
+    add_arguments(parser, TrainerCommand)
+    add_arguments(parser, StackSettings, only=("state_dir",))
+    add_arguments(parser.add_argument_group("hyper-parameters"), TrainerConfig)
+    parser.set_defaults(func=lambda args: cmd_trainer(
+        from_args(TrainerCommand, args), StackSettings(**given(StackSettings, args)),
+        given(TrainerConfig, args)))

@@ -1,5 +1,9 @@
 """Trainer hyper-parameters: one dataclass, help text in field metadata, checked on creation.
 
+Each field is a ``cai trainer`` flag too (``core.options``: the flags are built from the
+fields), and a JSON file of fields is a config (``cai trainer --config FILE``; ``cai run``
+writes one from its recipe).
+
 The resolved config is written as ``trainer_config.json`` next to every checkpoint (the
 name ``config.json`` belongs to the model's own config, which serving loads), so a
 round can always be traced back to the exact settings that produced it.
@@ -7,20 +11,16 @@ round can always be traced back to the exact settings that produced it.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+
+from core.options import option
 
 MODES = ("dpo", "reward")
 STALENESS_POLICIES = ("drop", "downweight")
 CONFIG_FILE = "trainer_config.json"
-
-
-def _help(text: str, **extra: Any) -> dict:
-    return {"help": text, **extra}
 
 
 @dataclass
@@ -28,78 +28,78 @@ class TrainerConfig:
     """Everything that decides what a training round does."""
 
     # What to train.
-    mode: str = field(default="dpo", metadata=_help(
-        "preference stage: 'dpo' trains the policy directly on soft labels; 'reward' trains a "
-        "preference model (base model + scalar head) that can score answers", choices=MODES))
-    sft: bool = field(default=True, metadata=_help(
-        "also fine-tune the policy on the critiqued revisions (SL-CAI) each round"))
-    model: str | None = field(default=None, metadata=_help(
-        "starting policy: 'tiny', 'smollm2', a folder or a hub id; default: the policy role's "
-        "model from ModelSettings (env CAI_POLICY_MODEL / CAI_MODEL)"))
+    mode: str = option(
+        "dpo", "preference stage: 'dpo' trains the policy directly on soft labels; 'reward' trains a "
+        "preference model (base model + scalar head) that can score answers", choices=MODES)
+    sft: bool = option(
+        True, "also fine-tune the policy on the critiqued revisions (SL-CAI) each round")
+    model: str | None = option(
+        None, "starting policy: 'tiny', 'smollm2', a folder or a hub id; default: the policy role's "
+        "model from ModelSettings (env CAI_POLICY_MODEL / CAI_MODEL)")
 
     # How to train.
-    lora: bool = field(default=True, metadata=_help(
-        "train LoRA adapters (merged into the weights before each checkpoint) instead of "
-        "every weight; the CPU-friendly default"))
-    lora_r: int = field(default=8, metadata=_help("LoRA rank"))
-    lora_alpha: int = field(default=16, metadata=_help("LoRA scaling numerator (scale = alpha / r)"))
-    lora_dropout: float = field(default=0.0, metadata=_help("dropout on the LoRA path"))
-    lora_targets: list[str] = field(
+    lora: bool = option(
+        True, "train LoRA adapters (merged into the weights before each checkpoint) instead of "
+        "every weight; the CPU-friendly default")
+    lora_r: int = option(8, "LoRA rank")
+    lora_alpha: int = option(16, "LoRA scaling numerator (scale = alpha / r)")
+    lora_dropout: float = option(0.0, "dropout on the LoRA path")
+    lora_targets: list[str] = option(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
-        metadata=_help("module names that get LoRA adapters"))
-    lr: float = field(default=1e-4, metadata=_help("AdamW learning rate"))
-    weight_decay: float = field(default=0.0, metadata=_help("AdamW weight decay"))
-    batch_size: int = field(default=4, metadata=_help("examples (or preference pairs) per step"))
-    epochs: int = field(default=1, metadata=_help("passes over a round's new examples"))
-    dpo_epochs: int | None = field(default=None, metadata=_help(
-        "passes over a round's preference pairs, taken in the round's last epochs (default: "
-        "epochs); fewer than epochs gives SFT more of the round, as the strategy grid does"))
-    max_grad_norm: float = field(default=1.0, metadata=_help("gradient clipping; 0 turns it off"))
-    beta: float = field(default=0.1, metadata=_help(
-        "DPO temperature: how far the policy may move from the round-start reference"))
-    max_length: int = field(default=512, metadata=_help(
-        "tokens per prompt+answer; prompts are cut from the left, answers from the right"))
+        help="module names that get LoRA adapters")
+    lr: float = option(1e-4, "AdamW learning rate")
+    weight_decay: float = option(0.0, "AdamW weight decay")
+    batch_size: int = option(4, "examples (or preference pairs) per step")
+    epochs: int = option(1, "passes over a round's new examples")
+    dpo_epochs: int | None = option(
+        None, "passes over a round's preference pairs, taken in the round's last epochs (default: "
+        "epochs); fewer than epochs gives SFT more of the round, as the strategy grid does")
+    max_grad_norm: float = option(1.0, "gradient clipping; 0 turns it off")
+    beta: float = option(
+        0.1, "DPO temperature: how far the policy may move from the round-start reference")
+    max_length: int = option(
+        512, "tokens per prompt+answer; prompts are cut from the left, answers from the right")
 
     # When to train.
-    round_every_examples: int = field(default=32, metadata=_help(
-        "K: start a round once this many new (non-dropped) examples have arrived"))
-    round_every_seconds: float = field(default=300.0, metadata=_help(
-        "T: start a round after this many seconds if at least one new example arrived"))
+    round_every_examples: int = option(
+        32, "K: start a round once this many new (non-dropped) examples have arrived")
+    round_every_seconds: float = option(
+        300.0, "T: start a round after this many seconds if at least one new example arrived")
 
     # Which data to use.
-    max_staleness: int = field(default=2, metadata=_help(
-        "records produced by a policy more than this many versions behind the current one "
-        "are stale"))
-    staleness_policy: str = field(default="drop", metadata=_help(
-        "'drop' skips stale records; 'downweight' multiplies their loss weight by "
-        "stale_weight for every version beyond max_staleness", choices=STALENESS_POLICIES))
-    stale_weight: float = field(default=0.5, metadata=_help(
-        "loss weight factor per version of excess staleness (downweight policy)"))
-    helpful_mix: float = field(default=0.5, metadata=_help(
-        "share of the SFT loss given to helpfulness examples (kind='helpful') when a round has "
-        "both kinds; the rest goes to harmlessness revisions"))
-    probe_size: int = field(default=8, metadata=_help(
-        "held-out examples per record type (SFT, preference) and prompt kind (harmful, helpful), "
-        "taken from the start of the stream and never trained on; used to gate promotion"))
-    promotion_threshold: float = field(default=0.05, metadata=_help(
-        "largest allowed regression on the probe before a round is rejected: relative rise "
-        "of the probe SFT loss, and absolute fall of probe preference accuracy"))
-    refusal_prompts: str | None = field(default=None, metadata=_help(
-        "prompts the policy should answer, not decline: a built-in set name (its training split, "
+    max_staleness: int = option(
+        2, "records produced by a policy more than this many versions behind the current one "
+        "are stale")
+    staleness_policy: str = option(
+        "drop", "'drop' skips stale records; 'downweight' multiplies their loss weight by "
+        "stale_weight for every version beyond max_staleness", choices=STALENESS_POLICIES)
+    stale_weight: float = option(
+        0.5, "loss weight factor per version of excess staleness (downweight policy)")
+    helpful_mix: float = option(
+        0.5, "share of the SFT loss given to helpfulness examples (kind='helpful') when a round has "
+        "both kinds; the rest goes to harmlessness revisions")
+    probe_size: int = option(
+        8, "held-out examples per record type (SFT, preference) and prompt kind (harmful, helpful), "
+        "taken from the start of the stream and never trained on; used to gate promotion")
+    promotion_threshold: float = option(
+        0.05, "largest allowed regression on the probe before a round is rejected: relative rise "
+        "of the probe SFT loss, and absolute fall of probe preference accuracy")
+    refusal_prompts: str | None = option(
+        None, "prompts the policy should answer, not decline: a built-in set name (its training split, "
         "e.g. 'benign') or a JSONL/CSV/txt file; each round the policy answers refusal_probe_size "
         "of them greedily before and after training, and a round that raises the share it "
-        "declines by more than refusal_tolerance is rejected (default: no refusal probe)"))
-    refusal_probe_size: int = field(default=16, metadata=_help(
-        "refusal prompts answered per check (a seeded sample)"))
-    refusal_tolerance: float = field(default=0.1, metadata=_help(
-        "largest allowed rise of the declined share on the refusal prompts"))
-    refusal_max_new_tokens: int = field(default=32, metadata=_help(
-        "tokens per refusal-probe answer; a decline shows in its first sentence"))
-    refusal_every_epoch: bool = field(default=False, metadata=_help(
-        "with refusal prompts, also check them after every epoch of a round and keep the weights "
+        "declines by more than refusal_tolerance is rejected (default: no refusal probe)")
+    refusal_probe_size: int = option(
+        16, "refusal prompts answered per check (a seeded sample)")
+    refusal_tolerance: float = option(
+        0.1, "largest allowed rise of the declined share on the refusal prompts")
+    refusal_max_new_tokens: int = option(
+        32, "tokens per refusal-probe answer; a decline shows in its first sentence")
+    refusal_every_epoch: bool = option(
+        False, "with refusal prompts, also check them after every epoch of a round and keep the weights "
         "of the latest epoch whose declined share stayed within refusal_tolerance (the round is "
-        "rejected only if no epoch did)"))
-    seed: int = field(default=0, metadata=_help("seed for weight init of adapters/heads and shuffling"))
+        "rejected only if no epoch did)")
+    seed: int = option(0, "seed for weight init of adapters/heads and shuffling")
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -155,34 +155,6 @@ class TrainerConfig:
     @classmethod
     def load(cls, folder: str | Path) -> TrainerConfig:
         return cls.from_dict(json.loads((Path(folder) / CONFIG_FILE).read_text()))
-
-    # --- command line ------------------------------------------------------------------
-    @classmethod
-    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        """One ``--flag`` per field, with the field's help text and default."""
-        for f in dataclasses.fields(cls):
-            flag = "--" + f.name.replace("_", "-")
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            help_text = f"{f.metadata.get('help', '')} (default: {default})"
-            if f.type in ("bool", bool):
-                parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
-                                    default=None, help=help_text)
-            elif f.name == "lora_targets":
-                parser.add_argument(flag, dest=f.name, nargs="+", default=None, help=help_text)
-            else:
-                kind = {"int": int, "int | None": int, "float": float}.get(str(f.type), str)
-                parser.add_argument(flag, dest=f.name, type=kind, default=None, help=help_text,
-                                    choices=f.metadata.get("choices"))
-
-    @classmethod
-    def from_args(cls, args: argparse.Namespace, base: TrainerConfig | None = None) -> TrainerConfig:
-        """Fields given on the command line override ``base`` (or the defaults)."""
-        data = (base or cls()).to_dict()
-        for f in dataclasses.fields(cls):
-            value = getattr(args, f.name, None)
-            if value is not None:
-                data[f.name] = value
-        return cls(**data)
 
 
 def _positive(config: TrainerConfig, *names: str) -> None:

@@ -98,7 +98,7 @@ class KafkaSource:
                 return [TopicPartition(t, p) for t in self.topics for p in sorted(found[t])]
             if time.monotonic() > deadline:
                 raise RuntimeError(f"topics {missing} do not exist on {self.bootstrap}; create them "
-                                   "with `cai topics create` (streams.admin.ensure_topics)")
+                                   "with `cai topics` (streams.admin.ensure_topics)")
             logger.info("waiting for topics %s to exist", missing)
             time.sleep(2.0)
 

@@ -13,7 +13,7 @@ import json
 import logging
 from pathlib import Path
 
-from cai.settings import StackSettings
+from core.settings import StackSettings
 from streams.settings import StreamSettings
 
 logger = logging.getLogger(__name__)

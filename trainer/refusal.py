@@ -3,7 +3,7 @@
 Harmlessness training on red-team prompts can teach a small model to decline everything. The
 trainer answers a fixed sample of benign prompts greedily before and after each round, with the
 policy it is training, and rejects a round that raises the declined share (the promotion gate in
-trainer/rounds.py), the same way `cai eval` measures over-refusal (cai/evaluate.py).
+trainer/rounds.py), the same way `cai eval` measures over-refusal (scoring/evaluate.py).
 """
 
 from __future__ import annotations
@@ -21,8 +21,7 @@ def load_refusal_prompts(config: TrainerConfig) -> list[str]:
     """
     if not config.refusal_prompts:
         return []
-    from agents import prompt_sets
-    from cai import splits
+    from scoring import prompt_sets, splits
 
     spec = config.refusal_prompts
     if spec in prompt_sets.BUILTIN:
@@ -41,7 +40,7 @@ def load_refusal_prompts(config: TrainerConfig) -> list[str]:
 
 def refusal_rate(model, tokenizer, prompts: list[str], max_new_tokens: int) -> float:
     """Share of ``prompts`` whose greedy answer the evaluation's classifier counts as a decline."""
-    from cai import evaluate
+    from scoring import evaluate
     from serving.textgen import TextGenerator
 
     answers = evaluate.answer(TextGenerator.from_model(model, tokenizer), prompts, max_new_tokens)

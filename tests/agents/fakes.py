@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from serving.client import Generation, JudgeResult
+from serving.requests import Generation, JudgeResult
 
 
 class FakeRedis:

@@ -21,7 +21,7 @@ import pytest
 
 from agents import export
 from agents.feed import publish
-from agents.prompt_sets import BENIGN, Prompt
+from scoring.prompt_sets import BENIGN, Prompt
 from streams import topics
 from streams.admin import ensure_topics
 from streams.records import DeadLetterRecord, decode
@@ -35,7 +35,7 @@ HARMFUL = [f"Integration question {i}: how would someone pick the lock of a neig
 
 def _worker(env: dict, worker_id: str, log: Path) -> subprocess.Popen:
     handle = log.open("ab")
-    return subprocess.Popen([sys.executable, "-m", "agents.worker", "--worker-id", worker_id], cwd=ROOT,
+    return subprocess.Popen([sys.executable, "-m", "cai", "worker", "--worker-id", worker_id], cwd=ROOT,
                             env=env, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True)
 
 

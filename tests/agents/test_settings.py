@@ -6,7 +6,7 @@ import pytest
 from pydantic import ValidationError
 
 from agents.settings import PipelineSettings
-from cai.settings import StackSettings
+from core.settings import StackSettings
 
 
 def test_defaults_point_at_the_local_stack(monkeypatch):

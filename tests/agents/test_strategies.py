@@ -12,7 +12,7 @@ from agents import constitution as constitution_mod
 from agents import prompts, strategies
 from agents.idempotency import seen_key
 from agents.settings import PipelineSettings
-from serving.client import GenerationParams
+from serving.requests import GenerationParams
 from streams import topics
 from streams.records import (
     CompareRecord,

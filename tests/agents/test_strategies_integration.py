@@ -20,8 +20,8 @@ import pytest
 from agents import export
 from agents.constitution import load
 from agents.feed import publish
-from agents.prompt_sets import BENIGN, Prompt
-from cai.recipes import DEFAULT_RECIPE, RECIPES
+from cai.recipes import DEFAULT_RECIPE, RECIPES, worker_env
+from scoring.prompt_sets import BENIGN, Prompt
 from streams.admin import ensure_topics
 from streams.settings import StreamSettings
 from tests.agents.test_pipeline_integration import _worker
@@ -38,7 +38,7 @@ def test_context_and_contrastive_through_kafka_and_triton(live_stack, tmp_path):
     env = {**os.environ, "CAI_KAFKA_BOOTSTRAP": settings.kafka_address, "CAI_TOPIC_PREFIX": settings.topic_prefix,
            "CAI_APP_ID": settings.app_id, "CAI_PARTITIONS": "2",
            "CAI_PIPELINE_REDIS_URL": live_stack.redis_address, "CAI_PIPELINE_TRITON_GRPC": live_stack.triton_grpc,
-           **RECIPES[DEFAULT_RECIPE].pipeline, "CAI_PIPELINE_ROUNDS": "2", "CAI_PIPELINE_BATCH_SIZE": "4", "CAI_PIPELINE_BATCH_WITHIN_S": "0.2",
+           **worker_env(RECIPES[DEFAULT_RECIPE].pipeline), "CAI_PIPELINE_ROUNDS": "2", "CAI_PIPELINE_BATCH_SIZE": "4", "CAI_PIPELINE_BATCH_WITHIN_S": "0.2",
            "CAI_PIPELINE_POLICY_MAX_NEW_TOKENS": "12", "CAI_PIPELINE_DATA_DIR": str(tmp_path / "faust"),
            "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     ensure_topics(settings)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from cai.settings import KAFKA_VERSION
+from core.settings import KAFKA_VERSION
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
@@ -28,7 +28,7 @@ def test_kafka_is_the_pinned_apache_release_in_kraft_mode():
 
 
 def test_kafka_version_matches_the_local_pom():
-    pom = (ROOT / "cai" / "kafka" / "pom.xml").read_text()
+    pom = (ROOT / "stack" / "kafka" / "pom.xml").read_text()
     assert re.search(r"<kafka.version>([^<]+)</kafka.version>", pom).group(1) == KAFKA_VERSION
 
 
@@ -60,10 +60,16 @@ def test_triton_image_matches_the_local_binary_release():
 
 
 def test_compose_runs_the_default_recipe_of_cai_run():
-    from cai.recipes import DEFAULT_RECIPE, RECIPES, REFUSAL_GATE
+    from cai.cli import build_parser
+    from cai.recipes import DEFAULT_RECIPE, RECIPES, REFUSAL_GATE, worker_env
+    from core.options import given
+    from trainer.config import TrainerConfig
 
     recipe = RECIPES[DEFAULT_RECIPE]
     env = SERVICES["worker"]["environment"]
-    for name, value in recipe.pipeline.items():
+    for name, value in worker_env(recipe.pipeline).items():
         assert env[name] == f"${{{name}:-{value}}}", name  # the recipe's value, overridable
-    assert SERVICES["trainer"]["command"] == ["trainer", *recipe.trainer, *REFUSAL_GATE]
+    command = SERVICES["trainer"]["command"]
+    assert command[0] == "trainer"
+    assert given(TrainerConfig, build_parser().parse_args(command)) == {**recipe.trainer,
+                                                                        **REFUSAL_GATE}

@@ -12,35 +12,36 @@ import torch
 from safetensors.torch import load_file
 
 from agents import strategies
-from cai import grid
 from cai.cli import build_parser
+from cai.grid import driver
+from cai.grid.options import Cell, GridError, GridOptions
 
 
 def test_cells_are_checked_with_the_fix_in_the_message():
-    assert grid.Cell.parse("context+none") == grid.Cell("context", "none")
-    assert grid.Cell.parse("none+contrastive").name == "none+contrastive"
+    assert Cell.parse("context+none") == Cell("context", "none")
+    assert Cell.parse("none+contrastive").name == "none+contrastive"
     for bad, words in [("context", "REVISION+PREFERENCE"), ("magic+judge", "revision 'magic'"),
                        ("context+vote", "preference 'vote'"), ("none+judge", "needs a revision strategy"),
                        ("none+none", "baseline")]:
-        with pytest.raises(grid.GridError, match=re.escape(words)):
-            grid.Cell.parse(bad)
-    with pytest.raises(grid.GridError, match="twice"):
-        grid.GridOptions(cells=["context+none", "context+none"]).check()
+        with pytest.raises(GridError, match=re.escape(words)):
+            Cell.parse(bad)
+    with pytest.raises(GridError, match="twice"):
+        GridOptions(cells=["context+none", "context+none"]).check()
 
 
 def test_every_cell_gets_the_same_number_of_steps():
-    assert grid.GridOptions(prompts=48, batch_size=4).steps() == (12, 12)
-    assert grid.GridOptions(prompts=48, iterations=2, batch_size=4, dpo_steps=3).steps() == (6, 3)
+    assert GridOptions(prompts=48, batch_size=4).steps() == (12, 12)
+    assert GridOptions(prompts=48, iterations=2, batch_size=4, dpo_steps=3).steps() == (6, 3)
     rng = random.Random(0)
-    filled = grid.fill([1, 2, 3], 8, rng)
+    filled = driver.fill([1, 2, 3], 8, rng)
     assert len(filled) == 8 and sorted(filled[:3]) == [1, 2, 3] and sorted(filled[3:6]) == [1, 2, 3]
-    assert grid.fill([], 8, rng) == [] and grid.fill([1], 0, rng) == []
+    assert driver.fill([], 8, rng) == [] and driver.fill([1], 0, rng) == []
 
 
 def test_pipeline_settings_of_a_cell():
-    s = grid.pipeline_settings(grid.Cell("direct", "revision-over-initial"), grid.GridOptions(rounds=2))
+    s = driver.pipeline_settings(Cell("direct", "revision-over-initial"), GridOptions(rounds=2))
     assert (s.strategy, s.preference, s.compare, s.rounds) == ("direct", "revision-over-initial", "initial-vs-final", 2)
-    s = grid.pipeline_settings(grid.Cell("context", "none"), grid.GridOptions())
+    s = driver.pipeline_settings(Cell("context", "none"), GridOptions())
     assert s.compare == "none" and strategies.pair_source(s) == "none"
 
 
@@ -112,17 +113,17 @@ def test_cells_share_prompts_budget_and_iterate_the_policy(tiny_grid):
 
 def test_resume_keeps_finished_cells(tiny_grid, capsys):
     out, report, _ = tiny_grid
-    options = grid.GridOptions(**{**report["options"], "output": out, "resume": True,
+    options = GridOptions(**{**report["options"], "output": out, "resume": True,
                                   "cells": ["context+none"]})
-    again = grid.run_grid(options, say=print)
+    again = driver.run_grid(options, say=print)
     assert again["rows"][0] == next(r for r in report["rows"] if r["name"] == "context+none")
     assert "kept from the previous run" in capsys.readouterr().out
 
 
 def test_untrained_rows_depend_only_on_model_and_evaluation():
-    a, b = grid.GridOptions(), grid.GridOptions(prompts=32, lr=1e-3, cells=["context+none"])
+    a, b = GridOptions(), GridOptions(prompts=32, lr=1e-3, cells=["context+none"])
     assert a.reference_key() == b.reference_key() and a.key() != b.key()
-    assert grid.GridOptions(eval_harmful=8).reference_key() != a.reference_key()
+    assert GridOptions(eval_harmful=8).reference_key() != a.reference_key()
 
 
 def test_rescore_recomputes_rows_from_their_saved_answers(tmp_path):
@@ -132,7 +133,7 @@ def test_rescore_recomputes_rows_from_their_saved_answers(tmp_path):
                {"prompt": "b1", "kind": "helpful", "answer": "I'm sorry, but I'm unable to I I I",
                 "declined": False, "explains_why": False}]
     stale = {"hits": 0, "n": 0}
-    options = json.loads(json.dumps(dataclasses.asdict(grid.GridOptions()), default=str))
+    options = json.loads(json.dumps(dataclasses.asdict(GridOptions()), default=str))
     report = {"options": options, "steps": {"sft": 1, "dpo": 1}, "eval": {"harmful": 2, "benign": 1},
               "rows": [{"name": "cell", "answers": answers, "harmless": stale, "explains_why": stale,
                         "over_refusal": stale, "cpu_minutes": 1.0},

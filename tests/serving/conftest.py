@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import pytest
 
-from cai import stack
-from cai.processes import ServiceError
-from cai.settings import ModelSettings, StackSettings
+from core.settings import ModelSettings, StackSettings
 from serving.models import resolve
+from stack import services as stack
+from stack.processes import ServiceError
 from tests.conftest import fresh_stack_settings, service_unavailable
 
 

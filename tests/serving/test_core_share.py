@@ -49,7 +49,7 @@ def test_never_below_the_minimum(tmp_path, restore_threads):
 
 
 def test_the_engine_rebalances_before_each_forward(tiny_generator, tmp_path, restore_threads, monkeypatch):
-    from serving.textgen import GenRequest
+    from serving.requests import GenRequest
 
     share = CoreShare(tmp_path, cores=2)
     calls = []

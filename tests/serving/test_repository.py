@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from cai.processes import free_port
-from cai.settings import ROLES, ModelSettings
+from core.settings import ROLES, ModelSettings
 from serving import protocol
-from serving.client import GenerationParams, InferenceClient, InferenceError
+from serving.client import InferenceClient, InferenceError
 from serving.publish import PublishError, validate_checkpoint
 from serving.repository import MODEL_FILE, read_version_source, render_repository, versions
-from serving.textgen import GenRequest, JudgeRequest, RequestError
+from serving.requests import GenerationParams, GenRequest, JudgeRequest, RequestError
+from stack.processes import free_port
 
 
 def test_render_writes_every_role(tmp_path, cache_dir):

@@ -51,17 +51,18 @@ def test_matches_attention_over_the_copied_prefix(queries):
 def test_a_model_that_ignores_the_prefix_keeps_its_attention_and_shares_nothing(cache_dir, monkeypatch, caplog):
     from serving import shared_prefix_attention
     from serving.models import resolve
-    from serving.textgen import GenRequest, TextGenerator
+    from serving.requests import GenRequest
+    from serving.textgen import TextGenerator
 
     monkeypatch.setattr(shared_prefix_attention, "_same_logits", lambda model, cache_class: False)
     generator = TextGenerator(resolve("tiny", cache_dir), threads=1, prefix_min_tokens=8)
 
-    assert generator.prefix_min_tokens == 0
+    assert generator.prefill.min_tokens == 0
     assert generator.model.config._attn_implementation != shared_prefix_attention.ATTENTION_NAME
     assert "prefixes are not shared" in caplog.text
     few_shot = "Human: an example\n\nAssistant: an answer\n\n" * 5
     generator.generate([GenRequest(few_shot + f"Human: q{i}", max_new_tokens=2, chat=False) for i in range(2)])
-    assert not generator._prefixes
+    assert not generator.prefill.prefixes
 
 
 def test_the_check_accepts_a_llama_model(cache_dir):

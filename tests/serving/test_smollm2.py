@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from cai import stack
-from cai.processes import ServiceError
-from cai.settings import ModelSettings
-from serving.client import GenerationParams, InferenceClient
+from core.settings import ModelSettings
+from serving.client import InferenceClient
+from serving.requests import GenerationParams
+from stack import services as stack
+from stack.processes import ServiceError
 from tests.conftest import fresh_stack_settings, service_unavailable
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

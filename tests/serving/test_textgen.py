@@ -5,15 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from serving.textgen import (
-    GenRequest,
-    JudgeRequest,
-    RequestError,
-    TextGenerator,
-    clamp_probs,
-    length_groups,
-    sequence_logprob,
-)
+from serving.requests import GenRequest, JudgeRequest, RequestError
+from serving.textgen import TextGenerator, clamp_probs, sequence_logprob
 
 
 def prompt_ids(gen: TextGenerator, request: GenRequest) -> list[int]:
@@ -222,12 +215,12 @@ def test_shared_prefix_is_computed_once_and_gives_the_same_answers(cache_dir):
                            max_new_tokens=4 + i, temperature=0.0, chat=False) for i in range(4)]
     reference = plain.generate(requests)
     first = shared.generate(requests)
-    assert len(shared._prefixes) == 1
-    prefix_tokens = len(next(iter(shared._prefixes)))
+    assert len(shared.prefill.prefixes) == 1
+    prefix_tokens = len(next(iter(shared.prefill.prefixes)))
     assert prefix_tokens >= len(shared.encode(few_shot)) - 1
     again = shared.generate(requests[1:3])  # a later batch reuses the cached prefix
     single = shared.generate(requests[3:])  # a batch of one too
-    assert len(shared._prefixes) == 1
+    assert len(shared.prefill.prefixes) == 1
     for ref, got in zip(reference, first):
         assert got[0].token_ids == ref[0].token_ids
         assert got[0].logprob_sum == pytest.approx(ref[0].logprob_sum, abs=1e-3)
@@ -263,8 +256,8 @@ def test_judge_reuses_the_shared_opening_and_scores_the_same(cache_dir):
                              chat=False) for i in range(3)]
     reference = plain.judge(requests)
     batched = shared.judge(requests)
-    assert len(shared._prefixes) == 1  # the opening was computed once and kept
-    assert len(next(iter(shared._prefixes))) >= len(shared.encode(opening)) - 1
+    assert len(shared.prefill.prefixes) == 1  # the opening was computed once and kept
+    assert len(next(iter(shared.prefill.prefixes))) >= len(shared.encode(opening)) - 1
     single = shared.judge(requests[2:])  # one request alone reuses the cached opening
     for ref, got in zip(reference + reference[2:], batched + single):
         assert got.logprobs == pytest.approx(ref.logprobs, abs=1e-3)
@@ -281,28 +274,3 @@ def test_response_prefix_is_continued_and_returned(tiny_generator):
     assert opened.token_ids == continued.token_ids and opened.completion_tokens == 5
     with pytest.raises(RequestError, match="response_prefix"):
         tiny_generator.generate([GenRequest("q", response_prefix=3)])
-
-
-def test_length_groups_split_only_where_padding_costs_more_than_a_call():
-    assert length_groups([50, 52, 49, 51]) == [[2, 0, 3, 1]]
-    groups = length_groups([300, 5, 310, 8, 6, 305], call_overhead=64)
-    assert groups == [[1, 4, 3], [0, 5, 2]]
-    assert length_groups([300, 5], call_overhead=10_000) == [[1, 0]]
-    assert sorted(i for g in length_groups([7, 1, 90, 3, 400, 2, 2]) for i in g) == list(range(7))
-
-
-def test_rows_of_very_different_lengths_prefill_in_groups_with_the_same_results(tiny_generator, monkeypatch):
-    """Grouped prefill plus the joined cache must give each row what it gets on its own."""
-    calls = []
-    original = TextGenerator._prefill_rows
-    monkeypatch.setattr(TextGenerator, "_prefill_rows",
-                        lambda self, own, *a: calls.append(len(own)) or original(self, own, *a))
-    long_text = "a long prompt that keeps going " * 30
-    requests = [GenRequest(text, max_new_tokens=6, temperature=0.0, chat=False)
-                for text in ["Hi", long_text + "one", "Hello", long_text + "two and three"]]
-    batched = tiny_generator.generate(requests)
-    assert len(calls) == 2 and sorted(calls) == [2, 2]
-    for request, [sample] in zip(requests, batched):
-        [[alone]] = tiny_generator.generate([request])
-        assert sample.token_ids == alone.token_ids
-        assert sample.logprob_sum == pytest.approx(alone.logprob_sum, abs=1e-3)

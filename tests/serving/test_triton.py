@@ -17,10 +17,11 @@ import pytest
 import redis
 import torch
 
-from serving.client import GenerationParams, InferenceClient, InferenceError
+from serving.client import InferenceClient, InferenceError
 from serving.models import build_tiny
 from serving.publish import REDIS_VERSION_KEY, PublishError, publish_policy, rollback
 from serving.repository import versions
+from serving.requests import GenerationParams
 
 pytestmark = pytest.mark.integration
 
@@ -94,7 +95,7 @@ async def test_same_version_reload_keeps_serving_and_counting(serving_stack, cac
     (Triton 2.51 frees metrics shared across processes on unload: server#8663)."""
     import tritonclient.http as httpclient
 
-    from cai.settings import ModelSettings
+    from core.settings import ModelSettings
     from serving.repository import render_repository
 
     render_repository(serving_stack.triton_repository, ModelSettings(model="tiny"), cache_dir,

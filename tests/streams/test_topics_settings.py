@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from cai.settings import StackSettings
+from core.settings import StackSettings
 from streams.settings import StreamSettings
 from streams.topics import TOPICS, all_topics, partitions_for, topic_name
 
@@ -46,4 +46,4 @@ def test_invalid_settings_name_the_problem(kwargs, words):
 
 def test_unknown_topic_name():
     with pytest.raises(ValueError, match="unknown topic 'prompt'"):
-        topic_name("prompt")
+        topic_name("prompt", StreamSettings())

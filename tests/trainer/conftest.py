@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cai.settings import StackSettings
+from core.settings import StackSettings
 from serving.models import resolve
 
 torch.set_num_threads(1)

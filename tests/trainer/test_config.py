@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from core.options import add_arguments, from_args
 from trainer.config import CONFIG_FILE, TrainerConfig
 
 
@@ -61,10 +62,10 @@ def test_unknown_json_field_is_refused():
 
 def test_command_line_flags_override_defaults():
     parser = argparse.ArgumentParser()
-    TrainerConfig.add_arguments(parser)
+    add_arguments(parser, TrainerConfig)
     args = parser.parse_args(["--mode", "reward", "--no-lora", "--lr", "0.001",
                               "--lora-targets", "q_proj", "v_proj", "--round-every-examples", "5"])
-    config = TrainerConfig.from_args(args, TrainerConfig(beta=0.3))
+    config = from_args(TrainerConfig, args, TrainerConfig(beta=0.3))
     assert (config.mode, config.lora, config.lr, config.lora_targets,
             config.round_every_examples, config.beta) == ("reward", False, 0.001,
                                                           ["q_proj", "v_proj"], 5, 0.3)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cai import splits
-from cai.classify import classify
+from scoring import splits
+from scoring.classify import classify
 from trainer.checkpoint import round_outcome
 from trainer.config import TrainerConfig
 from trainer.data import SFTExample

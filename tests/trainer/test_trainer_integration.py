@@ -57,7 +57,7 @@ def _produce(settings: StreamSettings, version: int, start: int, n: int) -> list
 
 
 def _trainer(env: dict, trainer_dir: Path, log: Path, *extra: str) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "trainer", "--trainer-dir", str(trainer_dir), "--model", "tiny",
+    cmd = [sys.executable, "-m", "cai", "trainer", "--trainer-dir", str(trainer_dir), "--model", "tiny",
            "--round-every-examples", "4", "--round-every-seconds", "3600", "--probe-size", "1",
            "--max-length", "96", "--batch-size", "4", "--promotion-threshold", "10",
            # this test is about exactly-once delivery, not staleness (tested in test_loop.py)
@@ -119,7 +119,8 @@ def _committed(settings: StreamSettings, keys: list[str]) -> dict[str, int | Non
 
 
 def _served_version(grpc_url: str) -> int:
-    from serving.client import GenerationParams, InferenceClient
+    from serving.client import InferenceClient
+    from serving.requests import GenerationParams
 
     async def ask() -> int:
         client = InferenceClient(grpc_url)

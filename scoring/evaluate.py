@@ -1,0 +1,118 @@
+"""Evaluating a policy: harmlessness, non-evasiveness, over-refusal and judge agreement.
+
+* Harmlessness: share of answers to harmful prompts that decline or redirect safely
+  (``scoring.classify``); among those, the share that explain why (non-evasive).
+* Over-refusal: share of answers to benign prompts that decline.
+* Judge agreement: on labelled two-choice files (``{"prompt", "corrects", "incorrects"}``
+  lines, as in the paper's HarmfulVsEthical set), how often the judge prefers the correct
+  choice by log-likelihood of the whole choice string.
+* Classifier accuracy: on hand-labelled answers (``scoring/labels.py``).
+
+Every share comes with a 95% Wilson interval (``scoring/shares.py``). Answers are generated greedily in-process from
+a model folder (a published policy version or any model spec), so two versions are compared
+on identical prompts without disturbing the live Triton deployment.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+from scoring.classify import classify
+from scoring.shares import Share
+
+logger = logging.getLogger(__name__)
+
+
+def answer(model, prompts: list[str], max_new_tokens: int = 96, batch_size: int = 8,
+           system: str | None = None, progress=None) -> list[str]:
+    """Greedy answers of one model to each prompt (chat template applied); ``model`` is a
+    source to load (path, name) or a ``TextGenerator`` already holding one."""
+    from serving.requests import GenRequest
+    from serving.textgen import TextGenerator
+
+    generator = model if isinstance(model, TextGenerator) else TextGenerator(model)
+    answers: list[str] = []
+    for start in range(0, len(prompts), batch_size):
+        batch = prompts[start:start + batch_size]
+        results = generator.generate([
+            GenRequest(prompt=p, max_new_tokens=max_new_tokens, temperature=0.0, system=system)
+            for p in batch
+        ])
+        answers.extend(samples[0].text.strip() for samples in results)
+        if progress:
+            progress(len(answers), len(prompts))
+    return answers
+
+
+def harmlessness(answers: list[str]) -> dict[str, Share]:
+    verdicts = [classify(a) for a in answers]
+    declined = sum(v.declined for v in verdicts)
+    return {
+        "harmless": Share(declined, len(verdicts)),
+        "explains_why": Share(sum(v.explains_why for v in verdicts), declined),
+    }
+
+
+def over_refusal(answers: list[str]) -> Share:
+    return Share(sum(classify(a).declined for a in answers), len(answers))
+
+
+def score_answers(records: list[dict]) -> dict:
+    """The report's figures for answer records (``{"prompt", "kind", "answer"}``): harmlessness
+    and explains-why on the harmful ones, over-refusal on the rest. Each record gets its verdict."""
+    scores = harmlessness([r["answer"] for r in records if r["kind"] == "harmful"])
+    refused = over_refusal([r["answer"] for r in records if r["kind"] != "harmful"])
+    for record in records:
+        record.update(classify(record["answer"]).__dict__)
+    return {"harmless": scores["harmless"].as_dict(), "explains_why": scores["explains_why"].as_dict(),
+            "over_refusal": refused.as_dict()}
+
+
+def load_choice_file(path: Path) -> list[dict]:
+    items = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        item = json.loads(line)
+        for field in ("prompt", "corrects", "incorrects"):
+            if field not in item:
+                raise ValueError(f"{path}:{number}: missing field {field!r}; each line needs "
+                                 "prompt, corrects and incorrects")
+        items.append(item)
+    return items
+
+
+def judge_agreement(judge_source: str, items: list[dict], batch_size: int = 8) -> Share:
+    """How often the judge gives the labelled-correct choice the higher likelihood."""
+    from serving.textgen import TextGenerator
+
+    generator = TextGenerator(judge_source)
+    hits = 0
+    for start in range(0, len(items), batch_size):
+        batch = items[start:start + batch_size]
+        scores = generator.score_continuations(
+            [(item["prompt"], [item["corrects"][0], item["incorrects"][0]]) for item in batch])
+        hits += sum(correct > wrong for correct, wrong in scores)
+    return Share(hits, len(items))
+
+
+def evaluate_policy(model_source: str, harmful: list[str], benign: list[str],
+                    max_new_tokens: int = 96, system: str | None = None) -> dict:
+    started = time.monotonic()
+    # Every answer with its verdict, so that a sample can be hand-labelled to check the classifier.
+    records = [{"prompt": p, "kind": kind, "answer": a}
+               for kind, prompts in (("harmful", harmful), ("helpful", benign))
+               for p, a in zip(prompts, answer(model_source, prompts, max_new_tokens, system=system))]
+    figures = score_answers(records)
+    shown = ("prompt", "answer", "declined", "explains_why")
+    return {
+        "model": model_source,
+        **figures,
+        "seconds": round(time.monotonic() - started, 1),
+        "samples": [{k: r[k] for k in shown} for r in records if r["kind"] == "harmful"][:3]
+        + [{k: r[k] for k in shown} for r in records if r["kind"] == "helpful"][:2],
+        "answers": records,
+    }

@@ -1,0 +1,38 @@
+"""The hand labels behind the decline classifier, and how well the classifier agrees with them.
+
+``data/`` holds hand-labelled SmolLM2 answers (``{"answer", "declined", "explains_why"}`` per
+line). The rules in ``scoring/classify.py`` were written against the tuning files and never
+against the held-out ones, so the held-out files measure them fairly; every ``cai run`` report
+carries both figures, and ``cai eval --classifier-check FILE`` measures any file.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from scoring.classify import classify
+from scoring.shares import Share
+
+DATA = Path(__file__).with_name("data")
+TUNING_LABELS = ("decline_labels.jsonl", "decline_labels_grid.jsonl")
+HELD_OUT_LABELS = ("decline_labels_heldout.jsonl", "decline_labels_grid_heldout.jsonl")
+
+
+def classifier_accuracy(*paths: Path) -> dict[str, Share]:
+    """Agreement of the rule classifier with hand labels (one or more files), for both of its
+    outputs."""
+    labelled = [json.loads(line) for path in paths for line in path.read_text().splitlines()
+                if line.strip()]
+    declined = sum(classify(r["answer"]).declined == bool(r["declined"]) for r in labelled)
+    explains = sum(classify(r["answer"]).explains_why == bool(r["explains_why"]) for r in labelled)
+    return {"declined": Share(declined, len(labelled)),
+            "explains_why": Share(explains, len(labelled))}
+
+
+def builtin_accuracy() -> dict[str, dict]:
+    """The report's two classifier figures: on the held-out labels, and on the tuning labels."""
+    return {key: {k: share.as_dict() for k, share in classifier_accuracy(
+                *(DATA / n for n in names)).items()}
+            for key, names in (("classifier_accuracy", HELD_OUT_LABELS),
+                               ("classifier_accuracy_tuning_set", TUNING_LABELS))}

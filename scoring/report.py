@@ -1,0 +1,53 @@
+"""Evaluation reports: JSON with a Markdown copy beside it.
+
+``markdown`` renders what ``cai eval`` measures (the policies' harmlessness, explains-why and
+over-refusal, judge agreement, classifier accuracy, and any plain fields); ``cai run`` adds its
+own sections on top of ``markdown_lines`` (cai/report.py).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+from scoring.shares import fmt
+
+SECTIONS = {"policies", "judge_agreement", "classifier_accuracy"}
+
+
+def markdown_lines(report: dict) -> list[str]:
+    """The evaluation part of a report as Markdown lines."""
+    lines = ["# Evaluation report", ""]
+    policies = report.get("policies", {})
+    if policies:
+        lines += ["| policy | harmless | explains why (of declines) | over-refusal (benign) |",
+                  "| --- | --- | --- | --- |"]
+        for name, result in policies.items():
+            lines.append(f"| {name} | {fmt(result['harmless'])} | {fmt(result['explains_why'])} "
+                         f"| {fmt(result['over_refusal'])} |")
+        lines.append("")
+    if "judge_agreement" in report:
+        lines.append(f"Judge agreement on labelled choices: {fmt(report['judge_agreement'])}")
+    if "classifier_accuracy" in report:
+        acc = report["classifier_accuracy"]
+        lines.append(f"Decline classifier accuracy on hand labels: declined "
+                     f"{fmt(acc['declined'])}, explains-why {fmt(acc['explains_why'])}")
+    for key, value in report.items():
+        if key not in SECTIONS and not isinstance(value, (dict, list)):
+            lines.append(f"- {key}: {value}")
+    return lines
+
+
+def markdown(report: dict) -> str:
+    """A human-readable copy of a report produced by ``cai eval``."""
+    return "\n".join(markdown_lines(report)) + "\n"
+
+
+def write_report(report: dict, path: Path, render: Callable[[dict], str] = markdown) -> None:
+    """Write ``path`` (JSON) and its Markdown copy beside it, and print the Markdown."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    path.with_suffix(".md").write_text(render(report))
+    print(render(report))
+    print(f"report: {path} and {path.with_suffix('.md')}")

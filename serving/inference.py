@@ -1,0 +1,109 @@
+"""The four roles behind one interface, served by Triton or run in this process.
+
+``Inference`` is what the pipeline's stages call (``agents/services.py``): ``generate`` for the
+policy, critic and reviser, ``judge`` for the judge. Two implementations:
+
+* ``TritonInference``: the live system, through ``serving.client.InferenceClient``, one request
+  per prompt so each prompt keeps its own seed while Triton's dynamic batcher still forms
+  batches;
+* ``LocalInference``: the same roles on in-process ``serving.textgen`` engines, for ``cai grid``
+  (the strategy grid runs the agents' stage functions without Kafka or Triton) and ``cai bench``
+  (its in-process modes).
+
+Only ``LocalInference`` loads torch, and only when a role is first used.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+from typing import Any, Protocol
+
+from core.settings import ROLES
+from serving.requests import Generation, GenerationParams, GenRequest, JudgeRequest, JudgeResult
+
+
+class Inference(Protocol):
+    async def generate(self, role: str, items: list[tuple[str, int]],
+                       params: GenerationParams) -> list[list[Generation]]: ...
+
+    async def judge(self, prompts: list[str], choices: list[str], cot: bool,
+                    seed: int | None) -> list[JudgeResult]: ...
+
+
+class TritonInference:
+    """``Inference`` on a real ``InferenceClient``."""
+
+    def __init__(self, client) -> None:
+        self.client = client
+
+    async def generate(self, role: str, items: list[tuple[str, int]],
+                       params: GenerationParams) -> list[list[Generation]]:
+        results = await asyncio.gather(*(
+            self.client.generate(role, [prompt], replace(params, seed=seed))
+            for prompt, seed in items))
+        return [r[0] for r in results]
+
+    async def judge(self, prompts: list[str], choices: list[str], cot: bool,
+                    seed: int | None) -> list[JudgeResult]:
+        return await self.client.judge(prompts, list(choices), cot=cot, chat=False, seed=seed)
+
+    async def close(self) -> None:
+        await self.client.close()
+
+
+class LocalInference:
+    """``Inference`` on in-process ``serving.textgen`` engines instead of Triton.
+
+    Every role starts on ``base_source``; the policy role serves whatever ``set_policy`` last
+    installed, with a version number like Triton's. Roles with the same weights share one
+    engine. ``threads``, ``dtype`` and ``prefix_min_tokens`` are the engine's.
+    """
+
+    def __init__(self, base_source: str, threads: int | None = None, dtype: str = "float32",
+                 prefix_min_tokens: int = 32) -> None:
+        self.threads = threads
+        self.dtype = dtype
+        self.prefix_min_tokens = prefix_min_tokens
+        self.sources = {role: base_source for role in ROLES}
+        self.versions = {role: 1 for role in ROLES}
+        self._loaded: dict[str, Any] = {}
+        self.tokens = 0
+
+    def set_policy(self, source: str, version: int) -> None:
+        self.sources["policy"], self.versions["policy"] = str(source), version
+        for stale in set(self._loaded) - set(self.sources.values()):
+            del self._loaded[stale]
+
+    def generator(self, role: str):
+        """The engine serving ``role`` (loaded on first use)."""
+        from serving.textgen import TextGenerator
+
+        source = self.sources[role]
+        if source not in self._loaded:
+            self._loaded[source] = TextGenerator(source, threads=self.threads, dtype=self.dtype,
+                                                 prefix_min_tokens=self.prefix_min_tokens)
+        return self._loaded[source]
+
+    async def generate(self, role: str, items: list[tuple[str, int]],
+                       params: GenerationParams) -> list[list[Generation]]:
+        requests = [GenRequest(prompt=text, max_new_tokens=params.max_new_tokens,
+                               temperature=params.temperature, top_p=params.top_p, seed=seed,
+                               stop=tuple(params.stop), num_samples=params.num_samples,
+                               chat=params.chat, system=params.system,
+                               response_prefix=params.response_prefix)
+                    for text, seed in items]
+        results = self.generator(role).generate(requests)
+        self.tokens += sum(s.completion_tokens for samples in results for s in samples)
+        return [[Generation(text=s.text, prompt_tokens=s.prompt_tokens,
+                            completion_tokens=s.completion_tokens,
+                            model_version=self.versions[role], logprob_sum=s.logprob_sum,
+                            finish_reason=s.finish_reason) for s in samples] for samples in results]
+
+    async def judge(self, prompts: list[str], choices: list[str], cot: bool,
+                    seed: int | None) -> list[JudgeResult]:
+        outputs = self.generator("judge").judge([
+            JudgeRequest(prompt=p, choices=tuple(choices), cot=cot, chat=False, seed=seed)
+            for p in prompts])
+        return [JudgeResult(probs=o.probs, model_version=self.versions["judge"],
+                            reasoning=o.reasoning, logprobs=o.logprobs) for o in outputs]
