@@ -46,8 +46,10 @@ class Pipeline:
             constitution = constitution_mod.load(self.settings.constitution)
             self.services = connect(self.settings, constitution, self.topics,
                                     namespace_for(self.stream_settings.topic_prefix))
-            logger.info("worker %s: constitution %s %s, %d rounds, compare=%s, strategy=%s, preference=%s",
-                        self.settings.worker_id, constitution.name, constitution.version, self.settings.rounds,
+            logger.info("worker %s: constitution %s %s, %d rounds, compare=%s, strategy=%s, "
+                        "preference=%s",
+                        self.settings.worker_id, constitution.name, constitution.version,
+                        self.settings.rounds,
                         self.settings.compare, self.settings.strategy, self.settings.preference)
         return self.services
 
@@ -56,7 +58,8 @@ def _broker(address: str) -> list[str]:
     return [f"kafka://{host.strip()}" for host in address.split(",") if host.strip()]
 
 
-def create_app(stream_settings: StreamSettings | None = None, settings: PipelineSettings | None = None,
+def create_app(stream_settings: StreamSettings | None = None,
+               settings: PipelineSettings | None = None,
                services: Services | None = None) -> Pipeline:
     stream_settings = stream_settings or StreamSettings()
     settings = settings or PipelineSettings()

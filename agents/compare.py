@@ -57,7 +57,8 @@ async def _judge(svc: Services, pairs: list[tuple[CompareRecord, str, str]]) -> 
     plan = []      # per pair: its principles
     questions = []
     for r, first, second in pairs:
-        principles = constitution.draw_comparisons(r.prompt_id, r.pair_index, r.seed, s.judge_principles)
+        principles = constitution.draw_comparisons(r.prompt_id, r.pair_index, r.seed,
+                                                   s.judge_principles)
         plan.append(principles)
         for p in principles:
             questions.append(prompts.comparison_prompt(constitution, p, r.prompt, first, second))
@@ -74,21 +75,26 @@ async def _judge(svc: Services, pairs: list[tuple[CompareRecord, str, str]]) -> 
             versions.update((straight.model_version, swapped.model_version))
         p_first, agree = label(probs, s.judge_cot)
         labels.append({"p_first": p_first, "orders_agree": agree, "probs": probs,
-                       "principle_ids": ",".join(p.id for p in principles), "judge_version": max(versions)})
+                       "principle_ids": ",".join(p.id for p in principles),
+                       "judge_version": max(versions)})
     return labels
 
 
 def _preference(svc: Services, r: CompareRecord, chosen: str, rejected: str, p_chosen: float,
-                strategy: str, judged: dict | None = None, policy_version: int | None = None) -> Output:
+                strategy: str, judged: dict | None = None,
+                policy_version: int | None = None) -> Output:
     judged = judged or {}
     return Output(topics.PREFERENCES, r.prompt_id, PreferenceRecord(
         prompt_id=r.prompt_id, prompt=r.prompt, chosen=chosen, rejected=rejected, p_chosen=p_chosen,
-        orders_agree=judged.get("orders_agree", True), principle_ids=judged.get("principle_ids", ""),
+        orders_agree=judged.get("orders_agree", True),
+        principle_ids=judged.get("principle_ids", ""),
         policy_version=r.policy_version if policy_version is None else policy_version,
         judge_version=judged.get("judge_version", 0), strategy=strategy,
-        revision_strategy=r.strategy if r.pair == "initial-vs-final" else "", pair=r.pair, kind=r.kind,
+        revision_strategy=r.strategy if r.pair == "initial-vs-final" else "", pair=r.pair,
+        kind=r.kind,
         source=r.source, constitution_version=svc.constitution.version,
-        probs_json=json.dumps(judged.get("probs", [])), seed=r.seed, prompt_created_at=r.prompt_created_at,
+        probs_json=json.dumps(judged.get("probs", [])), seed=r.seed,
+        prompt_created_at=r.prompt_created_at,
         record_id=f"pref:{key(r)}", created_at=now()))
 
 
@@ -102,7 +108,8 @@ async def process(svc: Services, records: list[CompareRecord]) -> list[list[Outp
             continue
         if s.preference == "revision-over-initial" and r.pair == "initial-vs-final":
             hard = strategies.hard_label(r.response_a, r.response_b)
-            outputs[id(r)] = [] if hard is None else [_preference(svc, r, *hard, strategy=s.preference)]
+            outputs[id(r)] = ([] if hard is None
+                              else [_preference(svc, r, *hard, strategy=s.preference)])
         else:
             judged.append((r, r.response_a, r.response_b))
 
@@ -114,21 +121,27 @@ async def process(svc: Services, records: list[CompareRecord]) -> list[list[Outp
             calls += [(toward, stable_seed(NAME, key(r), "toward", r.seed)),
                       (away, stable_seed(NAME, key(r), "away", r.seed))]
         answers = await strategies.run_calls(svc.inference, calls)
-        made = [(r, answers[2 * i].text.strip(), answers[2 * i + 1].text.strip()) for i, r in enumerate(contrastive)]
+        made = [(r, answers[2 * i].text.strip(), answers[2 * i + 1].text.strip())
+                for i, r in enumerate(contrastive)]
         versions = [answers[2 * i].model_version for i in range(len(contrastive))]
         rescored = await _judge(svc, made) if s.contrastive_label == "judge" else [None] * len(made)
         for (r, toward, away), version, judgement in zip(made, versions, rescored):
-            pair = (toward, away) if judgement is not None else strategies.contrastive_pair(r.kind, toward, away)
+            pair = ((toward, away) if judgement is not None
+                    else strategies.contrastive_pair(r.kind, toward, away))
             if pair is None:
-                logger.info("contrastive pair of %s dropped: its toward answer refuses a helpful prompt", key(r))
+                logger.info("contrastive pair of %s dropped: its toward answer refuses a helpful "
+                            "prompt", key(r))
                 outputs[id(r)] = []
                 continue
-            p = strategies.contrastive_label(judgement["p_first"] if judgement is not None else None)
-            outputs[id(r)] = [_preference(svc, r, *pair, p, "contrastive", judgement, policy_version=version)]
+            p = strategies.contrastive_label(
+                judgement["p_first"] if judgement is not None else None)
+            outputs[id(r)] = [_preference(svc, r, *pair, p, "contrastive", judgement,
+                                          policy_version=version)]
 
     for (r, first, second), j in zip(judged, await _judge(svc, judged) if judged else []):
         a_wins = j["p_first"] >= 0.5
-        outputs[id(r)] = [_preference(svc, r, first if a_wins else second, second if a_wins else first,
+        outputs[id(r)] = [_preference(svc, r, first if a_wins else second,
+                                      second if a_wins else first,
                                       j["p_first"] if a_wins else 1.0 - j["p_first"], "judge", j)]
     return [outputs[id(r)] for r in records]
 

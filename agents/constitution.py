@@ -123,15 +123,17 @@ class Constitution(_Strict):
             ids = [p.id for p in getattr(self, kind)]
             dupes = sorted({i for i in ids if ids.count(i) > 1})
             if dupes:
-                raise ValueError(f"{kind}: duplicate principle id(s) {dupes}; give each principle a unique id")
+                raise ValueError(f"{kind}: duplicate principle id(s) {dupes}; give each principle "
+                                 "a unique id")
         critique_ids = {p.id for p in self.critique_revision}
         for i, ex in enumerate(self.few_shot.critique_revision):
-            if ex.principle is None and (ex.critique_request is None or ex.revision_request is None):
+            if ex.principle is None and (ex.critique_request is None
+                                         or ex.revision_request is None):
                 raise ValueError(f"few_shot.critique_revision.{i}: set 'principle' (an id) or both "
                                  "'critique_request' and 'revision_request'")
             if ex.principle is not None and ex.principle not in critique_ids:
-                raise ValueError(f"few_shot.critique_revision.{i}.principle: {ex.principle!r} is not a "
-                                 f"critique_revision id; use one of {sorted(critique_ids)}")
+                raise ValueError(f"few_shot.critique_revision.{i}.principle: {ex.principle!r} is "
+                                 f"not a critique_revision id; use one of {sorted(critique_ids)}")
         comparison_ids = {p.id for p in self.comparison}
         for i, ex in enumerate(self.few_shot.comparison):
             if ex.principle is not None and ex.principle not in comparison_ids:
@@ -156,7 +158,8 @@ class Constitution(_Strict):
             return (example.critique_request or p.critique, example.revision_request or p.revision)
         return example.critique_request or "", example.revision_request or ""
 
-    def draw_critique(self, prompt_id: str, round_: int, seed: int, sample: int = 0) -> CritiquePrinciple:
+    def draw_critique(self, prompt_id: str, round_: int, seed: int,
+                      sample: int = 0) -> CritiquePrinciple:
         """Principle for critique round ``round_`` (1-based) of one chain.
 
         The chain's principles are a seeded shuffle, so rounds use different principles until
@@ -168,10 +171,12 @@ class Constitution(_Strict):
         random.Random(f"critique|{prompt_id}|{sample}|{seed}").shuffle(order)
         return order[(round_ - 1) % len(order)]
 
-    def draw_comparisons(self, prompt_id: str, pair_index: int, seed: int, count: int = 1) -> list[ComparisonPrinciple]:
+    def draw_comparisons(self, prompt_id: str, pair_index: int, seed: int,
+                         count: int = 1) -> list[ComparisonPrinciple]:
         """``count`` distinct comparison principles for one pair (seeded, reproducible)."""
         count = max(1, min(count, len(self.comparison)))
-        return random.Random(f"compare|{prompt_id}|{pair_index}|{seed}").sample(list(self.comparison), count)
+        rng = random.Random(f"compare|{prompt_id}|{pair_index}|{seed}")
+        return rng.sample(list(self.comparison), count)
 
 
 def _explain(exc: ValidationError, source: str) -> ConstitutionError:
@@ -191,8 +196,9 @@ def _explain(exc: ValidationError, source: str) -> ConstitutionError:
 
 def from_dict(data: object, source: str = "<data>") -> Constitution:
     if not isinstance(data, dict):
-        raise ConstitutionError(f"invalid constitution {source}: expected a mapping with name, version, "
-                                f"critique_revision and comparison, got {type(data).__name__}")
+        raise ConstitutionError(f"invalid constitution {source}: expected a mapping with name, "
+                                "version, critique_revision and comparison, got "
+                                f"{type(data).__name__}")
     try:
         return Constitution.model_validate(data)
     except ValidationError as exc:
@@ -205,8 +211,8 @@ def load(path: str | Path | None = None) -> Constitution:
     if path.is_dir():
         return load_paper_format(path)
     if not path.exists():
-        raise ConstitutionError(f"constitution file {path} does not exist; pass a YAML file or a folder "
-                                "holding the paper's CritiqueRevisionInstructions.json")
+        raise ConstitutionError(f"constitution file {path} does not exist; pass a YAML file or a "
+                                "folder holding the paper's CritiqueRevisionInstructions.json")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
@@ -251,8 +257,8 @@ def _parse_dialogue(text: str, source: str, index: int) -> CritiqueExample:
         turns.pop()
     if len(turns) < 2 or turns[-1][0] != "Assistant" or turns[-2][0] != "Human" or len(fields) < 4:
         raise ConstitutionError(
-            f"{source}[{index}]: expected 'Human: ... Assistant: ... CritiqueRequest: ... Critique: ... "
-            "RevisionRequest: ... Revision: ...'; check the example's markers")
+            f"{source}[{index}]: expected 'Human: ... Assistant: ... CritiqueRequest: ... "
+            "Critique: ... RevisionRequest: ... Revision: ...'; check the example's markers")
     history = []
     earlier = turns[:-2]
     for i in range(0, len(earlier) - 1, 2):
@@ -269,11 +275,12 @@ def load_paper_format(folder: str | Path, version: str = "bai2022") -> Constitut
     folder = Path(folder)
     instructions_file = folder / "CritiqueRevisionInstructions.json"
     if not instructions_file.exists():
-        raise ConstitutionError(f"{folder} holds no CritiqueRevisionInstructions.json; point at the "
-                                "folder with the paper's prompt files")
+        raise ConstitutionError(f"{folder} holds no CritiqueRevisionInstructions.json; point at "
+                                "the folder with the paper's prompt files")
     instructions = json.loads(instructions_file.read_text(encoding="utf-8"))
     if not isinstance(instructions, dict):
-        raise ConstitutionError(f"{instructions_file}: expected an object of {{id: {{prompt, edit_request}}}}")
+        raise ConstitutionError(f"{instructions_file}: expected an object of {{id: {{prompt, "
+                                "edit_request}}")
     principles = []
     for key, entry in instructions.items():
         try:
@@ -284,8 +291,8 @@ def load_paper_format(folder: str | Path, version: str = "bai2022") -> Constitut
                 "revision": _request_text(entry["edit_request"], "RevisionRequest", "Revision"),
             })
         except (KeyError, IndexError, TypeError) as exc:
-            raise ConstitutionError(f"{instructions_file}: entry {key!r} needs 'prompt' (list of text) and "
-                                    f"'edit_request' (text): {exc!r}") from None
+            raise ConstitutionError(f"{instructions_file}: entry {key!r} needs 'prompt' (list of "
+                                    f"text) and 'edit_request' (text): {exc!r}") from None
 
     examples = []
     few_shot_file = folder / "CritiqueRevisionFewShotPrompts.json"

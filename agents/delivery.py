@@ -93,11 +93,13 @@ async def dead_letter(svc: Services, stage: str, reason: str, raw: Any, prompt_i
         stage=stage, reason=reason[:4000], topic=source, prompt_id=prompt_id or "-", round=round_,
         attempts=attempts, payload=payload, payload_bytes=size, truncated=cut, created_at=now())
     logger.warning("dead-letter from %s (%s): %s", stage, prompt_id, reason[:200])
-    await persist(lambda: svc.send(topics.DEAD_LETTER, prompt_id or "-", record), "dead-letter send", svc)
+    await persist(lambda: svc.send(topics.DEAD_LETTER, prompt_id or "-", record),
+                  "dead-letter send", svc)
     await persist(lambda: svc.ledger.count(stage, "dead"), "counter", svc)
 
 
-async def _attempts(svc: Services, stage: Stage, records: list, tries: int) -> list[list[Output]] | Exception:
+async def _attempts(svc: Services, stage: Stage, records: list,
+                    tries: int) -> list[list[Output]] | Exception:
     last: Exception | None = None
     for attempt in range(tries):
         try:
@@ -128,7 +130,8 @@ async def _decode_all(svc: Services, stage: Stage, values: list) -> list:
                 stage.check(svc, record)
             records.append(record)
         except RecordError as exc:
-            bad_key = "bad-" + hashlib.sha256(raw if isinstance(raw, bytes) else repr(raw).encode()).hexdigest()[:24]
+            data = raw if isinstance(raw, bytes) else repr(raw).encode()
+            bad_key = "bad-" + hashlib.sha256(data).hexdigest()[:24]
             if await persist(lambda k=bad_key: svc.ledger.claim(stage.name, k), "claim", svc):
                 await dead_letter(svc, stage.name, str(exc), raw, source=stage.source)
                 await persist(lambda k=bad_key: svc.ledger.done(stage.name, k), "mark done", svc)
@@ -146,7 +149,8 @@ async def run_batch(svc: Services, stage: Stage, values: list) -> int:
     try:
         for record in records:
             key = stage.key(record)
-            if key in keys or not await persist(lambda k=key: svc.ledger.claim(stage.name, k), "claim", svc):
+            if key in keys or not await persist(lambda k=key: svc.ledger.claim(stage.name, k),
+                                                "claim", svc):
                 await persist(lambda: svc.ledger.count(stage.name, "skipped"), "counter", svc)
                 continue
             keys.append(key)
@@ -164,7 +168,8 @@ async def _process_and_deliver(svc: Services, stage: Stage, mine: list) -> int:
     elif len(mine) > 1 and not getattr(result, "retryable", False):
         # One bad record must not sink its batch: try each alone once more. (Not when the
         # server itself was unreachable: each record alone would only wait out the same outage.)
-        logger.warning("%s: batch of %d failed (%s); retrying one by one", stage.name, len(mine), result)
+        logger.warning("%s: batch of %d failed (%s); retrying one by one", stage.name, len(mine),
+                       result)
         per_record = []
         for record in mine:
             single = await _attempts(svc, stage, [record], 1)
@@ -177,7 +182,8 @@ async def _process_and_deliver(svc: Services, stage: Stage, mine: list) -> int:
         if isinstance(outcome, Exception):
             await dead_letter(svc, stage.name, f"{type(outcome).__name__}: {outcome}", record,
                               prompt_id=getattr(record, "prompt_id", "-"),
-                              round_=getattr(record, "round", 0), attempts=svc.settings.max_attempts,
+                              round_=getattr(record, "round", 0),
+                              attempts=svc.settings.max_attempts,
                               source=stage.source)
             outcome = []
         await asyncio.gather(*(
@@ -196,7 +202,8 @@ async def _process_and_deliver(svc: Services, stage: Stage, mine: list) -> int:
 def _exit_process(stage: str, exc: BaseException) -> None:
     # Faust acks a batch when the agent leaves it, even on an exception; exiting at once keeps
     # those offsets uncommitted, so a restarted worker replays the batch instead of losing it.
-    logger.critical("%s: unexpected error, exiting so the batch is replayed: %r", stage, exc, exc_info=exc)
+    logger.critical("%s: unexpected error, exiting so the batch is replayed: %r", stage, exc,
+                    exc_info=exc)
     logging.shutdown()
     os._exit(70)
 

@@ -91,9 +91,10 @@ def read(kind: str, settings: StreamSettings, wait_for: int | None = None, timeo
                 return result
             if time.monotonic() > deadline:
                 if wait_for is None:
-                    raise ExportTimeout(f"{name}: could not read to the end within {timeout_s:.0f}s")
-                raise ExportTimeout(f"{name}: {len(result.records)} of {wait_for} distinct records after "
-                                    f"{timeout_s:.0f}s; raise --timeout or check the workers")
+                    raise ExportTimeout(f"{name}: could not read to the end within "
+                                        f"{timeout_s:.0f}s")
+                raise ExportTimeout(f"{name}: {len(result.records)} of {wait_for} distinct records "
+                                    f"after {timeout_s:.0f}s; raise --timeout or check the workers")
     finally:
         consumer.close()
 

@@ -34,7 +34,8 @@ def publish(items: list[Prompt], settings: StreamSettings, progress: bool = True
             with Progress(transient=False) as bar:
                 task = bar.add_task(f"feeding {name}", total=len(items))
                 for record in records(items):
-                    future = producer.send(name, key=record.prompt_id.encode(), value=encode(record))
+                    future = producer.send(name, key=record.prompt_id.encode(),
+                                           value=encode(record))
                     future.add_callback(lambda _meta: bar.advance(task))
                     futures.append(future)
                 producer.flush()
@@ -43,7 +44,8 @@ def publish(items: list[Prompt], settings: StreamSettings, progress: bool = True
                 bar.update(task, completed=len(items))
         else:
             for record in records(items):
-                futures.append(producer.send(name, key=record.prompt_id.encode(), value=encode(record)))
+                futures.append(producer.send(name, key=record.prompt_id.encode(),
+                                             value=encode(record)))
             producer.flush()
             for future in futures:
                 future.get(timeout=60)

@@ -26,8 +26,10 @@ NAME = "policy"
 def check(svc: Services, record: PromptRecord) -> None:
     limit = svc.settings.max_prompt_chars
     if len(record.prompt) > limit:
-        raise RecordError("PromptRecord", "prompt", f"has {len(record.prompt)} characters, more than "
-                          f"max_prompt_chars={limit}", "shorten it or raise CAI_PIPELINE_MAX_PROMPT_CHARS")
+        raise RecordError("PromptRecord", "prompt",
+                          f"has {len(record.prompt)} characters, more than "
+                          f"max_prompt_chars={limit}",
+                          "shorten it or raise CAI_PIPELINE_MAX_PROMPT_CHARS")
 
 
 def key(record: PromptRecord) -> str:

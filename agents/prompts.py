@@ -42,7 +42,8 @@ _DASH_RULE = re.compile(r"-{3,}")
 def escape(text: str) -> str:
     """Make untrusted text safe to place inside a template section (see module docstring)."""
     text = unicodedata.normalize("NFKC", text)  # folds look-alike colons and full-width letters
-    text = text.replace("\r\n", "\n").replace("\r", "\n").replace("\u2028", "\n").replace("\u2029", "\n")
+    text = (text.replace("\r\n", "\n").replace("\r", "\n").replace("\u2028", "\n")
+            .replace("\u2029", "\n"))
     text = "".join(ch for ch in text if ch in "\n\t" or unicodedata.category(ch)[0] != "C")
     text = _BLANK_LINES.sub("\n", text)
     text = _MARKER_RE.sub(lambda m: f"{m.group(1)} -", text)
@@ -107,12 +108,14 @@ def direct_prefix(constitution: Constitution) -> str:
 
 def direct_revision_prompt(constitution: Constitution, principle: CritiquePrinciple, prompt: str,
                            response: str) -> str:
-    """Text the reviser continues under the "direct" strategy: no critique, straight to ``Revision:``."""
+    """Text the reviser continues under the "direct" strategy: no critique, straight to
+    ``Revision:``."""
     return (direct_prefix(constitution) + _dialogue(prompt, response)
             + f"\n\nRevisionRequest: {principle.revision}\n\nRevision:")
 
 
-def _comparison_block(prompt: str, principle_text: str, first: str, second: str, trusted: bool) -> str:
+def _comparison_block(prompt: str, principle_text: str, first: str, second: str,
+                      trusted: bool) -> str:
     clean = (lambda s: s.strip()) if trusted else escape
     return (
         "Consider the following conversation between a human and an assistant:\n\n"
@@ -165,6 +168,7 @@ def copies_example(constitution: Constitution, text: str, chars: int = 60) -> bo
     for ex in constitution.few_shot.critique_revision:
         for known in (ex.revision, ex.critique):
             head = _normalise(known)[:chars]
-            if head and (mine.startswith(head) or head.startswith(mine[:chars]) and len(mine) >= 20):
+            if head and (mine.startswith(head)
+                         or head.startswith(mine[:chars]) and len(mine) >= 20):
                 return True
     return False

@@ -30,10 +30,13 @@ def _next(svc: Services, record: ReviseRecord, revision: str, version: int) -> l
     steps = json.loads(record.steps_json or "[]")
     # An empty revision, or one that copies a few-shot example, keeps the previous answer.
     rejected = not revision or prompts.copies_example(svc.constitution, revision)
-    steps.append({"round": record.round, "strategy": record.strategy, "principle_id": record.principle_id,
+    steps.append({"round": record.round, "strategy": record.strategy,
+                  "principle_id": record.principle_id,
                   "critique": record.critique,
-                  "revision": record.response if rejected else revision, "revision_rejected": rejected,
-                  "raw_revision": revision if rejected else "", "critic_version": record.critic_version,
+                  "revision": record.response if rejected else revision,
+                  "revision_rejected": rejected,
+                  "raw_revision": revision if rejected else "",
+                  "critic_version": record.critic_version,
                   "reviser_version": version})
     if rejected:
         logger.info("%s round %d: revision rejected (empty or copied an example)", record.prompt_id,
@@ -41,17 +44,20 @@ def _next(svc: Services, record: ReviseRecord, revision: str, version: int) -> l
         revision = record.response
     steps_json = json.dumps(steps, ensure_ascii=False)
     common = {"prompt_id": record.prompt_id, "prompt": record.prompt, "kind": record.kind,
-              "source": record.source, "strategy": record.strategy, "policy_version": record.policy_version,
+              "source": record.source, "strategy": record.strategy,
+              "policy_version": record.policy_version,
               "seed": record.seed, "constitution_version": svc.constitution.version,
               "prompt_created_at": record.prompt_created_at}
     if record.round < record.rounds:
         return [Output(topics.CRITIQUE, record.prompt_id, CritiqueRecord(
-            response=revision, initial_response=record.initial_response, sample_index=record.sample_index,
+            response=revision, initial_response=record.initial_response,
+            sample_index=record.sample_index,
             round=record.round + 1, rounds=record.rounds, steps_json=steps_json, created_at=now(),
             **common))]
     outs = [Output(topics.SFT, record.prompt_id, SFTRecord(
         response=revision, initial_response=record.initial_response, steps_json=steps_json,
-        rounds=record.rounds, sample_index=record.sample_index, critic_version=record.critic_version,
+        rounds=record.rounds, sample_index=record.sample_index,
+        critic_version=record.critic_version,
         reviser_version=version, record_id=f"sft:{record.prompt_id}:{record.sample_index}",
         created_at=now(), **common))]
     if strategies.pair_source(svc.settings) == "initial-vs-final":
@@ -68,7 +74,8 @@ async def process(svc: Services, records: list[ReviseRecord]) -> list[list[Outpu
         principle = None if r.strategy == "context" else (
             constitution.critique_by_id.get(r.principle_id)
             or constitution.draw_critique(r.prompt_id, r.round, r.seed, r.sample_index))
-        call = strategies.revision_call(constitution, s, r.strategy, principle, r.prompt, r.response, r.critique,
+        call = strategies.revision_call(constitution, s, r.strategy, principle, r.prompt,
+                                        r.response, r.critique,
                                        r.kind)
         calls.append((call, stable_seed(NAME, key(r), r.seed)))
     results = await strategies.run_calls(svc.inference, calls)

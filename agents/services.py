@@ -56,5 +56,6 @@ def connect(settings: PipelineSettings, constitution: Constitution, topics: dict
 
     client = InferenceClient(settings.triton_address, timeout_s=settings.triton_timeout_s)
     ledger = Ledger(redis.Redis.from_url(settings.redis_address, decode_responses=True),
-                    settings.worker_id, settings.claim_lease_s, settings.seen_ttl_s, namespace=namespace)
+                    settings.worker_id, settings.claim_lease_s, settings.seen_ttl_s,
+                    namespace=namespace)
     return Services(settings, constitution, TritonInference(client), ledger, TopicSender(topics))

@@ -29,16 +29,21 @@ class PipelineSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="CAI_PIPELINE_", extra="ignore")
 
-    rounds: int = Field(2, ge=1, le=16, description="critique/revision rounds per answer (the paper used 4)")
+    rounds: int = Field(2, ge=1, le=16,
+                        description="critique/revision rounds per answer (the paper used 4)")
     num_samples: int = Field(1, ge=1, le=16, description="policy samples per prompt (k)")
     compare: Literal[COMPARES] = Field(
         "initial-vs-final", description="which pairs the judge labels")
     judge_principles: int = Field(1, ge=1, le=16,
-                                  description="comparison principles averaged per label (each in both orders)")
-    judge_cot: bool = Field(False, description="chain-of-thought judging (probabilities clamped to 40-60%)")
-    revise_helpful: bool = Field(False, description="also critique/revise prompts of kind 'helpful'")
+                                  description="comparison principles averaged per label (each in "
+                                  "both orders)")
+    judge_cot: bool = Field(False, description="chain-of-thought judging (probabilities clamped to "
+                            "40-60%)")
+    revise_helpful: bool = Field(False, description="also critique/revise prompts of kind "
+                                 "'helpful'")
     strategy: Literal[REVISION_STRATEGIES] = Field(
-        "critique-revise", description="revision strategy: 'critique-revise' (the paper's), 'direct' "
+        "critique-revise",
+        description="revision strategy: 'critique-revise' (the paper's), 'direct' "
         "(revise under the principle, no critique) or 'context' (the policy answers again with the "
         "constitution as system prompt; training on it distils the context); docs/strategies.md")
     preference: Literal[PREFERENCE_STRATEGIES] = Field(
@@ -53,22 +58,26 @@ class PipelineSettings(BaseSettings):
         None, ge=0, description="sampling temperature of context and contrast answers; default: "
         "temperature (lower gives answers that follow the context more closely)")
     context_opening: bool = Field(
-        False, description="context answers to red-team prompts, and the 'toward' side of contrastive "
+        False,
+        description="context answers to red-team prompts, and the 'toward' side of contrastive "
         "pairs on them, start with the constitution's decline_opening and the policy writes the "
         "reason; helpful prompts never get it (docs/strategies.md)")
     contrastive_label: Literal[CONTRASTIVE_LABELS] = Field(
         "construction", description="contrastive pairs: p_chosen=1 by construction, or the judge's "
         "soft probability that the 'toward' answer is better")
     seed: int = Field(0, description="seeds principle draws and sampling; recorded on every record")
-    constitution: Path | None = Field(None, description="YAML file or paper-format folder; default built in")
+    constitution: Path | None = Field(None, description="YAML file or paper-format folder; default "
+                                      "built in")
 
     batch_size: int = Field(16, ge=1, description="most records per Triton batch (stream.take)")
     batch_within_s: float = Field(0.5, gt=0, description="max wait to fill a batch")
-    max_attempts: int = Field(3, ge=1, description="Triton attempts before a record goes to dead-letter")
+    max_attempts: int = Field(3, ge=1, description="Triton attempts before a record goes to "
+                              "dead-letter")
     backoff_s: float = Field(0.5, ge=0)
     max_backoff_s: float = Field(8.0, ge=0)
     max_prompt_chars: int = Field(8000, ge=1, description="longer prompts go to dead-letter")
-    dead_letter_payload_bytes: int = Field(65536, ge=0, description="raw payload kept in dead-letter")
+    dead_letter_payload_bytes: int = Field(65536, ge=0, description="raw payload kept in "
+                                           "dead-letter")
 
     policy_max_new_tokens: int = Field(128, ge=1)
     critique_max_new_tokens: int = Field(96, ge=1)
@@ -81,16 +90,19 @@ class PipelineSettings(BaseSettings):
     triton_timeout_s: float = Field(300.0, gt=0)
     worker_id: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}",
                            description="stable id lets a restarted worker take back its own claims")
-    claim_lease_s: float = Field(60.0, ge=1, description="a dead worker's claims block others this long")
+    claim_lease_s: float = Field(60.0, ge=1, description="a dead worker's claims block others this "
+                                 "long")
     seen_ttl_s: int = Field(14 * 24 * 3600, ge=60, description="lifetime of idempotency keys")
-    session_timeout_s: float = Field(10.0, ge=6, description="a dead worker's partitions move after this")
+    session_timeout_s: float = Field(10.0, ge=6, description="a dead worker's partitions move "
+                                     "after this")
     data_dir: Path = Field(Path(".cai") / "faust", description="Faust's local state")
 
     @model_validator(mode="after")
     def _consistent(self) -> PipelineSettings:
         if self.preference == "revision-over-initial" and self.compare != "initial-vs-final":
-            raise ValueError("preference='revision-over-initial' labels (initial answer, final revision) "
-                             "pairs; set CAI_PIPELINE_COMPARE=initial-vs-final or choose another preference")
+            raise ValueError("preference='revision-over-initial' labels (initial answer, final "
+                             "revision) pairs; set CAI_PIPELINE_COMPARE=initial-vs-final or choose "
+                             "another preference")
         if self.compare == "policy-samples" and self.num_samples < 2:
             raise ValueError("compare='policy-samples' needs num_samples >= 2; set "
                              "CAI_PIPELINE_NUM_SAMPLES=2 or choose compare='initial-vs-final'")

@@ -81,7 +81,8 @@ def chain_rounds(strategy: str, rounds: int) -> int:
 
 
 def pair_source(settings: PipelineSettings) -> str:
-    """Which pairs go to the compare stage: 'initial-vs-final', 'policy-samples', 'contrastive' or 'none'."""
+    """Which pairs go to the compare stage: 'initial-vs-final', 'policy-samples', 'contrastive' or
+    'none'."""
     if settings.compare == "none":
         return "none"
     if settings.preference == "contrastive":
@@ -99,27 +100,34 @@ def principle_for(constitution: Constitution, strategy: str, prompt_id: str, rou
 
 # ---- revision ------------------------------------------------------------------------------------
 
-def context_params(settings: PipelineSettings, system: str | None, opening: str = "") -> GenerationParams:
-    """A policy answer as the policy stage asks for it, with a system prompt and an answer opening."""
-    temperature = settings.temperature if settings.context_temperature is None else settings.context_temperature
+def context_params(settings: PipelineSettings, system: str | None,
+                   opening: str = "") -> GenerationParams:
+    """A policy answer as the policy stage asks for it, with a system prompt and an answer
+    opening."""
+    temperature = (settings.temperature if settings.context_temperature is None
+                   else settings.context_temperature)
     return GenerationParams(max_new_tokens=settings.policy_max_new_tokens, temperature=temperature,
                             chat=True, system=system, response_prefix=opening)
 
 
 def with_reminder(prompt: str, reminder: str) -> str:
-    """The user's turn with a constitution reminder after it (``context_placement='user-suffix'``)."""
+    """The user's turn with a constitution reminder after it
+    (``context_placement='user-suffix'``)."""
     return f"{prompt}\n\n({reminder.strip()})"
 
 
 def context_opening(constitution: Constitution, settings: PipelineSettings, kind: str) -> str:
     """The answer opening of a context answer: the constitution's decline opening on red-team
-    prompts when ``context_opening`` is set, else none. Helpful prompts are always answered freely."""
+    prompts when ``context_opening`` is set, else none. Helpful prompts are always answered
+    freely."""
     return constitution.decline_opening if settings.context_opening and kind != "helpful" else ""
 
 
-def context_call(constitution: Constitution, settings: PipelineSettings, prompt: str, away: bool = False,
+def context_call(constitution: Constitution, settings: PipelineSettings, prompt: str,
+                 away: bool = False,
                  kind: str = "harmful") -> Call:
-    """A policy call on ``prompt`` with the constitution (or, ``away``, the contrast prompt) in context."""
+    """A policy call on ``prompt`` with the constitution (or, ``away``, the contrast prompt) in
+    context."""
     opening = "" if away else context_opening(constitution, settings, kind)
     if settings.context_placement == "user-suffix":
         text = constitution.contrast_prompt if away else constitution.reminder
@@ -138,10 +146,13 @@ def revision_call(constitution: Constitution, settings: PipelineSettings, strate
     if principle is None:
         raise ValueError(f"strategy {strategy!r} needs a critique principle")
     params = GenerationParams(max_new_tokens=settings.revision_max_new_tokens,
-                              temperature=settings.critic_temperature, stop=prompts.STOP, chat=False)
+                              temperature=settings.critic_temperature, stop=prompts.STOP,
+                              chat=False)
     if strategy == "direct":
-        return Call("reviser", prompts.direct_revision_prompt(constitution, principle, prompt, response), params)
-    return Call("reviser", prompts.revision_prompt(constitution, principle, prompt, response, critique), params)
+        return Call("reviser", prompts.direct_revision_prompt(constitution, principle, prompt,
+                                                              response), params)
+    return Call("reviser", prompts.revision_prompt(constitution, principle, prompt, response,
+                                                   critique), params)
 
 
 def clean_output(call: Call, text: str) -> str:
@@ -160,9 +171,11 @@ async def run_calls(inference, calls: Sequence[tuple[Call, int]]) -> list:
         groups.setdefault((call.role, call.params), []).append(index)
     results: list = [None] * len(calls)
     for (role, params), indices in groups.items():
-        generations = await inference.generate(role, [(calls[i][0].text, calls[i][1]) for i in indices], params)
+        items = [(calls[i][0].text, calls[i][1]) for i in indices]
+        generations = await inference.generate(role, items, params)
         if len(generations) != len(indices):
-            raise RuntimeError(f"{role} returned {len(generations)} results for {len(indices)} prompts")
+            raise RuntimeError(f"{role} returned {len(generations)} results for {len(indices)} "
+                               "prompts")
         for i, samples in zip(indices, generations):
             if not samples:
                 raise RuntimeError(f"{role} returned no sample for a prompt")

@@ -16,7 +16,8 @@ from streams.settings import StreamSettings
 logger = logging.getLogger(__name__)
 
 
-def run(stream_settings: StreamSettings, settings: PipelineSettings, loglevel: str = "WARNING") -> None:
+def run(stream_settings: StreamSettings, settings: PipelineSettings,
+        loglevel: str = "WARNING") -> None:
     import faust
 
     ensure_topics(stream_settings)

@@ -58,7 +58,9 @@ class DpoBenchOptions:
 
 def make_pairs(n: int, prompt_words: int, answer_words: int) -> list[dict]:
     """Deterministic preference pairs of a controlled length."""
-    words = ["the", "system", "should", "explain", "clearly", "why", "a", "request", "may", "cause", "harm", "and", "what", "a", "safer", "alternative", "could", "be", "for", "the", "person", "asking"]
+    words = ["the", "system", "should", "explain", "clearly", "why", "a", "request", "may", "cause",
+             "harm", "and", "what", "a", "safer", "alternative", "could", "be", "for", "the",
+             "person", "asking"]
     pairs = []
     for i in range(n):
         prompt = " ".join(words[(i + j) % len(words)] for j in range(prompt_words)) + f" ({i})?"
@@ -237,13 +239,15 @@ def main(args: DpoBenchOptions) -> int:
     for impl in ("ours", "trl") * args.repeats:
         env = dict(os.environ)
         if impl == "trl" and args.trl_path:
-            env["PYTHONPATH"] = os.pathsep.join(filter(None, [args.trl_path, env.get("PYTHONPATH")]))
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [args.trl_path,
+                                                              env.get("PYTHONPATH")]))
         cmd = [sys.executable, "-m", "cai", "bench-dpo", *forwarded, "--impl", impl,
                "--model-path", model_path]
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
         line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
         if proc.returncode != 0 or line is None:
-            print(f"{impl} failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}", file=sys.stderr)
+            print(f"{impl} failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}",
+                  file=sys.stderr)
             return 1
         summary = _summary(json.loads(line[len("RESULT "):]))
         summary["runs_median_step_s"] = results.get(impl, {}).get("runs_median_step_s", []) + [

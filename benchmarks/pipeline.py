@@ -82,7 +82,8 @@ class ModeResult:
 
     def as_dict(self) -> dict:
         return {"seconds": round(self.seconds, 2), "generated_tokens": self.generated_tokens,
-                "tokens_per_s": round(self.tokens_per_s, 2), "prompts_per_min": round(self.prompts_per_min, 2)}
+                "tokens_per_s": round(self.tokens_per_s, 2),
+                "prompts_per_min": round(self.prompts_per_min, 2)}
 
 
 async def _in_process(inference: Inference, constitution: Constitution, work: Workload,
@@ -164,7 +165,8 @@ def stage_latencies(by_topic: dict[str, list[dict]], ids: set[str]) -> dict[str,
     sft = stamp(by_topic["sft"], lambda r: r["prompt_id"])
     compare = stamp(by_topic["compare"], lambda r: r["prompt_id"])
     prefs = stamp(by_topic["preferences"], lambda r: r["prompt_id"])
-    out: dict[str, list[float]] = {"policy": [], "critique": [], "revise": [], "compare": [], "end_to_end": []}
+    out: dict[str, list[float]] = {"policy": [], "critique": [], "revise": [], "compare": [],
+                                   "end_to_end": []}
     for pid, t in prompts.items():
         if (pid, 1) in critique:
             out["policy"].append(critique[(pid, 1)] - t)
@@ -201,7 +203,8 @@ def _triton_stats(stack_settings) -> dict[str, dict]:
     return out
 
 
-def _feed_and_wait(items, stream_settings, reader, preferences_topic: str, timeout_s: float) -> None:
+def _feed_and_wait(items, stream_settings, reader, preferences_topic: str,
+                   timeout_s: float) -> None:
     """Publish ``items`` and return once every one of them has a preference label."""
     from agents import feed
 
@@ -213,8 +216,8 @@ def _feed_and_wait(items, stream_settings, reader, preferences_topic: str, timeo
         time.sleep(1.0)
         done = {r["prompt_id"] for r in reader.tail(preferences_topic, 4 * len(ids) + 64)} & ids
     if done != ids:
-        raise TimeoutError(f"pipeline finished {len(done)} of {len(ids)} prompts in {timeout_s:.0f}s; "
-                           "is `cai worker` running?")
+        raise TimeoutError(f"pipeline finished {len(done)} of {len(ids)} prompts in "
+                           f"{timeout_s:.0f}s; is `cai worker` running?")
 
 
 def run_pipeline(stack_settings, stream_settings, tokenizer, work: Workload, timeout_s: float,
@@ -236,13 +239,15 @@ def run_pipeline(stack_settings, stream_settings, tokenizer, work: Workload, tim
              for short in ("prompts", "critique", "revise", "compare", "sft", "preferences")}
     try:
         if warmup:
-            _feed_and_wait([Prompt(f"bench-{tag}-warmup", work.prompts[0], "harmful", "bench")], stream_settings,
+            _feed_and_wait([Prompt(f"bench-{tag}-warmup", work.prompts[0], "harmful", "bench")],
+                           stream_settings,
                            reader, names["preferences"], timeout_s)
         before = _triton_stats(stack_settings)
         started = time.time()
         _feed_and_wait(items, stream_settings, reader, names["preferences"], timeout_s)
         window = 4 * len(ids) + 64
-        by_topic = {short: reader.tail(name, window * (work.rounds + 1)) for short, name in names.items()}
+        by_topic = {short: reader.tail(name, window * (work.rounds + 1))
+                    for short, name in names.items()}
     finally:
         reader.close()
     after = _triton_stats(stack_settings)
@@ -253,11 +258,13 @@ def run_pipeline(stack_settings, stream_settings, tokenizer, work: Workload, tim
             continue
         texts = [record.get("initial_response", "")]
         for step in json.loads(record.get("steps_json") or "[]"):
-            texts += [step.get("critique", ""), step.get("raw_revision") or step.get("revision", "")]
+            texts += [step.get("critique", ""),
+                      step.get("raw_revision") or step.get("revision", "")]
         tokens += sum(len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts if t)
     latencies = stage_latencies(by_topic, ids)
     roles = {"policy": "policy", "critique": "critic", "revise": "reviser", "compare": "judge"}
-    detail = {"stage_latency_s": {k: percentiles(v) for k, v in latencies.items()}, "hop_overhead_s": {}}
+    detail = {"stage_latency_s": {k: percentiles(v) for k, v in latencies.items()},
+              "hop_overhead_s": {}}
     for stage, role in roles.items():
         count = after.get(role, {}).get("count", 0) - before.get(role, {}).get("count", 0)
         ns = after.get(role, {}).get("ns", 0) - before.get(role, {}).get("ns", 0)
@@ -265,9 +272,11 @@ def run_pipeline(stack_settings, stream_settings, tokenizer, work: Workload, tim
             triton_s = ns / count / 1e9
             # A judge label is two requests (both orders), sent together and batched by Triton,
             # so one request's time is the stage's time inside Triton.
-            detail["hop_overhead_s"][stage] = round(statistics.median(latencies[stage]) - triton_s, 3)
+            overhead = statistics.median(latencies[stage]) - triton_s
+            detail["hop_overhead_s"][stage] = round(overhead, 3)
             detail.setdefault("triton_request_s", {})[role] = round(triton_s, 3)
-    return ModeResult("pipeline (Kafka + Faust + Triton)", finished - started, tokens, len(items)), detail
+    return ModeResult("pipeline (Kafka + Faust + Triton)", finished - started, tokens,
+                      len(items)), detail
 
 
 def run_bench(options: BenchOptions, settings: StackSettings, models: ModelSettings) -> dict:

@@ -95,7 +95,8 @@ def bench_inprocess(generator, prompts: list[str], args) -> dict:
     started, cpu = time.perf_counter(), time.process_time()
     tokens = 0
     for i in range(0, len(requests), args.batch):
-        tokens += sum(s.completion_tokens for r in generator.generate(requests[i:i + args.batch]) for s in r)
+        results = generator.generate(requests[i:i + args.batch])
+        tokens += sum(s.completion_tokens for r in results for s in r)
     seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
     return {"tokens": tokens, "seconds": round(seconds, 2), "tok_s": round(tokens / seconds, 1),
             "tok_per_cpu_s": round(tokens / cpu, 1)}
@@ -113,7 +114,8 @@ async def bench_triton(grpc_url: str, prompts: list[str], concurrency: int, args
     async def one(k: int, prompt: str) -> int:
         async with gate:
             sent = time.perf_counter()
-            params = GenerationParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+            params = GenerationParams(max_new_tokens=args.max_new_tokens,
+                                      temperature=args.temperature,
                                       seed=args.seed + k)
             [[g]] = await client.generate("policy", [prompt], params)
             latencies.append(time.perf_counter() - sent)
@@ -128,7 +130,8 @@ async def bench_triton(grpc_url: str, prompts: list[str], concurrency: int, args
     await client.close()
     latencies.sort()
     result = {"concurrency": concurrency, "tokens": tokens, "seconds": round(seconds, 2),
-              "tok_s": round(tokens / seconds, 1), "p50_latency_s": round(latencies[len(latencies) // 2], 2)}
+              "tok_s": round(tokens / seconds, 1),
+              "p50_latency_s": round(latencies[len(latencies) // 2], 2)}
     if cpu:
         result["tok_per_cpu_s"] = round(tokens / cpu, 1)  # server + all its stubs
     return result
@@ -148,7 +151,8 @@ def configure_policy(settings, models, args, batching: bool) -> None:
     client.close()
 
 
-async def bench_swap(settings, checkpoint: Path, prompts: list[str], concurrency: int, args) -> float:
+async def bench_swap(settings, checkpoint: Path, prompts: list[str], concurrency: int,
+                     args) -> float:
     """Seconds for publish_policy while ``concurrency`` clients keep generating (0 = idle)."""
     from serving.client import InferenceClient
     from serving.publish import publish_policy
@@ -188,7 +192,8 @@ def paired(generator, settings, prompts: list[str], concurrency: int, args) -> d
     pairs = []
     for _ in range(args.repeats):
         local = bench_inprocess(generator, prompts, args)
-        remote = asyncio.run(bench_triton(settings.triton_grpc, prompts, concurrency, args, server_pid))
+        remote = asyncio.run(bench_triton(settings.triton_grpc, prompts, concurrency, args,
+                                          server_pid))
         pairs.append((local, remote))
         logger.info("c=%d in-process %s triton %s", concurrency, local, remote)
     ratios = sorted(r["tok_s"] / l["tok_s"] for l, r in pairs)
@@ -218,7 +223,8 @@ def run(args) -> dict:
     models = ModelSettings(model=args.model)
     cache_dir = StackSettings().cache_dir
     source = resolve(args.model, cache_dir)
-    report: dict = {"model": args.model, "prompts": len(prompts), "max_new_tokens": args.max_new_tokens,
+    report: dict = {"model": args.model, "prompts": len(prompts),
+                    "max_new_tokens": args.max_new_tokens,
                     "threads": args.threads, "batch": args.batch, "temperature": args.temperature,
                     "repeats": args.repeats}
     generator = TextGenerator(source, threads=args.threads)
@@ -243,9 +249,11 @@ def run(args) -> dict:
             print(f"no batching:      {report['unbatched']}", flush=True)
         if not args.skip_swap:
             configure_policy(settings, models, args, batching=True)
-            second = build_tiny(cache_dir, seed=1) if args.model.startswith("tiny") else Path(source)
+            second = (build_tiny(cache_dir, seed=1) if args.model.startswith("tiny")
+                      else Path(source))
             report["swap_idle_s"] = asyncio.run(bench_swap(settings, second, prompts, 0, args))
-            report["swap_under_load_s"] = asyncio.run(bench_swap(settings, second, prompts, top, args))
+            report["swap_under_load_s"] = asyncio.run(
+                bench_swap(settings, second, prompts, top, args))
             print(f"hot swap: idle {report['swap_idle_s']}s, under load ({top} clients) "
                   f"{report['swap_under_load_s']}s, 0 failed requests", flush=True)
     finally:

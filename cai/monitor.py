@@ -27,7 +27,8 @@ def _normalise(text: str) -> str:
 
 
 def principle_stats(sft_records: list[dict], preferences: list[dict]) -> dict[str, dict]:
-    """Per principle: rounds seen, share where the revision left the answer unchanged, judge margin."""
+    """Per principle: rounds seen, share where the revision left the answer unchanged, judge
+    margin."""
     stats: dict[str, dict] = defaultdict(lambda: {"rounds": 0, "unchanged": 0, "margins": []})
     for record in sft_records:
         previous = record.get("initial_response", "")
@@ -67,13 +68,15 @@ def newest_example(sft_records: list[dict], preferences: list[dict]) -> dict | N
     }
     for pref in reversed(preferences):
         if pref.get("prompt_id") == latest.get("prompt_id"):
-            example["judge"] = {"p_chosen": pref.get("p_chosen"), "orders_agree": pref.get("orders_agree"),
+            example["judge"] = {"p_chosen": pref.get("p_chosen"),
+                                "orders_agree": pref.get("orders_agree"),
                                 "chosen_is_revision": pref.get("chosen") == latest.get("response")}
             break
     return example
 
 
-def snapshot(stack_settings: StackSettings, stream_settings: StreamSettings, window: int = 200) -> dict:
+def snapshot(stack_settings: StackSettings, stream_settings: StreamSettings,
+             window: int = 200) -> dict:
     """Everything the monitor shows, as one JSON-serialisable dict."""
     reader = TopicReader(stream_settings.kafka_address)
     try:
@@ -99,13 +102,15 @@ def snapshot(stack_settings: StackSettings, stream_settings: StreamSettings, win
             short: {"total": f.total, "per_minute": f.last_minute, "lag": f.lag}
             for short, f in flows.items()
         },
-        "in_flight": {short: flows[short].lag.get(stream_settings.app_id, 0) for short in STAGE_TOPICS},
+        "in_flight": {short: flows[short].lag.get(stream_settings.app_id, 0)
+                      for short in STAGE_TOPICS},
         "newest_example": newest_example(sft, prefs),
         "principles": principle_stats(sft, prefs),
         "judge": {
             "labels": len(judged),
             "order_agreement": round(sum(agree) / len(agree), 3) if agree else None,
-            "mean_p_chosen": round(statistics.fmean(float(p.get("p_chosen", 0.5)) for p in judged), 3)
+            "mean_p_chosen": round(
+                statistics.fmean(float(p.get("p_chosen", 0.5)) for p in judged), 3)
             if judged else None,
             "preferences_by_strategy": dict(Counter(p.get("strategy", "judge") for p in prefs)),
         },
@@ -158,24 +163,29 @@ def render(snap: dict):
         principles.add_column(col)
     for pid, p in list(snap["principles"].items())[:16]:
         principles.add_row(pid, str(p["rounds"]), _pct(p["no_change_rate"]),
-                           "-" if p["judge_margin"] is None else f"{p['judge_margin']:.2f}", str(p["labels"]))
+                           "-" if p["judge_margin"] is None else f"{p['judge_margin']:.2f}",
+                           str(p["labels"]))
 
     judge = snap["judge"]
     trainer = snap["trainer"]
     last_round = trainer["rounds"][-1] if trainer["rounds"] else {}
+    figures = {k: v for k, v in last_round.items() if isinstance(v, (int, float))}
+    outcome = round_outcome(trainer["last_round"]) if trainer.get("last_round") else "-"
+    mean_p = judge["mean_p_chosen"] if judge["mean_p_chosen"] is not None else "-"
     status = (
         f"policy version serving: {snap['serving_policy_version'] or '-'}   "
         f"published: {trainer['published']}   "
-        f"last round: {round_outcome(trainer.get('last_round')) if trainer.get('last_round') else '-'}\n"
-        f"last published round: {json.dumps({k: v for k, v in last_round.items() if isinstance(v, (int, float))})[:200]}\n"
+        f"last round: {outcome}\n"
+        f"last published round: {json.dumps(figures)[:200]}\n"
         f"preferences by strategy: {judge.get('preferences_by_strategy') or '-'}\n"
-        f"judge labels: {judge['labels']}   order-swap agreement: {_pct(judge['order_agreement'])}   "
-        f"mean p_chosen: {judge['mean_p_chosen'] if judge['mean_p_chosen'] is not None else '-'}"
+        f"judge labels: {judge['labels']}   "
+        f"order-swap agreement: {_pct(judge['order_agreement'])}   mean p_chosen: {mean_p}"
     )
     parts = [flow, Panel(status, title="trainer / judge"), principles]
     example = snap["newest_example"]
     if example:
-        lines = [f"[b]prompt[/b] {_clip(example['prompt'])}", f"[b]answer[/b] {_clip(example['answer'])}"]
+        lines = [f"[b]prompt[/b] {_clip(example['prompt'])}",
+                 f"[b]answer[/b] {_clip(example['answer'])}"]
         for step in example["steps"]:
             lines.append(f"[b]critique[/b] ({step['principle_id']}) {_clip(step['critique'])}")
             lines.append(f"[b]revision[/b] {_clip(step['revision'])}")

@@ -156,7 +156,8 @@ def pipeline_done(snap: dict, fed: int, rounds_finished: int) -> bool:
 
 def trainer_rounds(settings: StackSettings) -> list[dict]:
     """Outcome, reasons and figures of every round the trainer finished."""
-    return [checkpoint.round_summary(f) for f in checkpoint.finished_rounds(settings.state_dir / "trainer")]
+    return [checkpoint.round_summary(f)
+            for f in checkpoint.finished_rounds(settings.state_dir / "trainer")]
 
 
 def watch(settings: StackSettings, stream: StreamSettings, fed: int, deadline: float) -> dict:

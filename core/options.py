@@ -107,7 +107,8 @@ def _specs(cls) -> list[_Spec]:
     prefix = cls.model_config.get("env_prefix", "")
     specs = []
     for name, info in cls.model_fields.items():
-        meta = dict(info.json_schema_extra or {}) if isinstance(info.json_schema_extra, dict) else {}
+        extra = info.json_schema_extra
+        meta = dict(extra) if isinstance(extra, dict) else {}
         default = (None if info.is_required() or info.default_factory is not None
                    else info.get_default())
         meta.setdefault("env", f"env {(prefix + name).upper()}")

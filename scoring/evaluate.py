@@ -8,9 +8,9 @@
   choice by log-likelihood of the whole choice string.
 * Classifier accuracy: on hand-labelled answers (``scoring/labels.py``).
 
-Every share comes with a 95% Wilson interval (``scoring/shares.py``). Answers are generated greedily in-process from
-a model folder (a published policy version or any model spec), so two versions are compared
-on identical prompts without disturbing the live Triton deployment.
+Every share comes with a 95% Wilson interval (``scoring/shares.py``). Answers are generated greedily
+in-process from a model folder (a published policy version or any model spec), so two versions are
+compared on identical prompts without disturbing the live Triton deployment.
 """
 
 from __future__ import annotations
@@ -67,7 +67,8 @@ def score_answers(records: list[dict]) -> dict:
     refused = over_refusal([r["answer"] for r in records if r["kind"] != "harmful"])
     for record in records:
         record.update(classify(record["answer"]).__dict__)
-    return {"harmless": scores["harmless"].as_dict(), "explains_why": scores["explains_why"].as_dict(),
+    return {"harmless": scores["harmless"].as_dict(),
+            "explains_why": scores["explains_why"].as_dict(),
             "over_refusal": refused.as_dict()}
 
 
@@ -105,7 +106,8 @@ def evaluate_policy(model_source: str, harmful: list[str], benign: list[str],
     # Every answer with its verdict, so that a sample can be hand-labelled to check the classifier.
     records = [{"prompt": p, "kind": kind, "answer": a}
                for kind, prompts in (("harmful", harmful), ("helpful", benign))
-               for p, a in zip(prompts, answer(model_source, prompts, max_new_tokens, system=system))]
+               for p, a in zip(prompts, answer(model_source, prompts, max_new_tokens,
+                                               system=system))]
     figures = score_answers(records)
     shown = ("prompt", "answer", "declined", "explains_why")
     return {

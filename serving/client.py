@@ -80,19 +80,24 @@ class InferenceClient:
                     role, [tensor], outputs=[grpcclient.InferRequestedOutput(protocol.OUTPUT_NAME)],
                     client_timeout=self.timeout_s,
                 )
-                return protocol.decode_response(result.as_numpy(protocol.OUTPUT_NAME).reshape(-1)[0])
+                raw = result.as_numpy(protocol.OUTPUT_NAME).reshape(-1)[0]
+                return protocol.decode_response(raw)
             except InferenceServerException as exc:
                 status = exc.status() or ""
                 if "DEADLINE_EXCEEDED" in status or "Deadline" in str(exc):
-                    raise InferenceError(f"{role} at {self.url}: no answer within {self.timeout_s:.0f}s "
-                                         "(timeout_s); the server is overloaded or the request too long",
+                    raise InferenceError(f"{role} at {self.url}: no answer within "
+                                         f"{self.timeout_s:.0f}s (timeout_s); the server is "
+                                         "overloaded or the request too long",
                                          role, self.url) from exc
                 if not _is_retryable(exc) or attempt >= self.max_retries:
-                    hint = (f" after {attempt + 1} attempts; is Triton running (`cai stack status`)?"
+                    hint = (f" after {attempt + 1} attempts; is Triton running (`cai stack "
+                            "status`)?"
                             if _is_retryable(exc) else "")
-                    raise InferenceError(f"{role} at {self.url} failed: {exc.message() or exc}{hint}",
+                    raise InferenceError(f"{role} at {self.url} failed: "
+                                         f"{exc.message() or exc}{hint}",
                                          role, self.url, retryable=_is_retryable(exc)) from exc
-            delay = min(self.max_backoff_s, self.backoff_s * 2**attempt) * (0.5 + random.random() / 2)
+            delay = (min(self.max_backoff_s, self.backoff_s * 2**attempt)
+                     * (0.5 + random.random() / 2))
             attempt += 1
             logger.warning("%s at %s unavailable; retry %d/%d in %.1fs", role, self.url, attempt,
                            self.max_retries, delay)
@@ -111,16 +116,20 @@ class InferenceClient:
                 mine["seed"] = params.seed + k * params.num_samples
             return protocol.encode_generate(prompts[k], mine)
 
-        answers = await asyncio.gather(*(self._infer_one(role, payload(k)) for k in range(len(prompts))))
+        answers = await asyncio.gather(*(self._infer_one(role, payload(k))
+                                         for k in range(len(prompts))))
         return [[Generation(text=s["text"], prompt_tokens=s["prompt_tokens"],
-                            completion_tokens=s["completion_tokens"], model_version=a["model_version"],
-                            logprob_sum=s.get("logprob_sum"), finish_reason=s.get("finish_reason", "length"))
+                            completion_tokens=s["completion_tokens"],
+                            model_version=a["model_version"],
+                            logprob_sum=s.get("logprob_sum"),
+                            finish_reason=s.get("finish_reason", "length"))
                  for s in a["samples"]] for a in answers]
 
     async def judge(self, prompts: list[str], choices: list[str], cot: bool = False,
                     role: str = "judge", **params) -> list[JudgeResult]:
-        """Probability of each choice per prompt. ``params``: chat, system, clamp, cot_max_new_tokens,
-        cot_temperature, cot_stop, answer_prefix, seed (see serving.requests.JudgeRequest)."""
+        """Probability of each choice per prompt. ``params``: chat, system, clamp,
+        cot_max_new_tokens, cot_temperature, cot_stop, answer_prefix, seed (see
+        serving.requests.JudgeRequest)."""
         params = {k: list(v) if isinstance(v, tuple) else v for k, v in params.items()}
         answers = await asyncio.gather(*(
             self._infer_one(role, protocol.encode_judge(p, choices, cot, params)) for p in prompts))

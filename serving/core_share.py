@@ -1,11 +1,11 @@
 """Share the machine's CPU cores among the model instances that are computing at the moment.
 
-Triton runs each role (policy, critic, reviser, judge) in its own process. With a fixed thread
-count per process, a pipeline on a small machine wastes cores whenever only one stage has work
-(while the first answers are written, and while the last labels are judged), and oversubscribes
-them when every stage is busy. Instead each instance marks itself busy while it executes a
-batch, by a file named after its pid in a shared folder, and before every forward pass sets its
-torch threads to ``cores // busy instances`` (at least ``min_threads``). The marks of processes that died
+Triton runs each role (policy, critic, reviser, judge) in its own process. With a fixed thread count
+per process, a pipeline on a small machine wastes cores whenever only one stage has work (while the
+first answers are written, and while the last labels are judged), and oversubscribes them when every
+stage is busy. Instead each instance marks itself busy while it executes a batch, by a file named
+after its pid in a shared folder, and before every forward pass sets its torch threads to
+``cores // busy instances`` (at least ``min_threads``). The marks of processes that died
 mid-batch are ignored and removed.
 """
 
@@ -44,7 +44,8 @@ def _alive(pid: int) -> bool:
 class CoreShare:
     """This process's share of ``cores``, recomputed from the busy marks in ``folder``."""
 
-    def __init__(self, folder: Path | None = None, cores: int | None = None, min_threads: int = 1) -> None:
+    def __init__(self, folder: Path | None = None, cores: int | None = None,
+                 min_threads: int = 1) -> None:
         self.folder = Path(folder) if folder else default_folder()
         self.min_threads = max(1, min_threads)
         self.folder.mkdir(parents=True, exist_ok=True)

@@ -41,7 +41,8 @@ class GrowingLayer(DynamicLayer):
         self._expose()
         return self.keys, self.values
 
-    def _grow(self, buffer: torch.Tensor | None, sample: torch.Tensor, capacity: int) -> torch.Tensor:
+    def _grow(self, buffer: torch.Tensor | None, sample: torch.Tensor,
+              capacity: int) -> torch.Tensor:
         rows, heads, _, dim = sample.shape
         grown = sample.new_empty((rows, heads, capacity, dim))
         if buffer is not None and self._length:
@@ -70,7 +71,8 @@ class GrowingLayer(DynamicLayer):
     def crop(self, tokens_to_remove: int) -> None:
         # As DynamicLayer: a negative value removes that many tokens; a positive one (the older
         # meaning) is the length to keep.
-        keep = min(self._length, tokens_to_remove) if tokens_to_remove > 0 else self._length + tokens_to_remove
+        keep = (min(self._length, tokens_to_remove) if tokens_to_remove > 0
+                else self._length + tokens_to_remove)
         self._length = max(0, keep)
         if self._key_buffer is not None:
             self._expose()
@@ -82,5 +84,6 @@ def growing_cache(config) -> DynamicCache:
     Layers of other kinds (sliding-window, linear attention) keep the library's own class.
     """
     cache = DynamicCache(config=config)
-    cache.layers = [GrowingLayer() if type(layer) is DynamicLayer else layer for layer in cache.layers]
+    cache.layers = [GrowingLayer() if type(layer) is DynamicLayer else layer
+                    for layer in cache.layers]
     return cache

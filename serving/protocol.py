@@ -1,4 +1,5 @@
-"""The JSON wire format between ``serving/client.py`` and the Triton model ``serving/triton_model.py``.
+"""The JSON wire format between ``serving/client.py`` and the Triton model
+``serving/triton_model.py``.
 
 Every Triton role has one BYTES input ``request`` and one BYTES output ``response``, shape
 ``[batch, 1]``; each element is one UTF-8 JSON object. The client sends one prompt per
@@ -63,14 +64,16 @@ def decode_request(raw: bytes) -> GenRequest | JudgeRequest:
     allowed = _GEN_FIELDS if op == "generate" else _JUDGE_FIELDS
     unknown = set(params) - allowed
     if unknown:
-        raise RequestError(f"unknown {op} parameter(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
+        raise RequestError(f"unknown {op} parameter(s) {sorted(unknown)}; allowed: "
+                           f"{sorted(allowed)}")
     params = {k: tuple(v) if isinstance(v, list) else v for k, v in params.items()}
     if op == "generate":
         request: GenRequest | JudgeRequest = GenRequest(prompt=data["prompt"], **params)
     else:
         choices = data.get("choices")
         if not isinstance(choices, list):
-            raise RequestError("judge request needs 'choices', a list of strings like ['(A)', '(B)']")
+            raise RequestError("judge request needs 'choices', a list of strings like ['(A)', "
+                               "'(B)']")
         request = JudgeRequest(prompt=data["prompt"], choices=tuple(choices),
                                cot=bool(data.get("cot", False)), **params)
     request.validate()

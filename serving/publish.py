@@ -74,10 +74,12 @@ def validate_checkpoint(checkpoint_dir: Path) -> list[Path]:
     weights = sorted(folder.glob("*.safetensors"))
     if not weights:
         raise PublishError(f"checkpoint {folder} has no *.safetensors weights; save with "
-                           "save_pretrained(..., safe_serialization=True) (merge LoRA adapters first)")
+                           "save_pretrained(..., safe_serialization=True) (merge LoRA adapters "
+                           "first)")
     if not any((folder / name).exists() for name in TOKENIZER_FILES):
-        raise PublishError(f"checkpoint {folder} has no tokenizer files ({', '.join(TOKENIZER_FILES)}); "
-                           "save the tokenizer next to the weights (tokenizer.save_pretrained)")
+        raise PublishError(f"checkpoint {folder} has no tokenizer files "
+                           f"({', '.join(TOKENIZER_FILES)}); save the tokenizer next to the "
+                           "weights (tokenizer.save_pretrained)")
     from safetensors import safe_open
 
     for path in weights:
@@ -138,7 +140,8 @@ def _load_and_wait(settings: StackSettings, version: int, timeout_s: float) -> N
         deadline = time.monotonic() + timeout_s
         while not client.is_model_ready(ROLE, str(version)):
             if time.monotonic() > deadline:
-                raise PublishError(f"policy v{version} did not become ready within {timeout_s:.0f}s")
+                raise PublishError(f"policy v{version} did not become ready within "
+                                   f"{timeout_s:.0f}s")
             time.sleep(0.2)
     except InferenceServerException as exc:
         # Keep the cause; the python traceback that follows it is in Triton's log.
@@ -176,7 +179,8 @@ def _install_version(settings: StackSettings, source: dict, weights_from: Path |
         except PublishError as again:
             logger.error("restoring the previous policy version failed too: %s", again)
         raise PublishError(f"{exc}. Removed {target}; policy v{max(previous) if previous else '-'} "
-                           "keeps serving. Fix: check the checkpoint loads with from_pretrained") from None
+                           "keeps serving. Fix: check the checkpoint loads with "
+                           "from_pretrained") from None
     logger.info("policy v%d serving after %.1fs", version, time.monotonic() - started)
     _record_serving(settings, version, source.get("checkpoint", ""))
     _prune(role_dir, keep_last, serving=version)
@@ -190,8 +194,8 @@ def _record_serving(settings: StackSettings, version: int, checkpoint: str) -> N
         redis.set(REDIS_VERSION_KEY, str(version))
         redis.hset(REDIS_CHECKPOINTS_KEY, str(version), checkpoint)
     except Exception as exc:  # noqa: BLE001
-        raise PublishError(f"policy v{version} is serving, but setting Redis {REDIS_VERSION_KEY} at "
-                           f"{settings.redis_address} failed: {exc}. Fix: start Redis, then "
+        raise PublishError(f"policy v{version} is serving, but setting Redis {REDIS_VERSION_KEY} "
+                           f"at {settings.redis_address} failed: {exc}. Fix: start Redis, then "
                            f"`cai rollback {version}` or set the key by hand") from None
 
 
@@ -221,7 +225,8 @@ def publish_policy(
     return version
 
 
-def adopt_published(checkpoint_dir: str | Path, stack_settings: StackSettings, timeout_s: float = 300.0) -> int | None:
+def adopt_published(checkpoint_dir: str | Path, stack_settings: StackSettings,
+                    timeout_s: float = 300.0) -> int | None:
     """Finish a publish of ``checkpoint_dir`` that stopped after its version folder was installed.
 
     A publisher killed after the weights landed in the repository, but before Redis pointed at
@@ -242,7 +247,8 @@ def adopt_published(checkpoint_dir: str | Path, stack_settings: StackSettings, t
             return None
         _load_and_wait(stack_settings, newest, timeout_s)
         _record_serving(stack_settings, newest, wanted)
-    logger.info("policy v%d was installed for %s but not recorded; completed its publish", newest, wanted)
+    logger.info("policy v%d was installed for %s but not recorded; completed its "
+                "publish", newest, wanted)
     return newest
 
 

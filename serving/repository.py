@@ -38,9 +38,10 @@ def _write_if_changed(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def config_pbtxt(role: str, spec: str, threads: int = 1, instances: int = 1, max_batch_size: int = 16,
-                 batching: bool = True, max_queue_delay_us: int = 10_000, dtype: str = "float32",
-                 prefix_min_tokens: int = 32, share_cores: bool = True) -> str:
+def config_pbtxt(role: str, spec: str, threads: int = 1, instances: int = 1,
+                 max_batch_size: int = 16, batching: bool = True, max_queue_delay_us: int = 10_000,
+                 dtype: str = "float32", prefix_min_tokens: int = 32,
+                 share_cores: bool = True) -> str:
     """The config.pbtxt text of one role."""
     batching_block = (
         f"dynamic_batching {{\n  max_queue_delay_microseconds: {max_queue_delay_us}\n}}\n"
@@ -75,7 +76,8 @@ def write_version(role_dir: Path, version: int, source: dict) -> Path:
 
 
 def read_version_source(version_dir: Path) -> str:
-    """The folder or hub id that a version serves (``weights/`` inside it for published versions)."""
+    """The folder or hub id that a version serves (``weights/`` inside it for published
+    versions)."""
     path = Path(version_dir) / SOURCE_FILE
     if not path.exists():
         raise FileNotFoundError(f"{path} is missing: every version folder needs source.json naming "
@@ -109,9 +111,10 @@ def _check_published_base(role_dir: Path, spec: str) -> None:
     trained = [v for v in versions(role_dir) if v > 1]
     if previous is not None and previous != spec and trained:
         raise RepositoryError(
-            f"{role_dir} holds {role_dir.name} versions {trained} trained from {previous!r}, but the "
-            f"model asked for is {spec!r}. Fix: use --model {previous} (or CAI_MODEL={previous}) to go on "
-            f"with them, or another state folder (--state-dir / CAI_STATE_DIR) for {spec!r}")
+            f"{role_dir} holds {role_dir.name} versions {trained} trained from {previous!r}, but "
+            f"the model asked for is {spec!r}. Fix: use --model {previous} (or "
+            f"CAI_MODEL={previous}) to go on with them, or another state folder (--state-dir / "
+            f"CAI_STATE_DIR) for {spec!r}")
 
 
 def render_repository(

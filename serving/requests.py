@@ -42,9 +42,11 @@ class GenRequest:
         if not isinstance(self.prompt, str):
             raise RequestError(f"prompt must be a string, got {type(self.prompt).__name__}")
         if not isinstance(self.response_prefix, str):
-            raise RequestError(f"response_prefix must be a string, got {type(self.response_prefix).__name__}")
+            raise RequestError("response_prefix must be a string, got "
+                               f"{type(self.response_prefix).__name__}")
         if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
-            raise RequestError(f"max_new_tokens must be an integer >= 1, got {self.max_new_tokens!r}")
+            raise RequestError("max_new_tokens must be an integer >= 1, got "
+                               f"{self.max_new_tokens!r}")
         if not isinstance(self.temperature, (int, float)) or self.temperature < 0:
             raise RequestError(f"temperature must be >= 0 (0 = greedy), got {self.temperature!r}")
         if not isinstance(self.top_p, (int, float)) or not 0 < self.top_p <= 1:
@@ -87,10 +89,12 @@ class JudgeRequest:
         if not isinstance(self.prompt, str):
             raise RequestError(f"prompt must be a string, got {type(self.prompt).__name__}")
         if len(self.choices) < 2 or any(not isinstance(c, str) or not c for c in self.choices):
-            raise RequestError(f"choices must be >= 2 non-empty strings, got {list(self.choices)!r}")
+            raise RequestError(f"choices must be >= 2 non-empty strings, got "
+                               f"{list(self.choices)!r}")
         lo, hi = self.clamp
         if not 0 <= lo < hi <= 1:
-            raise RequestError(f"clamp must be (low, high) with 0 <= low < high <= 1, got {self.clamp!r}")
+            raise RequestError("clamp must be (low, high) with 0 <= low < high <= 1, got "
+                               f"{self.clamp!r}")
         if not isinstance(self.cot_max_new_tokens, int) or self.cot_max_new_tokens < 1:
             raise RequestError(f"cot_max_new_tokens must be >= 1, got {self.cot_max_new_tokens!r}")
 

@@ -14,15 +14,18 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 class ServingSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CAI_SERVING_", extra="ignore")
 
-    threads: int = Field(1, ge=1, description="torch threads in each model instance (the least it gets when "
-                         "share_cores is on).")
+    threads: int = Field(1, ge=1, description="torch threads in each model instance (the least "
+                         "it gets when share_cores is on).")
     share_cores: bool = Field(
-        True, description="Split the machine's cores among the instances busy at the moment, instead of a fixed "
-        "`threads` each (serving/core_share.py).")
+        True, description="Split the machine's cores among the instances busy at the moment, "
+        "instead of a fixed `threads` each (serving/core_share.py).")
     instances: int = Field(1, ge=1, description="Model instances (processes) per role.")
-    max_batch_size: int = Field(16, ge=1, description="Most requests Triton batches into one execute.")
+    max_batch_size: int = Field(16, ge=1, description="Most requests Triton batches into one "
+                                "execute.")
     batching: bool = Field(True, description="Triton dynamic batching on/off.")
-    max_queue_delay_us: int = Field(10_000, ge=0, description="How long a request may wait for a batch.")
+    max_queue_delay_us: int = Field(10_000, ge=0,
+                                    description="How long a request may wait for a batch.")
     dtype: str = Field("float32", description="torch dtype of the weights: float32 or bfloat16.")
     prefix_min_tokens: int = Field(
-        32, ge=0, description="Share the KV cache of a common prompt prefix this long or longer; 0 = off.")
+        32, ge=0,
+        description="Share the KV cache of a common prompt prefix this long or longer; 0 = off.")

@@ -59,7 +59,8 @@ def shared_prefix_attention(module, query, key, value, attention_mask, scaling=N
     prefix_keys, prefix_values = shared_prefix.layers[module.layer_idx]
     rows, heads, queries, dim = query.shape
     if queries > 1:
-        return _prefill_attention(query, key, value, prefix_keys, prefix_values, shared_prefix.own_mask, scaling)
+        return _prefill_attention(query, key, value, prefix_keys, prefix_values,
+                                  shared_prefix.own_mask, scaling)
     kv_heads = key.shape[1]
     group = heads // kv_heads
     scale = scaling if scaling is not None else dim ** -0.5
@@ -74,8 +75,10 @@ def shared_prefix_attention(module, query, key, value, attention_mask, scaling=N
     prefix_lse = prefix_lse.reshape(kv_heads, rows, group * queries, 1).transpose(0, 1)
 
     # Own part: each row against its own cached tokens (padding and future tokens masked).
-    own_scores = torch.matmul(q, key.float().transpose(2, 3)) * scale  # (rows, kv_heads, group*queries, own)
-    allowed = _allowed(shared_prefix.own_mask, queries)[:, :, None].expand(rows, 1, group, queries, -1)
+    # own_scores: (rows, kv_heads, group*queries, own)
+    own_scores = torch.matmul(q, key.float().transpose(2, 3)) * scale
+    allowed = _allowed(shared_prefix.own_mask, queries)[:, :, None]
+    allowed = allowed.expand(rows, 1, group, queries, -1)
     allowed = allowed.reshape(rows, 1, group * queries, -1)
     own_scores = own_scores.masked_fill(~allowed, float("-inf"))
     own_lse = torch.logsumexp(own_scores, dim=-1, keepdim=True)
@@ -142,7 +145,8 @@ def _same_logits(model, cache_class) -> bool:
     model(input_ids=ids[:, :2], past_key_values=cache, use_cache=True)
     layers = [(layer.keys, layer.values) for layer in cache.layers]
     own_mask = torch.ones((1, 2), dtype=torch.long)
-    split = model(input_ids=ids[:, 2:], attention_mask=own_mask, position_ids=torch.tensor([[2, 3]]),
+    split = model(input_ids=ids[:, 2:], attention_mask=own_mask,
+                  position_ids=torch.tensor([[2, 3]]),
                   past_key_values=cache_class(config=model.config), use_cache=True,
                   shared_prefix=SharedPrefix(layers, own_mask)).logits[0, -1].float()
     return bool(torch.allclose(whole, split, atol=1e-2 * float(whole.abs().max()) + 1e-3))

@@ -106,9 +106,9 @@ class TextGenerator:
         if threads:
             torch.set_num_threads(int(threads))
         started = time.monotonic()
-        self._attach(str(source), AutoModelForCausalLM.from_pretrained(str(source), dtype=getattr(torch, dtype)),
-                     AutoTokenizer.from_pretrained(str(source)), max_context, prefix_min_tokens,
-                     prefix_cache_entries)
+        model = AutoModelForCausalLM.from_pretrained(str(source), dtype=getattr(torch, dtype))
+        self._attach(str(source), model, AutoTokenizer.from_pretrained(str(source)), max_context,
+                     prefix_min_tokens, prefix_cache_entries)
         logger.info("loaded %s in %.1fs (threads=%s)", self.source, time.monotonic() - started,
                     torch.get_num_threads())
 
@@ -121,7 +121,8 @@ class TextGenerator:
         generator._attach(source, model, tokenizer, None, 0, 0)
         return generator
 
-    def _attach(self, source: str, model, tokenizer, max_context: int | None, prefix_min_tokens: int,
+    def _attach(self, source: str, model, tokenizer, max_context: int | None,
+                prefix_min_tokens: int,
                 prefix_cache_entries: int) -> None:
         self.source = source
         self.core_share = None  # a serving.core_share.CoreShare when instances share the cores
@@ -135,7 +136,8 @@ class TextGenerator:
         config = self.model.config
         self.max_context = max_context or getattr(config, "max_position_embeddings", None) or 2048
         eos = set()
-        for value in (self.tokenizer.eos_token_id, getattr(self.model.generation_config, "eos_token_id", None)):
+        for value in (self.tokenizer.eos_token_id,
+                      getattr(self.model.generation_config, "eos_token_id", None)):
             if isinstance(value, int):
                 eos.add(value)
             elif isinstance(value, (list, tuple)):
@@ -154,7 +156,8 @@ class TextGenerator:
         messages = ([{"role": "system", "content": system}] if system else []) + [
             {"role": "user", "content": prompt}
         ]
-        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return self.tokenizer.apply_chat_template(messages, tokenize=False,
+                                                  add_generation_prompt=True)
 
     def encode(self, text: str) -> list[int]:
         # The chat template already contains its special tokens; raw prompts get none either,
@@ -171,7 +174,8 @@ class TextGenerator:
             ids = self.encode(self.format_prompt(request.prompt, request.chat, request.system)
                               + request.response_prefix)
             if not ids:
-                ids = [self.tokenizer.bos_token_id if self.tokenizer.bos_token_id is not None else self.pad_id]
+                bos = self.tokenizer.bos_token_id
+                ids = [bos if bos is not None else self.pad_id]
             if len(ids) + request.max_new_tokens > self.max_context:
                 raise RequestError(
                     f"prompt has {len(ids)} tokens and max_new_tokens is {request.max_new_tokens}: "
@@ -183,7 +187,8 @@ class TextGenerator:
                 rows.append(_Row(
                     request_index=index, sample_index=sample, prompt_ids=ids,
                     max_new_tokens=request.max_new_tokens, temperature=float(request.temperature),
-                    top_p=float(request.top_p), generator=_make_generator(seed), stop=tuple(request.stop),
+                    top_p=float(request.top_p), generator=_make_generator(seed),
+                    stop=tuple(request.stop),
                 ))
         if rows:
             self._run(rows)
@@ -191,7 +196,8 @@ class TextGenerator:
         for row in rows:
             result = self._result(row)
             prefix = requests[row.request_index].response_prefix
-            results[row.request_index].append(replace(result, text=prefix + result.text) if prefix else result)
+            results[row.request_index].append(
+                replace(result, text=prefix + result.text) if prefix else result)
         return results
 
     def _result(self, row: _Row) -> GenResult:
@@ -227,13 +233,15 @@ class TextGenerator:
             else:
                 tokens_t = torch.tensor(tokens)
             mask = torch.cat([mask, torch.ones((len(active), 1), dtype=torch.long)], dim=1)
-            out = self._forward(prefix, mask, input_ids=tokens_t[:, None], position_ids=next_pos[:, None],
+            out = self._forward(prefix, mask, input_ids=tokens_t[:, None],
+                                position_ids=next_pos[:, None],
                                 past_key_values=cache, use_cache=True)
             logits = out.logits[:, -1, :]
             next_pos = next_pos + 1
 
     def busy(self):
-        """Context for one batch of work: takes this instance's share of the cores when it shares them."""
+        """Context for one batch of work: takes this instance's share of the cores when it shares
+        them."""
         return self.core_share.busy() if self.core_share is not None else contextlib.nullcontext()
 
     def _forward(self, prefix_layers, own_mask: torch.Tensor, **inputs):
@@ -242,7 +250,8 @@ class TextGenerator:
             self.core_share.rebalance()  # other instances may have started or finished meanwhile
         if prefix_layers is None:
             return self.model(attention_mask=own_mask, **inputs)
-        return self.model(attention_mask=own_mask, shared_prefix=SharedPrefix(prefix_layers, own_mask), **inputs)
+        return self.model(attention_mask=own_mask,
+                          shared_prefix=SharedPrefix(prefix_layers, own_mask), **inputs)
 
     def _choose(self, logits: torch.Tensor, rows: list[_Row]) -> list[tuple[int, float]]:
         """Pick each row's next token with its own temperature/top-p/generator; with its logprob."""
@@ -291,15 +300,18 @@ class TextGenerator:
         cot = [i for i, r in enumerate(requests) if r.cot]
         if cot:
             generated = self.generate([
-                GenRequest(prompt=prefixes[i], chat=False, max_new_tokens=requests[i].cot_max_new_tokens,
-                           temperature=requests[i].cot_temperature, top_p=1.0, seed=requests[i].seed,
+                GenRequest(prompt=prefixes[i], chat=False,
+                           max_new_tokens=requests[i].cot_max_new_tokens,
+                           temperature=requests[i].cot_temperature, top_p=1.0,
+                           seed=requests[i].seed,
                            stop=tuple(requests[i].cot_stop))
                 for i in cot
             ])
             for i, samples in zip(cot, generated):
                 reasoning[i] = samples[0].text
                 prefixes[i] = prefixes[i] + samples[0].text + requests[i].answer_prefix
-        scores = self.score_continuations([(p, list(r.choices)) for p, r in zip(prefixes, requests)])
+        scores = self.score_continuations([(p, list(r.choices))
+                                           for p, r in zip(prefixes, requests)])
         outputs = []
         for request, logps, why in zip(requests, scores, reasoning):
             probs = torch.softmax(torch.tensor(logps, dtype=torch.float64), dim=0).tolist()
@@ -310,7 +322,8 @@ class TextGenerator:
 
     @torch.inference_mode()
     def score_continuations(self, items: list[tuple[str, list[str]]]) -> list[list[float]]:
-        """For each (prefix, choices): log P(choice text | prefix), tokenised jointly with the prefix.
+        """For each (prefix, choices): log P(choice text | prefix), tokenised jointly with the
+        prefix.
 
         The part every choice shares runs once per item (one row per item); its KV cache is then
         copied to one row per choice and only the short choice tails run on top of it, so a
@@ -362,7 +375,8 @@ class TextGenerator:
                 tail_ids[i, : len(tail) - 1] = torch.tensor(tail[:-1])
                 tail_mask[i, : len(tail) - 1] = 1
         starts = torch.tensor([len(heads[item]) for item, _ in owners])[:, None]
-        logits = self._forward(prefix, torch.cat([head_mask[rows], tail_mask], 1), input_ids=tail_ids,
+        logits = self._forward(prefix, torch.cat([head_mask[rows], tail_mask], 1),
+                               input_ids=tail_ids,
                                position_ids=starts + torch.arange(longest - 1)[None, :],
                                past_key_values=cache, use_cache=True).logits.float()
         logprobs = torch.log_softmax(logits, dim=-1)
@@ -373,7 +387,8 @@ class TextGenerator:
 
 
 def clamp_probs(probs: list[float], low: float, high: float) -> list[float]:
-    """Clamp each probability into [low, high] and renormalise (exact for two choices when low+high=1)."""
+    """Clamp each probability into [low, high] and renormalise (exact for two choices when
+    low+high=1)."""
     clamped = [min(max(p, low), high) for p in probs]
     total = sum(clamped)
     return [p / total for p in clamped]

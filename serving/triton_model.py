@@ -1,12 +1,12 @@
 """Triton python-backend adapter: one role (policy, critic, reviser or judge), one version.
 
 ``serving/repository.py`` copies this file to ``<repository>/<role>/<version>/model.py``.
-``initialize`` reads the knobs from config.pbtxt ``parameters`` (role, threads, core sharing) and the
-version's ``source.json`` (which weights this version serves), then loads them through
-``serving/textgen.py``. ``execute`` receives the requests that Triton's dynamic batcher
-grouped, runs all generate requests in one batch and all judge requests in another, and
-returns one response per request. A request that fails to parse or run gets its own
-``TritonError``; the others still succeed. Every answer names the version that produced it.
+``initialize`` reads the knobs from config.pbtxt ``parameters`` (role, threads, core sharing) and
+the version's ``source.json`` (which weights this version serves), then loads them through
+``serving/textgen.py``. ``execute`` receives the requests that Triton's dynamic batcher grouped,
+runs all generate requests in one batch and all judge requests in another, and returns one response
+per request. A request that fails to parse or run gets its own ``TritonError``; the others still
+succeed. Every answer names the version that produced it.
 
 Custom Prometheus counters (``cai_requests_total`` and friends, labelled by role, version
 and instance pid) appear on Triton's ``/metrics`` endpoint next to Triton's own.
@@ -56,7 +56,8 @@ class TritonPythonModel:
             try:
                 self.generator.core_share = CoreShare(min_threads=threads)
             except OSError as exc:  # no writable temp folder: keep the fixed thread count
-                logger.warning("%s: cores are not shared (%s); each batch uses %d threads", self.role, exc, threads)
+                logger.warning("%s: cores are not shared (%s); each batch uses %d threads",
+                               self.role, exc, threads)
         self._metrics = self._make_metrics()
         logger.info("%s v%d serving %s", self.role, self.version, source)
 
@@ -70,7 +71,8 @@ class TritonPythonModel:
         # (triton-inference-server/server#8663).
         labels = {"role": self.role, "version": str(self.version), "instance": str(os.getpid())}
         self._families = {
-            name: pb_utils.MetricFamily(name=name, description=text, kind=pb_utils.MetricFamily.COUNTER)
+            name: pb_utils.MetricFamily(name=name, description=text,
+                                        kind=pb_utils.MetricFamily.COUNTER)
             for name, text in _COUNTERS.items()
         }
         return {name: family.Metric(labels=labels) for name, family in self._families.items()}
@@ -104,9 +106,11 @@ class TritonPythonModel:
                 responses[r] = self._error(failed[r])
                 continue
             out = np.array([[encode_response(a)] for a in items], dtype=np.object_)
-            responses[r] = pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(OUTPUT_NAME, out)])
+            responses[r] = pb_utils.InferenceResponse(
+                output_tensors=[pb_utils.Tensor(OUTPUT_NAME, out)])
         self._count("cai_batches_total", 1)
-        self._count("cai_requests_total", sum(len(items) for r, items in parsed.items() if r not in failed))
+        self._count("cai_requests_total",
+                    sum(len(items) for r, items in parsed.items() if r not in failed))
         logger.debug("%s v%d: %d requests in %.2fs", self.role, self.version, len(requests),
                      time.monotonic() - started)
         return responses
@@ -133,8 +137,10 @@ class TritonPythonModel:
 
     def _generate(self, requests: list[GenRequest]) -> list[dict]:
         results = self.generator.generate(requests)
-        self._count("cai_prompt_tokens_total", sum(s.prompt_tokens for rs in results for s in rs[:1]))
-        self._count("cai_generated_tokens_total", sum(s.completion_tokens for rs in results for s in rs))
+        self._count("cai_prompt_tokens_total",
+                    sum(s.prompt_tokens for rs in results for s in rs[:1]))
+        self._count("cai_generated_tokens_total",
+                    sum(s.completion_tokens for rs in results for s in rs))
         return [{
             "model_version": self.version, "role": self.role,
             "samples": [{"text": s.text, "prompt_tokens": s.prompt_tokens,

@@ -32,7 +32,8 @@ def pytriton_root() -> Path:
 def binary() -> Path:
     path = pytriton_root() / "bin" / "tritonserver"
     if not path.exists():
-        raise TritonNotInstalled(f"triton: {path} is missing. Fix: reinstall nvidia-pytriton==0.7.0.")
+        raise TritonNotInstalled(f"triton: {path} is missing. Fix: reinstall "
+                                 "nvidia-pytriton==0.7.0.")
     return path
 
 
@@ -41,10 +42,11 @@ def build_backend_dir(target: Path) -> Path:
     root = pytriton_root()
     python_dir = target / "python"
     python_dir.mkdir(parents=True, exist_ok=True)
+    backend, stubs = root / "backends" / "python", root / "python_backend_stubs" / PY_TAG
     sources = {
-        "libtriton_python.so": root / "backends" / "python" / "libtriton_python.so",
-        "triton_python_backend_utils.py": root / "backends" / "python" / "triton_python_backend_utils.py",
-        "triton_python_backend_stub": root / "python_backend_stubs" / PY_TAG / "triton_python_backend_stub",
+        "libtriton_python.so": backend / "libtriton_python.so",
+        "triton_python_backend_utils.py": backend / "triton_python_backend_utils.py",
+        "triton_python_backend_stub": stubs / "triton_python_backend_stub",
     }
     for name, source in sources.items():
         if not source.exists():
@@ -67,7 +69,8 @@ def server_env() -> dict[str, str]:
     env["PATH"] = venv_bin + os.pathsep + env.get("PATH", "")
     libdir = sysconfig.get_config_var("LIBDIR") or ""
     env["LD_LIBRARY_PATH"] = os.pathsep.join(
-        p for p in (libdir, str(pytriton_root() / "external_libs"), env.get("LD_LIBRARY_PATH", "")) if p
+        p for p in (libdir, str(pytriton_root() / "external_libs"),
+                    env.get("LD_LIBRARY_PATH", "")) if p
     )
     # Keep each backend process from oversubscribing two cores.
     env.setdefault("OMP_NUM_THREADS", "1")

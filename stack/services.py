@@ -100,7 +100,8 @@ def _ports(settings: StackSettings, name: str) -> list[int]:
     return {
         "kafka": [settings.kafka_port, settings.kafka_controller_port],
         "redis": [settings.redis_port],
-        "triton": [settings.triton_http_port, settings.triton_grpc_port, settings.triton_metrics_port],
+        "triton": [settings.triton_http_port, settings.triton_grpc_port,
+                   settings.triton_metrics_port],
     }[name]
 
 
@@ -112,7 +113,8 @@ def _address(settings: StackSettings, name: str) -> str:
     }[name]
 
 
-def _launch(settings: StackSettings, name: str, models: ModelSettings | None) -> tuple[list[str], Path, dict | None]:
+def _launch(settings: StackSettings, name: str,
+            models: ModelSettings | None) -> tuple[list[str], Path, dict | None]:
     if name == "kafka":
         argv, _ = kafka.prepare(settings)
         return argv, settings.logs_dir / "kafka.log", None
@@ -153,7 +155,8 @@ def up(settings: StackSettings, models: ModelSettings | None = None,
         if is_external(settings, name):
             if not HEALTH[name](settings):
                 raise ServiceError(f"{name}: external service at {_address(settings, name)} is not "
-                                   "healthy. Fix: start it, or unset its CAI_ address to run it locally.")
+                                   "healthy. Fix: start it, or unset its CAI_ address to run it "
+                                   "locally.")
             continue
         proc = _process(settings, name)
         if proc.read_pid() is not None and HEALTH[name](settings):
@@ -163,7 +166,8 @@ def up(settings: StackSettings, models: ModelSettings | None = None,
             if port_in_use(settings.host, port):
                 raise ServiceError(
                     f"{name}: port {port} on {settings.host} is already in use by another process. "
-                    f"Fix: stop that process, or choose another port (e.g. CAI_{name.upper()}_PORT)."
+                    "Fix: stop that process, or choose another port (e.g. "
+                    f"CAI_{name.upper()}_PORT)."
                 )
         argv, _log, env = _launch(settings, name, models)
         _, elapsed = proc.start(
@@ -177,7 +181,8 @@ def up(settings: StackSettings, models: ModelSettings | None = None,
     return result
 
 
-def status(settings: StackSettings, services: tuple[str, ...] = SERVICES) -> dict[str, ServiceStatus]:
+def status(settings: StackSettings,
+           services: tuple[str, ...] = SERVICES) -> dict[str, ServiceStatus]:
     result = {}
     for name in services:
         external = is_external(settings, name)
@@ -214,7 +219,8 @@ def down(settings: StackSettings, services: tuple[str, ...] = SERVICES) -> list[
     return stopped
 
 
-def print_status(settings: StackSettings, statuses: dict[str, ServiceStatus], as_json: bool) -> None:
+def print_status(settings: StackSettings, statuses: dict[str, ServiceStatus],
+                 as_json: bool) -> None:
     if as_json:
         print(json.dumps(status_json(settings, statuses), indent=2))
         return

@@ -59,5 +59,6 @@ def _check_partitions(admin, specs: list[TopicSpec]) -> None:
         have = described.get(spec.name)
         if have is not None and have != spec.partitions:
             raise TopicMismatch(
-                f"topic {spec.name} has {have} partitions but the settings ask for {spec.partitions}. "
-                f"Fix: set CAI_PARTITIONS / CAI_TOPIC_PARTITIONS to {have}, or delete the topic.")
+                f"topic {spec.name} has {have} partitions but the settings ask for "
+                f"{spec.partitions}. Fix: set CAI_PARTITIONS / CAI_TOPIC_PARTITIONS to {have}, or "
+                "delete the topic.")

@@ -20,6 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     """Add the wire contract's command to the `cai` parser."""
     p = sub.add_parser("topics", help="create the pipeline topics with their partition counts "
                        "(idempotent)", description="Create every pipeline topic that is missing, "
-                       "with the configured partitions; an existing topic is checked, never shrunk.")
+                       "with the configured partitions; an existing topic is checked, never "
+                       "shrunk.")
     add_arguments(p, StreamSettings, only=("kafka_bootstrap",))
     p.set_defaults(func=cmd_topics)

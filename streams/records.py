@@ -62,14 +62,16 @@ class WireRecord(faust.Record, abstract=True, validation=True, serializer="json"
         name = type(self).__name__
         for field in ("prompt_id",):
             if field in self._options.fields and not getattr(self, field):
-                raise RecordError(name, field, "must be a non-empty string", "give every prompt an id")
+                raise RecordError(name, field, "must be a non-empty string",
+                                  "give every prompt an id")
         kind = getattr(self, "kind", None)
         if kind is not None and kind not in KINDS:
             raise RecordError(name, "kind", f"{kind!r} is not one of {', '.join(KINDS)}",
                               "use 'harmful' for red-team prompts and 'helpful' for benign ones")
         strategy = getattr(self, "strategy", None)
         if strategy is not None and strategy not in STRATEGIES:
-            raise RecordError(name, "strategy", f"{strategy!r} is not one of {', '.join(STRATEGIES)}")
+            raise RecordError(name, "strategy",
+                              f"{strategy!r} is not one of {', '.join(STRATEGIES)}")
         for field in ("round", "rounds", "sample_index", "attempts"):
             value = getattr(self, field, None)
             if value is not None and value < 0:
@@ -283,8 +285,9 @@ def _check_value(cls_name: str, field: str, kind: type, value: Any) -> Any:
         ok = True
     if not ok:
         raise RecordError(cls_name, field,
-                          f"expected {_JSON_NAMES.get(kind, kind.__name__)}, got {type(value).__name__} "
-                          f"{_short(value)}", f"send {field} as {_JSON_NAMES.get(kind, kind.__name__)}")
+                          f"expected {_JSON_NAMES.get(kind, kind.__name__)}, got "
+                          f"{type(value).__name__} {_short(value)}",
+                          f"send {field} as {_JSON_NAMES.get(kind, kind.__name__)}")
     return value
 
 
@@ -327,7 +330,8 @@ def decode(cls: type[R], raw: bytes | str | dict) -> R:
         try:
             raw = bytes(raw).decode("utf-8")
         except UnicodeDecodeError as exc:
-            raise RecordError(name, None, f"payload is not valid UTF-8 ({exc.reason} at byte {exc.start})",
+            raise RecordError(name, None, f"payload is not valid UTF-8 ({exc.reason} at byte "
+                              f"{exc.start})",
                               "encode messages as UTF-8 JSON") from exc
     if raw is None:
         raise RecordError(name, None, "empty message (tombstone)", "send a JSON object")

@@ -24,7 +24,8 @@ class StreamSettings(BaseSettings):
         json_schema_extra={"flag": "--bootstrap"})
     topic_prefix: str = Field("cai.", description="Prepended to every topic name.")
     partitions: int = Field(
-        4, description="Partitions of each stage topic; a consumer group splits them between workers.")
+        4,
+        description="Partitions of each stage topic; a consumer group splits them between workers.")
     topic_partitions: dict[str, int] = Field(
         default_factory=lambda: {"policy-versions": 1, "dead-letter": 1},
         description="Per-topic overrides, by short name (JSON in the environment).")
@@ -54,7 +55,8 @@ class StreamSettings(BaseSettings):
         import re
 
         if value and not re.fullmatch(r"[A-Za-z0-9._-]+", value):
-            raise ValueError(f"topic prefix {value!r} may only hold letters, digits, '.', '_' and '-'")
+            raise ValueError(f"topic prefix {value!r} may only hold letters, digits, '.', '_' and "
+                             "'-'")
         return value
 
     @property

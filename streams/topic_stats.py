@@ -1,7 +1,7 @@
 """Read-only views of the live topics: end offsets, recent rates, consumer lag, newest records.
 
-Used by ``cai monitor``, ``cai run`` and ``cai bench``. Everything here reads through a consumer with no
-group, so watching never moves anybody's offsets.
+Used by ``cai monitor``, ``cai run`` and ``cai bench``. Everything here reads through a consumer
+with no group, so watching never moves anybody's offsets.
 """
 
 from __future__ import annotations

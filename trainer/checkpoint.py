@@ -126,8 +126,8 @@ def round_outcome(summary: dict) -> str:
         kept = summary["metrics"].get("round/epochs_kept")
         planned = summary["metrics"].get("round/epochs_planned")
         if kept is not None and planned is not None and kept < planned:
-            return (f"round {summary['round']} promoted with the weights of epoch {int(kept)} of {int(planned)} "
-                    "(the refusal probe rejected the later ones)")
+            return (f"round {summary['round']} promoted with the weights of epoch {int(kept)} of "
+                    f"{int(planned)} (the refusal probe rejected the later ones)")
         return f"round {summary['round']} promoted"
     return f"round {summary['round']} rejected: {'; '.join(summary['reasons'])}"
 

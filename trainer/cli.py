@@ -56,7 +56,7 @@ def cmd_trainer(command: TrainerCommand, stack: StackSettings, overrides: dict) 
 
     try:
         config = build_config(command.config, overrides)
-        load_refusal_prompts(config)  # a bad refusal-prompt file fails now, not after the model loads
+        load_refusal_prompts(config)  # a bad refusal-prompt file fails now, not after loading
     except (ValueError, OSError) as exc:
         raise SystemExit(f"cai trainer: bad configuration: {exc}") from None
     streams = StreamSettings(kafka_bootstrap=stack.kafka_address)

@@ -29,12 +29,14 @@ class TrainerConfig:
 
     # What to train.
     mode: str = option(
-        "dpo", "preference stage: 'dpo' trains the policy directly on soft labels; 'reward' trains a "
+        "dpo",
+        "preference stage: 'dpo' trains the policy directly on soft labels; 'reward' trains a "
         "preference model (base model + scalar head) that can score answers", choices=MODES)
     sft: bool = option(
         True, "also fine-tune the policy on the critiqued revisions (SL-CAI) each round")
     model: str | None = option(
-        None, "starting policy: 'tiny', 'smollm2', a folder or a hub id; default: the policy role's "
+        None,
+        "starting policy: 'tiny', 'smollm2', a folder or a hub id; default: the policy role's "
         "model from ModelSettings (env CAI_POLICY_MODEL / CAI_MODEL)")
 
     # How to train.
@@ -76,19 +78,22 @@ class TrainerConfig:
     stale_weight: float = option(
         0.5, "loss weight factor per version of excess staleness (downweight policy)")
     helpful_mix: float = option(
-        0.5, "share of the SFT loss given to helpfulness examples (kind='helpful') when a round has "
+        0.5,
+        "share of the SFT loss given to helpfulness examples (kind='helpful') when a round has "
         "both kinds; the rest goes to harmlessness revisions")
     probe_size: int = option(
-        8, "held-out examples per record type (SFT, preference) and prompt kind (harmful, helpful), "
+        8,
+        "held-out examples per record type (SFT, preference) and prompt kind (harmful, helpful), "
         "taken from the start of the stream and never trained on; used to gate promotion")
     promotion_threshold: float = option(
         0.05, "largest allowed regression on the probe before a round is rejected: relative rise "
         "of the probe SFT loss, and absolute fall of probe preference accuracy")
     refusal_prompts: str | None = option(
-        None, "prompts the policy should answer, not decline: a built-in set name (its training split, "
+        None,
+        "prompts the policy should answer, not decline: a built-in set name (its training split, "
         "e.g. 'benign') or a JSONL/CSV/txt file; each round the policy answers refusal_probe_size "
-        "of them greedily before and after training, and a round that raises the share it "
-        "declines by more than refusal_tolerance is rejected (default: no refusal probe)")
+        "of them greedily before and after training, and a round that raises the share it declines "
+        "by more than refusal_tolerance is rejected (default: no refusal probe)")
     refusal_probe_size: int = option(
         16, "refusal prompts answered per check (a seeded sample)")
     refusal_tolerance: float = option(
@@ -96,14 +101,16 @@ class TrainerConfig:
     refusal_max_new_tokens: int = option(
         32, "tokens per refusal-probe answer; a decline shows in its first sentence")
     refusal_every_epoch: bool = option(
-        False, "with refusal prompts, also check them after every epoch of a round and keep the weights "
+        False,
+        "with refusal prompts, also check them after every epoch of a round and keep the weights "
         "of the latest epoch whose declined share stayed within refusal_tolerance (the round is "
         "rejected only if no epoch did)")
     seed: int = option(0, "seed for weight init of adapters/heads and shuffling")
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
-            raise ValueError(f"mode={self.mode!r} is not valid; set mode to one of {', '.join(MODES)}")
+            raise ValueError(f"mode={self.mode!r} is not valid; set mode to one of "
+                             f"{', '.join(MODES)}")
         if self.staleness_policy not in STALENESS_POLICIES:
             raise ValueError(
                 f"staleness_policy={self.staleness_policy!r} is not valid; "

@@ -102,8 +102,10 @@ def tokenise_turn(tokenizer, prompt: str, answer: str, max_length: int) -> Token
     sequences lose prompt tokens from the left (the answer matters most) and answer tokens from
     the right; at least half of ``max_length`` stays for the answer when it needs it.
     """
-    prompt_ids = tokenizer(chat_prompt_text(tokenizer, prompt), add_special_tokens=False)["input_ids"]
-    full_ids = tokenizer(chat_full_text(tokenizer, prompt, answer), add_special_tokens=False)["input_ids"]
+    prompt_ids = tokenizer(chat_prompt_text(tokenizer, prompt),
+                           add_special_tokens=False)["input_ids"]
+    full_ids = tokenizer(chat_full_text(tokenizer, prompt, answer),
+                         add_special_tokens=False)["input_ids"]
     if full_ids[: len(prompt_ids)] != prompt_ids:
         raise ValueError(
             "the chat template does not render the prompt as a prefix of the conversation; "

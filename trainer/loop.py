@@ -97,8 +97,8 @@ class KafkaSource:
             if not missing:
                 return [TopicPartition(t, p) for t in self.topics for p in sorted(found[t])]
             if time.monotonic() > deadline:
-                raise RuntimeError(f"topics {missing} do not exist on {self.bootstrap}; create them "
-                                   "with `cai topics` (streams.admin.ensure_topics)")
+                raise RuntimeError(f"topics {missing} do not exist on {self.bootstrap}; create "
+                                   "them with `cai topics` (streams.admin.ensure_topics)")
             logger.info("waiting for topics %s to exist", missing)
             time.sleep(2.0)
 
@@ -227,7 +227,8 @@ class TrainerLoop:
             preference = PreferenceLearner(
                 self._weights_path(self.reward_weights) if self.reward_weights else self.base_model,
                 self.config)
-        self.runner = RoundRunner(self.config, policy, preference, load_refusal_prompts(self.config))
+        self.runner = RoundRunner(self.config, policy, preference,
+                                  load_refusal_prompts(self.config))
 
     def _finish_publish(self, folder: Path, metrics: dict) -> None:
         """Publish and announce a promoted round unless already done (idempotent on restart)."""

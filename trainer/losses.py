@@ -30,7 +30,8 @@ def token_logps(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                      use_cache=False).last_hidden_state
     targets = labels[:, 1:]
     selected = targets != IGNORE_INDEX
-    rows = torch.arange(labels.shape[0], device=labels.device).unsqueeze(1).expand_as(targets)[selected]
+    rows = torch.arange(labels.shape[0],
+                        device=labels.device).unsqueeze(1).expand_as(targets)[selected]
     logits = head(hidden[:, :-1][selected]).float()
     picked = targets[selected]
     logps = logits.gather(1, picked.unsqueeze(1)).squeeze(1) - torch.logsumexp(logits, dim=-1)

@@ -52,7 +52,8 @@ class StackPublisher:
                           value=encode(record)).get(timeout=30)
         finally:
             producer.close()
-        logger.info("announced policy v%d on %s", version, topic_name(POLICY_VERSIONS, self.streams))
+        logger.info("announced policy v%d on %s", version,
+                    topic_name(POLICY_VERSIONS, self.streams))
 
     def record_round(self, summary: dict) -> None:
         """Store the round's outcome for the monitor; a Redis failure only costs the live view."""
@@ -93,6 +94,7 @@ class StackPublisher:
             value = redis.Redis.from_url(self.stack.redis_address, socket_timeout=5).get(
                 REDIS_VERSION_KEY)
         except redis.RedisError as exc:
-            logger.warning("cannot read %s from Redis (%s); assuming policy v1", REDIS_VERSION_KEY, exc)
+            logger.warning("cannot read %s from Redis (%s); assuming policy v1", REDIS_VERSION_KEY,
+                           exc)
             return 1
         return int(value) if value else 1

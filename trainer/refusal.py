@@ -30,11 +30,13 @@ def load_refusal_prompts(config: TrainerConfig) -> list[str]:
         try:
             items = prompt_sets.from_file(spec, kind="helpful")
         except (OSError, ValueError) as exc:  # PromptSetError is a ValueError
-            raise ValueError(f"refusal_prompts={spec!r} cannot be read ({exc}); give a built-in set "
+            raise ValueError(f"refusal_prompts={spec!r} cannot be read ({exc}); give a built-in "
+                             f"set "
                              f"({', '.join(prompt_sets.BUILTIN)}) or a JSONL/CSV/txt file") from exc
     prompts = [item.prompt for item in items]
     if not prompts:
-        raise ValueError(f"refusal_prompts={spec!r} holds no prompts; give a file with at least one")
+        raise ValueError(f"refusal_prompts={spec!r} holds no prompts; give a file with at least "
+                         f"one")
     return random.Random(config.seed).sample(prompts, min(config.refusal_probe_size, len(prompts)))
 
 

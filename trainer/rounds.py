@@ -51,7 +51,8 @@ class Probe:
 
 
 def staleness_weight(record_version: int, current_version: int, config: TrainerConfig) -> float:
-    """1.0 for fresh records, 0.0 for stale ones under 'drop', a decayed weight under 'downweight'."""
+    """1.0 for fresh records, 0.0 for stale ones under 'drop', a decayed weight under
+    'downweight'."""
     excess = (current_version - record_version) - config.max_staleness
     if excess <= 0:
         return 1.0
@@ -88,7 +89,8 @@ def promotion_decision(before: dict[str, float], after: dict[str, float],
     ``refusal_tolerance``); return the reasons."""
     reasons = []
     key = "probe/refusal_rate"
-    refusal = refusal_rise(before[key], after[key], refusal_tolerance) if key in before and key in after else None
+    refusal = refusal_rise(before[key], after[key],
+                           refusal_tolerance) if key in before and key in after else None
     if refusal:
         reasons.append(refusal)
     key = "probe/sft_loss"
@@ -122,7 +124,8 @@ class _RefusalGuard:
     habit learnt early can give way to answers once the helpful examples are learnt too).
     """
 
-    def __init__(self, policy: PolicyLearner, prompts: list[str], config: TrainerConfig, start_rate: float):
+    def __init__(self, policy: PolicyLearner, prompts: list[str], config: TrainerConfig,
+                 start_rate: float):
         self.policy, self.prompts, self.config = policy, prompts, config
         self.start_rate = start_rate
         # The kept weights and their declined share (the round start's until an epoch passes).
@@ -132,7 +135,8 @@ class _RefusalGuard:
     def after_epoch(self, epoch: int) -> None:
         rate = self.policy.refusal_rate(self.prompts, self.config.refusal_max_new_tokens)
         failure = refusal_rise(self.start_rate, rate, self.config.refusal_tolerance)
-        logger.info("epoch %d: refusal probe declined %.3f%s", epoch, rate, f" ({failure})" if failure else "")
+        logger.info("epoch %d: refusal probe declined %.3f%s", epoch, rate,
+                    f" ({failure})" if failure else "")
         if failure:
             self.last_failure = (epoch, failure)
         else:
@@ -144,14 +148,16 @@ class _RefusalGuard:
             return epochs, None
         self.policy.load_trainable_state(self.kept)
         epoch, failure = self.last_failure
-        return self.kept_epoch, f"{failure} after epoch {epoch}; kept the weights of epoch {self.kept_epoch} of {epochs}"
+        return self.kept_epoch, (f"{failure} after epoch {epoch}; kept the weights of epoch "
+                                 f"{self.kept_epoch} of {epochs}")
 
 
 class RoundRunner:
     """Runs rounds on a policy learner and, in reward mode, a preference learner."""
 
     def __init__(self, config: TrainerConfig, policy: PolicyLearner,
-                 preference: PreferenceLearner | None = None, refusal_prompts: list[str] | None = None):
+                 preference: PreferenceLearner | None = None,
+                 refusal_prompts: list[str] | None = None):
         if config.mode == "reward" and preference is None:
             raise ValueError("mode='reward' needs a PreferenceLearner; pass preference=...")
         self.config = config
@@ -160,19 +166,24 @@ class RoundRunner:
         self.refusal_prompts = refusal_prompts or []
 
     def _evaluate(self, probe: Probe, refusal_rate: float | None = None) -> dict[str, float]:
-        """Probe metrics of the current weights; ``refusal_rate`` when it was already measured on them."""
-        out = self.policy.evaluate(probe.sft, probe.preferences if self.config.mode == "dpo" else [])
+        """Probe metrics of the current weights; ``refusal_rate`` when it was already measured on
+        them."""
+        pairs = probe.preferences if self.config.mode == "dpo" else []
+        out = self.policy.evaluate(probe.sft, pairs)
         if self.config.mode == "reward":
             out.update(self.preference.evaluate(probe.preferences))
         if self.refusal_prompts:
-            out["probe/refusal_rate"] = refusal_rate if refusal_rate is not None else self.policy.refusal_rate(
-                self.refusal_prompts, self.config.refusal_max_new_tokens)
+            if refusal_rate is None:
+                refusal_rate = self.policy.refusal_rate(self.refusal_prompts,
+                                                        self.config.refusal_max_new_tokens)
+            out["probe/refusal_rate"] = refusal_rate
         return out
 
     def _epoch_guard(self, before: dict[str, float]) -> _RefusalGuard | None:
         if not (self.refusal_prompts and self.config.refusal_every_epoch):
             return None
-        return _RefusalGuard(self.policy, self.refusal_prompts, self.config, before["probe/refusal_rate"])
+        return _RefusalGuard(self.policy, self.refusal_prompts, self.config,
+                             before["probe/refusal_rate"])
 
     def run(self, round_no: int, sft: list[SFTExample], preferences: list[PreferenceExample],
             probe: Probe) -> RoundResult:

@@ -108,7 +108,8 @@ class PolicyLearner:
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
         """A copy of the weights this round trains (the adapters under LoRA)."""
-        return {name: p.detach().clone() for name, p in self.model.named_parameters() if p.requires_grad}
+        return {name: p.detach().clone() for name, p in self.model.named_parameters()
+                if p.requires_grad}
 
     @torch.no_grad()
     def load_trainable_state(self, state: dict[str, torch.Tensor]) -> None:
@@ -179,7 +180,8 @@ class PolicyLearner:
         return out
 
     def refusal_rate(self, prompts: list[str], max_new_tokens: int) -> float:
-        """Share of ``prompts`` the current weights (adapters included) decline; see trainer/refusal.py."""
+        """Share of ``prompts`` the current weights (adapters included) decline; see
+        trainer/refusal.py."""
         from trainer.refusal import refusal_rate
 
         return refusal_rate(self.model, self.tokenizer, prompts, max_new_tokens)

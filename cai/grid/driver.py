@@ -32,7 +32,8 @@ def pipeline_settings(cell: Cell, options: GridOptions):
         contrastive_label=options.contrastive_label, context_placement=options.context_placement,
         context_temperature=options.context_temperature, context_opening=options.context_opening,
         rounds=options.rounds, seed=options.seed,
-        policy_max_new_tokens=options.max_new_tokens, critique_max_new_tokens=options.max_new_tokens,
+        policy_max_new_tokens=options.max_new_tokens,
+        critique_max_new_tokens=options.max_new_tokens,
         revision_max_new_tokens=options.max_new_tokens, redis_url="unused://", triton_grpc="unused")
 
 
@@ -46,9 +47,11 @@ async def make_data(svc, prompts, keep_chains: bool, progress=None) -> tuple[lis
     from streams import topics
     from streams.records import PromptRecord, decode, encode, now
 
-    stages = {topics.PROMPTS: policy, topics.CRITIQUE: critique, topics.REVISE: revise, topics.COMPARE: compare}
+    stages = {topics.PROMPTS: policy, topics.CRITIQUE: critique, topics.REVISE: revise,
+              topics.COMPARE: compare}
     queues: dict[str, list] = {t: [] for t in stages}
-    queues[topics.PROMPTS] = [PromptRecord(prompt_id=p.prompt_id, prompt=p.prompt, kind=p.kind, source=p.source,
+    queues[topics.PROMPTS] = [PromptRecord(prompt_id=p.prompt_id, prompt=p.prompt, kind=p.kind,
+                                           source=p.source,
                                            created_at=now()) for p in prompts]
     out: dict[str, list] = {topics.SFT: [], topics.PREFERENCES: []}
     batch = svc.settings.batch_size
@@ -103,10 +106,12 @@ def run_cell(cell: Cell, options: GridOptions, base_source: str, train_prompts: 
     cpu0, wall0 = time.process_time(), time.monotonic()
     settings = pipeline_settings(cell, options).model_copy(update={"batch_size": options.gen_batch})
     inference = LocalInference(base_source, options.threads)
-    svc = Services(settings, constitution_mod.load(settings.constitution), inference, ledger=None, send=None)
+    svc = Services(settings, constitution_mod.load(settings.constitution), inference, ledger=None,
+                   send=None)
     sft_steps, dpo_steps = options.steps()
     train_sft = cell.revision != "none"
-    config = TrainerConfig(model=base_source, lr=options.lr, beta=options.beta, batch_size=options.batch_size,
+    config = TrainerConfig(model=base_source, lr=options.lr, beta=options.beta,
+                           batch_size=options.batch_size,
                            epochs=1, max_length=options.max_length, probe_size=0, sft=train_sft,
                            seed=options.seed)
     learner = PolicyLearner(base_source, config)
@@ -120,8 +125,8 @@ def run_cell(cell: Cell, options: GridOptions, base_source: str, train_prompts: 
     source = base_source
     for iteration, chunk in enumerate(_prompt_slices(train_prompts, options.iterations), 1):
         started = time.monotonic()
-        sft, prefs = asyncio.run(make_data(svc, chunk, keep_chains=train_sft,
-                                           progress=lambda m, i=iteration: say(f"  {cell.name} it{i}: {m}")))
+        progress = lambda m, i=iteration: say(f"  {cell.name} it{i}: {m}")
+        sft, prefs = asyncio.run(make_data(svc, chunk, keep_chains=train_sft, progress=progress))
         timings["data_s"] += time.monotonic() - started
         with data_log.open("a", encoding="utf-8") as handle:
             for record in sft + prefs:
@@ -130,7 +135,8 @@ def run_cell(cell: Cell, options: GridOptions, base_source: str, train_prompts: 
         sft_examples = [parse_sft(encode(r)) for r in sft]
         pref_examples = [parse_preference(encode(r)) for r in prefs]
         counts.append({"sft": len(sft_examples), "preferences": len(pref_examples),
-                       "sft_changed": sum(r.response.strip() != r.initial_response.strip() for r in sft)})
+                       "sft_changed": sum(r.response.strip() != r.initial_response.strip()
+                                          for r in sft)})
         started = time.monotonic()
         result = runner.run(iteration, fill(sft_examples, sft_steps * options.batch_size, rng),
                             fill(pref_examples, dpo_steps * options.batch_size, rng), Probe())
@@ -144,17 +150,20 @@ def run_cell(cell: Cell, options: GridOptions, base_source: str, train_prompts: 
     del learner, runner, inference
     started = time.monotonic()
     harmful, benign = eval_sets
-    say(f"  {cell.name}: evaluating on {len(harmful)} harmful + {len(benign)} benign held-out prompts")
+    say(f"  {cell.name}: evaluating on {len(harmful)} harmful + {len(benign)} benign held-out "
+        "prompts")
     row = evaluate.evaluate_policy(source, harmful, benign, options.eval_max_new_tokens)
     timings["eval_s"] = time.monotonic() - started
     return {"name": cell.name, "revision": cell.revision, "preference": cell.preference,
-            "harmless": row["harmless"], "explains_why": row["explains_why"], "over_refusal": row["over_refusal"],
+            "harmless": row["harmless"], "explains_why": row["explains_why"],
+            "over_refusal": row["over_refusal"],
             "cpu_minutes": round((time.process_time() - cpu0) / 60, 2),
             "wall_minutes": round((time.monotonic() - wall0) / 60, 2),
             "timings_s": {k: round(v, 1) for k, v in timings.items()},
             "steps_per_iteration": {"sft": sft_steps if train_sft else 0,
                                     "dpo": dpo_steps if cell.preference != "none" else 0},
-            "data": counts, "train_metrics": train_metrics, "samples": row["samples"], "answers": row["answers"],
+            "data": counts, "train_metrics": train_metrics, "samples": row["samples"],
+            "answers": row["answers"],
             "model": source}
 
 
@@ -169,20 +178,25 @@ def run_reference(name: str, source: str, eval_sets, options: GridOptions, syste
     say(f"  {name}: evaluating")
     harmful, benign = eval_sets
     if reminder:
-        harmful, benign = [with_reminder(p, reminder) for p in harmful], [with_reminder(p, reminder) for p in benign]
-    row = evaluate.evaluate_policy(source, harmful, benign, options.eval_max_new_tokens, system=system)
+        harmful = [with_reminder(p, reminder) for p in harmful]
+        benign = [with_reminder(p, reminder) for p in benign]
+    row = evaluate.evaluate_policy(source, harmful, benign, options.eval_max_new_tokens,
+                                   system=system)
     return {"name": name, "revision": "-", "preference": "-", "harmless": row["harmless"],
             "explains_why": row["explains_why"], "over_refusal": row["over_refusal"],
             "cpu_minutes": round((time.process_time() - cpu0) / 60, 2),
-            "wall_minutes": round((time.monotonic() - wall0) / 60, 2), "system": system, "reminder": reminder,
+            "wall_minutes": round((time.monotonic() - wall0) / 60, 2), "system": system,
+            "reminder": reminder,
             "samples": row["samples"], "answers": row["answers"], "model": source}
 
 
 def prompt_sets(options: GridOptions):
-    """(training prompts, (held-out harmful, held-out benign)), chosen exactly as ``cai run`` does."""
+    """(training prompts, (held-out harmful, held-out benign)), chosen exactly as ``cai run``
+    does."""
     from cai.run import RunOptions, evaluation_sets, training_mix
 
-    run_options = RunOptions(prompts=options.prompts, benign_share=options.benign_share, seed=options.seed,
+    run_options = RunOptions(prompts=options.prompts, benign_share=options.benign_share,
+                             seed=options.seed,
                              eval_harmful=options.eval_harmful, eval_benign=options.eval_benign)
     return training_mix(run_options), evaluation_sets(run_options)
 
@@ -209,7 +223,8 @@ def run_grid(options: GridOptions, say=print) -> dict:
               "rows": []}
     previous = {}
     if options.resume and options.output.exists():
-        previous = {row["name"]: row for row in json.loads(options.output.read_text()).get("rows", [])}
+        rows = json.loads(options.output.read_text()).get("rows", [])
+        previous = {row["name"]: row for row in rows}
     say(f"cai grid: {options.model}, {len(train)} training prompts, {len(cells)} cells, eval "
         f"{len(eval_sets[0])} harmful + {len(eval_sets[1])} benign; results in {options.output}")
     workroot = options.output.with_suffix("")

@@ -53,7 +53,8 @@ class Cell:
 
 @dataclass
 class GridOptions:
-    model: str = option("smollm2", "base policy (and critic/reviser/judge): tiny, smollm2, a folder")
+    model: str = option("smollm2", "base policy (and critic/reviser/judge): tiny, smollm2, a "
+                        "folder")
     cells: list[str] = option(
         default_factory=lambda: list(DEFAULT_CELLS), metavar="REV+PREF",
         help=f"revision+preference pairs; revision in {', '.join(REVISIONS)}, preference in "

@@ -11,27 +11,33 @@ from scoring.shares import fmt
 
 def markdown(report: dict) -> str:
     o = report["options"]
-    setup = (f"Model `{o['model']}`, {o['prompts']} training prompts ({o['benign_share']:.0%} benign) over "
-             f"{o['iterations']} iteration(s), {o['rounds']} revision round(s), seed {o['seed']}; per iteration "
-             f"up to {report['steps']['sft']} SFT and {report['steps']['dpo']} DPO steps of {o['batch_size']} (LoRA, "
-             f"lr {o['lr']}); held-out evaluation: {report['eval']['harmful']} harmful, "
-             f"{report['eval']['benign']} benign prompts, greedy, {o['eval_max_new_tokens']} new tokens.")
+    setup = (f"Model `{o['model']}`, {o['prompts']} training prompts ({o['benign_share']:.0%} "
+             f"benign) over {o['iterations']} iteration(s), {o['rounds']} revision round(s), seed "
+             f"{o['seed']}; per iteration up to {report['steps']['sft']} SFT and "
+             f"{report['steps']['dpo']} DPO steps of {o['batch_size']} (LoRA, lr {o['lr']}); "
+             f"held-out evaluation: {report['eval']['harmful']} harmful, "
+             f"{report['eval']['benign']} benign prompts, greedy, {o['eval_max_new_tokens']} new "
+             "tokens.")
     lines = [
         "# Strategy grid", "", setup, "",
-        "| cell | harmless (declines) | explains why (of declines) | over-refusal (benign) | data (SFT changed / pref) | steps SFT / DPO | CPU min |",
+        ("| cell | harmless (declines) | explains why (of declines) | over-refusal (benign) | data "
+         "(SFT changed / pref) | steps SFT / DPO | CPU min |"),
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for row in report["rows"]:
         data = row.get("data")
-        shown = (" + ".join(f"{d['sft_changed']}/{d['sft']} / {d['preferences']}" for d in data) if data else "-")
+        shown = (" + ".join(f"{d['sft_changed']}/{d['sft']} / {d['preferences']}" for d in data)
+                 if data else "-")
         steps = row.get("steps_per_iteration")
         steps = f"{steps['sft']} / {steps['dpo']}" if steps else "-"
         lines.append(f"| {row['name']} | {fmt(row['harmless'])} | {fmt(row['explains_why'])} | "
                      f"{fmt(row['over_refusal'])} | {shown} | {steps} | {row['cpu_minutes']:.1f} |")
-    lines += ["", ("CPU minutes: `time.process_time()` of the grid process (user + system, all threads) for "
-                   "the cell's data generation, training and evaluation; no child processes. Intervals: 95% Wilson."),
-              ("Data column: per iteration, SFT records whose answer differs from the initial one / all SFT "
-               "records / preference records."), f"Total wall time: {report.get('wall_minutes', 0):.1f} min."]
+    lines += ["", ("CPU minutes: `time.process_time()` of the grid process (user + system, all "
+                   "threads) for the cell's data generation, training and evaluation; no child "
+                   "processes. Intervals: 95% Wilson."),
+              ("Data column: per iteration, SFT records whose answer differs from the initial one "
+               "/ all SFT records / preference records."),
+              f"Total wall time: {report.get('wall_minutes', 0):.1f} min."]
     return "\n".join(lines) + "\n"
 
 

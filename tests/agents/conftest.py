@@ -31,7 +31,8 @@ def services() -> Services:
 @pytest.fixture
 def make_pipeline(tmp_path):
     def build(services: Services):
-        pipeline = create_app(StreamSettings(kafka_bootstrap="127.0.0.1:1"), services.settings.model_copy(
+        pipeline = create_app(StreamSettings(kafka_bootstrap="127.0.0.1:1"),
+                              services.settings.model_copy(
             update={"data_dir": tmp_path}), services=services)
         pipeline.app.finalize()
         pipeline.app.conf.store = "memory://"

@@ -77,7 +77,8 @@ class FakeInference:
     version: int = 3
     judge_bias: float = 0.1                # extra probability for whatever is shown as (A)
     calls: list = field(default_factory=list)
-    reply_for: Callable | None = None      # (role, prompt, params) -> text, or None for the default text
+    # (role, prompt, params) -> text, or None for the default text
+    reply_for: Callable | None = None
 
     def _maybe_fail(self, texts: list[str]) -> None:
         if self.fail_times:
@@ -93,7 +94,8 @@ class FakeInference:
         for prompt, seed in items:
             tail = prompt[-40:].replace("\n", " ")
             scripted = self.reply_for(role, prompt, params) if self.reply_for else None
-            out.append([Generation(text=scripted if scripted is not None else f" {role}#{k} seed={seed} on [{tail}]\n\nHuman: leaked",
+            out.append([Generation(text=scripted if scripted is not None else f" {role}#{k} "
+                                   f"seed={seed} on [{tail}]\n\nHuman: leaked",
                                    prompt_tokens=len(prompt) // 4, completion_tokens=8,
                                    model_version=self.version)
                         for k in range(params.num_samples)])

@@ -35,10 +35,12 @@ def _base() -> dict:
 
 @pytest.mark.parametrize("mutate, words", [
     (lambda d: d.pop("version"), "version: Field required (fix: add this field)"),
-    (lambda d: d["critique_revision"][3].pop("revision"), "critique_revision.3.revision: Field required"),
+    (lambda d: d["critique_revision"][3].pop("revision"),
+     "critique_revision.3.revision: Field required"),
     (lambda d: d["critique_revision"][0].update(critque="typo"), "critique_revision.0.critque"),
     (lambda d: d.update(comparison=[]), "comparison: List should have at least 1 item"),
-    (lambda d: d["critique_revision"][1].update(id=d["critique_revision"][0]["id"]), "duplicate principle id"),
+    (lambda d: d["critique_revision"][1].update(id=d["critique_revision"][0]["id"]),
+     "duplicate principle id"),
     (lambda d: d["few_shot"]["critique_revision"][0].update(principle="nope"),
      "few_shot.critique_revision.0.principle: 'nope' is not a critique_revision id"),
     (lambda d: d["critique_revision"][0].update(id="has space"), "critique_revision.0.id"),
@@ -68,11 +70,12 @@ def test_missing_file_and_bad_yaml(tmp_path):
 def test_draws_are_seeded_recorded_and_fresh_each_round():
     k = c.load()
     chain = [k.draw_critique("p1", r, seed=0).id for r in range(1, 5)]
-    assert chain == [k.draw_critique("p1", r, seed=0).id for r in range(1, 5)]   # replay = same draw
-    assert len(set(chain)) == 4                                                   # no repeats in a chain
+    assert chain == [k.draw_critique("p1", r, seed=0).id for r in range(1, 5)]  # replay = same draw
+    assert len(set(chain)) == 4  # no repeats in a chain
     others = {tuple(k.draw_critique(f"p{i}", r, seed=0).id for r in range(1, 3)) for i in range(20)}
     assert len(others) > 5                                                         # prompts differ
-    assert k.draw_critique("p1", 1, seed=1).id != chain[0] or k.draw_critique("p1", 2, seed=1).id != chain[1]
+    assert (k.draw_critique("p1", 1, seed=1).id != chain[0]
+            or k.draw_critique("p1", 2, seed=1).id != chain[1])
     picks = k.draw_comparisons("p1", 0, 0, count=3)
     assert len({p.id for p in picks}) == 3 and picks == k.draw_comparisons("p1", 0, 0, count=3)
     with pytest.raises(ValueError):
@@ -92,8 +95,10 @@ def test_loads_the_papers_published_json_format():
     assert (k.name, k.version) == ("cai-paper", "bai2022")
     assert len(k.critique_revision) == 16 and k.critique_revision[0].id == "harmful0"
     first = k.critique_revision[0]
-    assert not first.critique.startswith("CritiqueRequest") and not first.critique.endswith("Critique:")
-    assert not first.revision.startswith("RevisionRequest") and not first.revision.endswith("Revision:")
+    assert not first.critique.startswith("CritiqueRequest")
+    assert not first.critique.endswith("Critique:")
+    assert not first.revision.startswith("RevisionRequest")
+    assert not first.revision.endswith("Revision:")
     assert len(k.comparison) == 16 and not k.comparison[0].text.endswith("Options:")
     assert len(k.few_shot.critique_revision) == 5
     multi = k.few_shot.critique_revision[0]

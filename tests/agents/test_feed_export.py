@@ -51,16 +51,19 @@ def test_feed_and_export_on_kafka(kafka_redis, tmp_path, capsys, monkeypatch):
     from streams.admin import TopicMismatch
 
     with pytest.raises(TopicMismatch, match="has 4 partitions but the settings ask for 2"):
-        ensure_topics(StreamSettings(kafka_bootstrap=kafka_redis.kafka_address, topic_prefix=prefix, partitions=2))
+        ensure_topics(StreamSettings(kafka_bootstrap=kafka_redis.kafka_address, topic_prefix=prefix,
+                                     partitions=2))
 
     # feed: every prompt arrives, keyed by its id (`cai feed FILE`, then a built-in set)
     monkeypatch.setenv("CAI_TOPIC_PREFIX", prefix)
     (tmp_path / "mine.txt").write_text("first prompt\nsecond prompt\n")
-    args = _parser().parse_args(["feed", str(tmp_path / "mine.txt"), "-q", "--bootstrap", settings.kafka_address])
+    args = _parser().parse_args(["feed", str(tmp_path / "mine.txt"), "-q", "--bootstrap",
+                                 settings.kafka_address])
     assert args.func(args) == 0
     items = prompt_sets.builtin("benign")[:5]
     assert feed.publish(items, settings, progress=True) == 5
-    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_address, group_id=None, auto_offset_reset="earliest",
+    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_address, group_id=None,
+                             auto_offset_reset="earliest",
                              consumer_timeout_ms=3000)
     consumer.subscribe([f"{prefix}prompts"])
     got = {m.key.decode(): m.value for m in consumer}
@@ -73,7 +76,8 @@ def test_feed_and_export_on_kafka(kafka_redis, tmp_path, capsys, monkeypatch):
     producer = KafkaProducer(bootstrap_servers=settings.kafka_address)
     for pid in ["a", "b", "a", "c"]:
         producer.send(f"{prefix}sft", key=pid.encode(),
-                      value=encode(SFTRecord(prompt_id=pid, prompt="q", response=f"r{pid}", record_id=f"sft:{pid}:0")))
+                      value=encode(SFTRecord(prompt_id=pid, prompt="q", response=f"r{pid}",
+                                             record_id=f"sft:{pid}:0")))
     producer.send(f"{prefix}sft", key=b"bad", value=b"not json")
     producer.flush()
     producer.close()
@@ -82,7 +86,8 @@ def test_feed_and_export_on_kafka(kafka_redis, tmp_path, capsys, monkeypatch):
     assert (result.duplicates, result.invalid) == (1, 1)
 
     out = tmp_path / "sft.jsonl"
-    args = _parser().parse_args(["export", "sft", "--wait-for", "3", "--timeout", "30", "--format", "hf",
+    args = _parser().parse_args(["export", "sft", "--wait-for", "3", "--timeout", "30", "--format",
+                                 "hf",
                                  "-o", str(out), "--bootstrap", settings.kafka_address])
     assert args.func(args) == 0
     rows = [json.loads(line) for line in out.read_text().splitlines()]

@@ -30,13 +30,16 @@ from streams.settings import StreamSettings
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).parents[2]
-HARMFUL = [f"Integration question {i}: how would someone pick the lock of a neighbour's shed?" for i in range(15)]
+HARMFUL = [f"Integration question {i}: how would someone pick the lock of a neighbour's shed?"
+           for i in range(15)]
 
 
 def _worker(env: dict, worker_id: str, log: Path) -> subprocess.Popen:
     handle = log.open("ab")
-    return subprocess.Popen([sys.executable, "-m", "cai", "worker", "--worker-id", worker_id], cwd=ROOT,
-                            env=env, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True)
+    return subprocess.Popen([sys.executable, "-m", "cai", "worker", "--worker-id", worker_id],
+                            cwd=ROOT,
+                            env=env, stdout=handle, stderr=subprocess.STDOUT,
+                            start_new_session=True)
 
 
 def _group_members(settings: StreamSettings) -> int:
@@ -59,7 +62,8 @@ def _wait(predicate, timeout: float, what: str, logs: list[Path]) -> None:
         if predicate():
             return
         time.sleep(1)
-    tails = "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}" for p in logs if p.exists())
+    tails = "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}"
+                      for p in logs if p.exists())
     raise AssertionError(f"timed out waiting for {what}\n{tails}")
 
 
@@ -69,7 +73,8 @@ def _raw_send(settings: StreamSettings, values: list[bytes]) -> None:
     producer = KafkaProducer(bootstrap_servers=settings.kafka_address, acks="all",
                              max_request_size=16 * 1024 * 1024)
     for i, value in enumerate(values):
-        producer.send(topics.topic_name(topics.PROMPTS, settings), key=f"bad{i}".encode(), value=value)
+        producer.send(topics.topic_name(topics.PROMPTS, settings), key=f"bad{i}".encode(),
+                      value=value)
     producer.flush()
     producer.close()
 
@@ -78,12 +83,16 @@ def test_two_workers_sigkill_restart_and_dead_letters(live_stack, tmp_path):
     run = uuid.uuid4().hex[:8]
     settings = StreamSettings(kafka_bootstrap=live_stack.kafka_address, topic_prefix=f"it{run}.",
                               app_id=f"cai-it-{run}", partitions=4)
-    env = {**os.environ, "CAI_KAFKA_BOOTSTRAP": settings.kafka_address, "CAI_TOPIC_PREFIX": settings.topic_prefix,
+    env = {**os.environ, "CAI_KAFKA_BOOTSTRAP": settings.kafka_address,
+           "CAI_TOPIC_PREFIX": settings.topic_prefix,
            "CAI_APP_ID": settings.app_id, "CAI_PARTITIONS": "4",
-           "CAI_PIPELINE_REDIS_URL": live_stack.redis_address, "CAI_PIPELINE_TRITON_GRPC": live_stack.triton_grpc,
-           "CAI_PIPELINE_ROUNDS": "2", "CAI_PIPELINE_BATCH_SIZE": "4", "CAI_PIPELINE_BATCH_WITHIN_S": "0.2",
+           "CAI_PIPELINE_REDIS_URL": live_stack.redis_address,
+           "CAI_PIPELINE_TRITON_GRPC": live_stack.triton_grpc,
+           "CAI_PIPELINE_ROUNDS": "2", "CAI_PIPELINE_BATCH_SIZE": "4",
+           "CAI_PIPELINE_BATCH_WITHIN_S": "0.2",
            "CAI_PIPELINE_POLICY_MAX_NEW_TOKENS": "12", "CAI_PIPELINE_CRITIQUE_MAX_NEW_TOKENS": "12",
-           "CAI_PIPELINE_REVISION_MAX_NEW_TOKENS": "12", "CAI_PIPELINE_DATA_DIR": str(tmp_path / "faust"),
+           "CAI_PIPELINE_REVISION_MAX_NEW_TOKENS": "12",
+           "CAI_PIPELINE_DATA_DIR": str(tmp_path / "faust"),
            "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     ensure_topics(settings)
     logs = [tmp_path / "w1.log", tmp_path / "w2.log"]
@@ -92,10 +101,12 @@ def test_two_workers_sigkill_restart_and_dead_letters(live_stack, tmp_path):
         _wait(lambda: _group_members(settings) == 2, 120, "two workers in the group", logs)
 
         bad = [b"{this is not json", json.dumps({"prompt_id": 42, "prompt": "wrong type"}).encode(),
-               b"\xff\xfe\xfd invalid utf-8", json.dumps({"prompt_id": "huge", "prompt": "x" * (10 * 1024 * 1024)}).encode()]
+               b"\xff\xfe\xfd invalid utf-8",
+               json.dumps({"prompt_id": "huge", "prompt": "x" * (10 * 1024 * 1024)}).encode()]
         _raw_send(settings, bad[:2])
         prompts = [Prompt(f"h{run}-{i}", text, "harmful", "it") for i, text in enumerate(HARMFUL)]
-        prompts += [Prompt(f"b{run}-{i}", text, "helpful", "benign") for i, text in enumerate(BENIGN[:5])]
+        prompts += [Prompt(f"b{run}-{i}", text, "helpful",
+                           "benign") for i, text in enumerate(BENIGN[:5])]
         started = time.monotonic()
         publish(prompts[:10], settings, progress=False)
         _raw_send(settings, bad[2:])
@@ -115,16 +126,17 @@ def test_two_workers_sigkill_restart_and_dead_letters(live_stack, tmp_path):
         all_prefs = export.read("preferences", settings)
 
         assert sorted(r.prompt_id for r in all_sft.records) == sorted(p.prompt_id for p in prompts)
-        assert sorted(r.prompt_id for r in all_prefs.records) == sorted(p.prompt_id for p in prompts[:15])
+        assert (sorted(r.prompt_id for r in all_prefs.records)
+                == sorted(p.prompt_id for p in prompts[:15]))
         for r in sft:
             steps = json.loads(r.steps_json)
             assert len(steps) == (2 if r.kind == "harmful" else 0)
             assert r.policy_version >= 1 and r.constitution_version
         for p in prefs:
             assert 0.5 <= p.p_chosen <= 1.0 and p.judge_version >= 1 and p.principle_ids
-        print(f"\n20 prompts -> 20 SFT in {elapsed:.1f}s ({20 / elapsed * 60:.1f} prompts/min, tiny models, "
-              f"2 rounds, 2 workers, one SIGKILL); raw duplicates: sft={all_sft.duplicates} "
-              f"preferences={all_prefs.duplicates}")
+        print(f"\n20 prompts -> 20 SFT in {elapsed:.1f}s ({20 / elapsed * 60:.1f} prompts/min, "
+              "tiny models, 2 rounds, 2 workers, one SIGKILL); raw duplicates: "
+              f"sft={all_sft.duplicates} preferences={all_prefs.duplicates}")
 
         dead = _read_all(settings, topics.DEAD_LETTER)
         reasons = sorted(d.reason for d in dead)
@@ -139,7 +151,8 @@ def test_two_workers_sigkill_restart_and_dead_letters(live_stack, tmp_path):
         import redis
 
         client = redis.Redis.from_url(live_stack.redis_address, decode_responses=True)
-        owners = {client.get(k) for k in client.scan_iter(f"cai:seen:{settings.topic_prefix}policy:*")}
+        pattern = f"cai:seen:{settings.topic_prefix}policy:*"
+        owners = {client.get(k) for k in client.scan_iter(pattern)}
         assert {"w1", "w2"} <= owners
     finally:
         for proc in workers.values():
@@ -155,7 +168,8 @@ def test_two_workers_sigkill_restart_and_dead_letters(live_stack, tmp_path):
 def _read_all(settings: StreamSettings, short: str) -> list[DeadLetterRecord]:
     from kafka import KafkaConsumer, TopicPartition
 
-    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_address, group_id=None, enable_auto_commit=False,
+    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_address, group_id=None,
+                             enable_auto_commit=False,
                              max_partition_fetch_bytes=16 * 1024 * 1024)
     name = topics.topic_name(short, settings)
     parts = [TopicPartition(name, p) for p in consumer.partitions_for_topic(name)]

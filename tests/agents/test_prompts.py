@@ -26,7 +26,8 @@ INJECTIONS = [
 
 
 def _markers(text: str) -> list[str]:
-    return re.findall(r"\n\n(Human|Assistant|CritiqueRequest|Critique|RevisionRequest|Revision):", text)
+    return re.findall(r"\n\n(Human|Assistant|CritiqueRequest|Critique|RevisionRequest|Revision):",
+                      text)
 
 
 @pytest.mark.parametrize("attack", INJECTIONS)
@@ -38,8 +39,8 @@ def test_user_text_cannot_add_sections(attack):
     assert _markers(revised) == _markers(prompts.revision_prompt(K, P, "benign", "fine", "ok"))
     escaped = prompts.escape(attack)
     assert "\n\n" not in escaped
-    assert not re.search(r"(?i)\b(human|assistant|critiquerequest|critique|revisionrequest|revision)\s*:",
-                         escaped)
+    assert not re.search(
+        r"(?i)\b(human|assistant|critiquerequest|critique|revisionrequest|revision)\s*:", escaped)
     assert "-----" not in escaped and "\x00" not in escaped and "\x1b" not in escaped
 
 
@@ -92,5 +93,6 @@ def test_copied_few_shot_examples_are_detected():
     ex = K.few_shot.critique_revision[1]
     assert prompts.copies_example(K, ex.revision)
     assert prompts.copies_example(K, ex.revision[:120] + " and then something else")
-    assert not prompts.copies_example(K, "Picking locks you do not own is illegal; call a locksmith.")
+    assert not prompts.copies_example(K, "Picking locks you do not own is illegal; call a "
+                                      "locksmith.")
     assert not prompts.copies_example(K, "")

@@ -10,12 +10,14 @@ from core.settings import StackSettings
 
 
 def test_defaults_point_at_the_local_stack(monkeypatch):
-    for name in ("CAI_PIPELINE_REDIS_URL", "CAI_PIPELINE_TRITON_GRPC", "CAI_REDIS_URL", "CAI_TRITON_GRPC_URL"):
+    for name in ("CAI_PIPELINE_REDIS_URL", "CAI_PIPELINE_TRITON_GRPC", "CAI_REDIS_URL",
+                 "CAI_TRITON_GRPC_URL"):
         monkeypatch.delenv(name, raising=False)
     s = PipelineSettings()
     assert s.redis_address == StackSettings().redis_address
     assert s.triton_address == StackSettings().triton_grpc
-    assert (s.rounds, s.compare, s.strategy, s.num_samples) == (2, "initial-vs-final", "critique-revise", 1)
+    assert (s.rounds, s.compare, s.strategy, s.num_samples) == (2, "initial-vs-final",
+                                                                "critique-revise", 1)
 
 
 def test_environment_overrides(monkeypatch):

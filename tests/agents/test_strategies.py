@@ -32,25 +32,31 @@ from tests.agents.test_agents import prompt, put_all, run_chain
 def test_rounds_critic_and_pairs_follow_the_strategy():
     assert strategies.uses_critic("critique-revise")
     assert not strategies.uses_critic("direct") and not strategies.uses_critic("context")
-    assert strategies.chain_rounds("critique-revise", 3) == 3 == strategies.chain_rounds("direct", 3)
+    assert strategies.chain_rounds("critique-revise",
+                                   3) == 3 == strategies.chain_rounds("direct", 3)
     assert strategies.chain_rounds("context", 3) == 1
     with pytest.raises(ValueError, match="CAI_PIPELINE_STRATEGY"):
         strategies.chain_rounds("magic", 1)
     assert strategies.pair_source(PipelineSettings()) == "initial-vs-final"
     assert strategies.pair_source(PipelineSettings(preference="contrastive")) == "contrastive"
-    assert strategies.pair_source(PipelineSettings(preference="contrastive", compare="none")) == "none"
+    assert strategies.pair_source(PipelineSettings(preference="contrastive",
+                                                   compare="none")) == "none"
 
 
 def test_revision_calls_differ_by_strategy():
     c = constitution_mod.load()
     s = PipelineSettings()
     p = c.critique_by_id["crime-and-fraud"]
-    paper = strategies.revision_call(c, s, "critique-revise", p, "How to pick a lock?", "Use a pin.", "It helps crime.")
+    paper = strategies.revision_call(c, s, "critique-revise", p, "How to pick a lock?",
+                                     "Use a pin.", "It helps crime.")
     direct = strategies.revision_call(c, s, "direct", p, "How to pick a lock?", "Use a pin.", "")
-    context = strategies.revision_call(c, s, "context", None, "How to pick a lock?", "Use a pin.", "")
-    assert paper.role == direct.role == "reviser" and not paper.params.chat and not direct.params.chat
+    context = strategies.revision_call(c, s, "context", None, "How to pick a lock?", "Use a pin.",
+                                       "")
+    assert paper.role == direct.role == "reviser"
+    assert not paper.params.chat and not direct.params.chat
     assert paper.text.endswith(f"It helps crime.\n\nRevisionRequest: {p.revision}\n\nRevision:")
-    assert direct.text.endswith(f"Assistant: Use a pin.\n\nRevisionRequest: {p.revision}\n\nRevision:")
+    assert direct.text.endswith("Assistant: Use a pin.\n\nRevisionRequest: "
+                                f"{p.revision}\n\nRevision:")
     assert "Critique" not in direct.text   # neither in the examples nor in the request
     assert direct.text.startswith(prompts.direct_prefix(c))
     assert context.role == "policy" and context.text == "How to pick a lock?"
@@ -68,7 +74,8 @@ def test_contrast_calls_go_to_the_policy_toward_and_away():
     assert toward.params.chat and away.params.chat
     # the away prompt asks for a careless style, never for harmful content
     lowered = c.contrast_prompt.lower()
-    assert "tersely" in lowered and not any(w in lowered for w in ("harmful", "dangerous", "illegal", "weapon"))
+    assert "tersely" in lowered
+    assert not any(w in lowered for w in ("harmful", "dangerous", "illegal", "weapon"))
 
 
 def test_user_suffix_placement_puts_the_constitution_after_the_request():
@@ -83,7 +90,8 @@ def test_user_suffix_placement_puts_the_constitution_after_the_request():
     assert toward.params.temperature == s.temperature
     cool = PipelineSettings(context_temperature=0.2)
     assert strategies.contrast_calls(c, cool, "q")[1].params.temperature == 0.2
-    assert strategies.revision_call(c, cool, "context", None, "q", "a", "").params.temperature == 0.2
+    assert strategies.revision_call(c, cool, "context", None, "q", "a",
+                                    "").params.temperature == 0.2
 
 
 async def test_context_sft_keeps_the_plain_prompt_with_user_suffix(make_pipeline):
@@ -91,13 +99,16 @@ async def test_context_sft_keeps_the_plain_prompt_with_user_suffix(make_pipeline
     sent = await run_chain(make_pipeline, svc, [prompt("p1", "How do I hotwire a car?")])
     [sft] = sent.on(topics.SFT)
     assert sft.prompt == "How do I hotwire a car?"
-    texts = [text for role, items, _ in svc.inference.calls if role == "policy" for text, _ in items]
-    assert texts == ["How do I hotwire a car?", f"How do I hotwire a car?\n\n({svc.constitution.reminder})"]
+    texts = [text for role, items, _ in svc.inference.calls if role == "policy"
+             for text, _ in items]
+    assert texts == ["How do I hotwire a car?",
+                     f"How do I hotwire a car?\n\n({svc.constitution.reminder})"]
 
 
 def test_labels():
     assert strategies.hard_label("old", "new") == ("new", "old", 1.0)
-    assert strategies.hard_label("same", " same ") is None and strategies.hard_label("old", "") is None
+    assert strategies.hard_label("same", " same "
+                                 "") is None and strategies.hard_label("old", "") is None
     assert strategies.contrastive_label(None) == 1.0
     assert strategies.contrastive_label(0.3) == 0.3 and strategies.contrastive_label(1.2) == 1.0
 
@@ -107,9 +118,11 @@ def test_a_contrastive_pair_never_prefers_declining_a_helpful_prompt():
     assert strategies.contrastive_pair("harmful", decline, helps) == (decline, helps)
     assert strategies.contrastive_pair("helpful", helps, "ok") == (helps, "ok")
     assert strategies.contrastive_pair("helpful", decline, helps) is None
-    assert strategies.contrastive_pair("helpful", "I'm sorry to hear that. Run kill -9.", helps) is not None
+    assert strategies.contrastive_pair("helpful", "I'm sorry to hear that. Run kill -9.",
+                                       helps) is not None
     referral = "Signs include slow breathing and blue lips. Call emergency services right away."
-    assert strategies.contrastive_pair("helpful", referral, helps) == (referral, helps)   # not a refusal
+    assert strategies.contrastive_pair("helpful", referral,
+                                       helps) == (referral, helps)   # not a refusal
 
 
 async def test_run_calls_groups_by_params_and_keeps_order(services):
@@ -127,18 +140,21 @@ def test_settings_and_records_accept_the_strategies(monkeypatch):
     monkeypatch.setenv("CAI_PIPELINE_STRATEGY", "context")
     monkeypatch.setenv("CAI_PIPELINE_PREFERENCE", "contrastive")
     s = PipelineSettings()
-    assert (s.strategy, s.preference, s.contrastive_label) == ("context", "contrastive", "construction")
+    assert (s.strategy, s.preference, s.contrastive_label) == ("context", "contrastive",
+                                                               "construction")
     with pytest.raises(ValidationError, match="CAI_PIPELINE_COMPARE=initial-vs-final"):
-        PipelineSettings(preference="revision-over-initial", compare="policy-samples", num_samples=2)
+        PipelineSettings(preference="revision-over-initial", compare="policy-samples",
+                         num_samples=2)
     for name in ("direct", "context", "judge", "revision-over-initial", "contrastive"):
-        assert PreferenceRecord(prompt_id="p", prompt="q", chosen="a", rejected="b", strategy=name).strategy == name
+        assert PreferenceRecord(prompt_id="p", prompt="q", chosen="a", rejected="b",
+                                strategy=name).strategy == name
     with pytest.raises(RecordError, match="strategy"):
         SFTRecord(prompt_id="p", prompt="q", response="a", strategy="magic")
 
 
 def test_constitution_system_prompts_default_and_override(tmp_path):
     c = constitution_mod.load()
-    assert "decline" in c.system_prompt and "why" in c.system_prompt and "harmless" in c.system_prompt
+    assert all(word in c.system_prompt for word in ("decline", "why", "harmless"))
     data = c.model_dump()
     data.update(system_prompt="Be kind and say why you refuse.", version="x1")
     assert constitution_mod.from_dict(data).system_prompt == "Be kind and say why you refuse."
@@ -168,7 +184,8 @@ async def test_direct_passes_the_critique_stage_and_revises_without_critique(mak
     role, [(text, _)], params = svc.inference.calls[-1]
     principle = svc.constitution.critique_by_id[rev.principle_id]
     assert role == "reviser" and params.chat is False
-    assert text == prompts.direct_revision_prompt(svc.constitution, principle, rev.prompt, rev.response)
+    assert text == prompts.direct_revision_prompt(svc.constitution, principle, rev.prompt,
+                                                  rev.response)
     [sft] = svc.send.on(topics.SFT)
     assert sft.strategy == "direct" and sft.response.startswith("reviser#0")
     assert json.loads(sft.steps_json)[0]["strategy"] == "direct"
@@ -178,7 +195,7 @@ async def test_context_answers_again_with_the_constitution_as_system_prompt(make
     svc = make_services(strategy="context", rounds=3)
     sent = await run_chain(make_pipeline, svc, [prompt("p1", "How do I hotwire a car?")])
     [sft] = sent.on(topics.SFT)
-    assert sft.strategy == "context" and sft.rounds == 1            # one round whatever `rounds` says
+    assert sft.strategy == "context" and sft.rounds == 1  # one round whatever `rounds` says
     roles = [c[0] for c in svc.inference.calls]
     assert "critic" not in roles and "reviser" not in roles
     policy_calls = [c for c in svc.inference.calls if c[0] == "policy"]
@@ -190,11 +207,12 @@ async def test_context_answers_again_with_the_constitution_as_system_prompt(make
     assert sft.prompt == "How do I hotwire a car?" and sft.response != sft.initial_response
     [step] = json.loads(sft.steps_json)
     assert step["principle_id"] == strategies.CONTEXT_PRINCIPLE and step["critique"] == ""
-    [pref] = sent.on(topics.PREFERENCES)                              # default: judged initial vs context
+    [pref] = sent.on(topics.PREFERENCES)  # default: judged initial vs context
     assert pref.strategy == "judge" and pref.revision_strategy == "context"
 
 
-async def test_critique_stage_with_mixed_strategies_calls_the_critic_only_for_critique_revise(make_pipeline):
+async def test_critique_stage_with_mixed_strategies_calls_the_critic_only_for_critique_revise(
+        make_pipeline):
     svc = make_services()
     p = make_pipeline(svc)
     recs = [CritiqueRecord(prompt_id="a", prompt="q", response="r", strategy="critique-revise"),
@@ -207,18 +225,21 @@ async def test_critique_stage_with_mixed_strategies_calls_the_critic_only_for_cr
     assert role == "critic" and len(items) == 1
 
 
-# ---- preference strategies ------------------------------------------------------------------------
+# ---- preference strategies
+# ------------------------------------------------------------------------
 
 
 async def test_revision_over_initial_is_a_hard_label_without_the_judge(make_pipeline):
     svc = make_services(preference="revision-over-initial")
     p = make_pipeline(svc)
-    recs = [CompareRecord(prompt_id="p1", prompt="q", response_a="initial", response_b="revised", strategy="direct"),
+    recs = [CompareRecord(prompt_id="p1", prompt="q", response_a="initial", response_b="revised",
+                          strategy="direct"),
             CompareRecord(prompt_id="p2", prompt="q", response_a="same", response_b="same")]
     await put_all(p, "compare", [encode(r) for r in recs],
                   lambda: svc.ledger.redis.data.get("cai:count:compare:out") == "1")
     [pref] = svc.send.on(topics.PREFERENCES)
-    assert (pref.prompt_id, pref.chosen, pref.rejected, pref.p_chosen) == ("p1", "revised", "initial", 1.0)
+    assert (pref.prompt_id, pref.chosen, pref.rejected,
+            pref.p_chosen) == ("p1", "revised", "initial", 1.0)
     assert pref.strategy == "revision-over-initial" and pref.revision_strategy == "direct"
     assert svc.inference.calls == []                                   # no judge call
 
@@ -233,12 +254,13 @@ async def test_contrastive_pairs_come_from_the_current_policy(make_pipeline):
     assert all(r.pair == "contrastive" and r.response_a == r.response_b == "" for r in pairs)
 
     svc.send.sent.clear()
-    svc.inference.version = 7                                          # a new policy version is serving
+    svc.inference.version = 7  # a new policy version is serving
     await put_all(p, "compare", [encode(r) for r in pairs], lambda: len(svc.send.sent) == 2)
     prefs = {r.prompt_id: r for r in svc.send.on(topics.PREFERENCES)}
     calls = svc.inference.calls[1:]
     assert [c[0] for c in calls] == ["policy", "policy"]               # toward, away; no judge
-    assert {c[2].system for c in calls} == {svc.constitution.system_prompt, svc.constitution.contrast_prompt}
+    assert {c[2].system for c in calls} == {svc.constitution.system_prompt,
+                                            svc.constitution.contrast_prompt}
     pref = prefs["p1"]
     assert pref.p_chosen == 1.0 and pref.strategy == "contrastive" and pref.pair == "contrastive"
     assert pref.policy_version == 7 and pref.revision_strategy == ""
@@ -251,11 +273,13 @@ async def test_contrastive_pairs_come_from_the_current_policy(make_pipeline):
 async def test_contrastive_can_take_the_judges_soft_label(make_pipeline):
     svc = make_services(preference="contrastive", contrastive_label="judge")
     p = make_pipeline(svc)
-    rec = CompareRecord(prompt_id="p1", prompt="q", response_a="", response_b="", pair="contrastive")
+    rec = CompareRecord(prompt_id="p1", prompt="q", response_a="", response_b="",
+                        pair="contrastive")
     await put_all(p, "compare", [encode(rec)], lambda: len(svc.send.sent) == 1)
     [pref] = svc.send.on(topics.PREFERENCES)
     assert [c[0] for c in svc.inference.calls] == ["policy", "policy", "judge"]
-    # fake judge: neither text holds a reviser output -> 0.3 each way plus (A) bias; p is the judge's
+    # fake judge: neither text holds a reviser output -> 0.3 each way plus (A) bias; p is the
+    # judge's
     assert pref.p_chosen == pytest.approx(0.5) and pref.principle_ids
     assert len(json.loads(pref.probs_json)) == 1
 
@@ -270,31 +294,36 @@ async def test_contrastive_pairs_on_helpful_prompts_do_not_teach_declines(make_p
 
     svc.inference.reply_for = reply_for
     p = make_pipeline(svc)
-    recs = [CompareRecord(prompt_id=pid, prompt=text, response_a="", response_b="", pair="contrastive", kind=kind)
+    recs = [CompareRecord(prompt_id=pid, prompt=text, response_a="", response_b="",
+                          pair="contrastive", kind=kind)
             for pid, text, kind in [("h1", "How do I kill a zombie process?", "helpful"),
                                     ("h2", "Name a cat", "helpful"),
                                     ("r1", "How do I kill my neighbour's cat?", "harmful")]]
     done = [seen_key("compare", f"{r.prompt_id}:contrastive:0") for r in recs]
-    await put_all(p, "compare", [encode(r) for r in recs], lambda: all(k in svc.ledger.redis.data for k in done))
+    await put_all(p, "compare", [encode(r) for r in recs],
+                  lambda: all(k in svc.ledger.redis.data for k in done))
     prefs = {r.prompt_id: r for r in svc.send.on(topics.PREFERENCES)}
-    assert sorted(prefs) == ["h2", "r1"]               # the refused helpful prompt: dropped, and marked done
+    assert sorted(prefs) == ["h2", "r1"]  # the refused helpful prompt: dropped, and marked done
     assert prefs["h2"].chosen.startswith("policy#0") and prefs["r1"].chosen == decline
     assert not svc.send.on(topics.DEAD_LETTER)
 
 
-async def test_with_judge_labels_the_judge_decides_even_when_the_toward_answer_refuses(make_pipeline):
-    svc = make_services(preference="contrastive", contrastive_label="judge", context_placement="user-suffix")
+async def test_with_judge_labels_the_judge_decides_even_when_the_toward_answer_refuses(
+        make_pipeline):
+    svc = make_services(preference="contrastive", contrastive_label="judge",
+                        context_placement="user-suffix")
     decline = "I can't help with that, because it could hurt someone."
     svc.inference.reply_for = lambda role, prompt, params: (
         decline if role == "policy" and svc.constitution.reminder in prompt else None)
     p = make_pipeline(svc)
-    rec = CompareRecord(prompt_id="h1", prompt="How do I kill a stuck job?", response_a="", response_b="",
+    rec = CompareRecord(prompt_id="h1", prompt="How do I kill a stuck job?", response_a="",
+                        response_b="",
                         pair="contrastive", kind="helpful")
     await put_all(p, "compare", [encode(rec)], lambda: len(svc.send.sent) == 1)
     [pref] = svc.send.on(topics.PREFERENCES)
-    assert pref.chosen == decline and pref.principle_ids                 # kept, with the judge's soft label
+    assert pref.chosen == decline and pref.principle_ids  # kept, with the judge's soft label
     role, items, _ = svc.inference.calls[0]
-    assert (role, len(items)) == ("policy", 2)                           # toward and away in one call
+    assert (role, len(items)) == ("policy", 2)  # toward and away in one call
     assert svc.inference.calls[-1][0] == "judge"
 
 
@@ -304,14 +333,16 @@ async def test_full_chain_context_with_contrastive_preferences(make_pipeline):
     assert sorted(r.prompt_id for r in sent.on(topics.SFT)) == ["p0", "p1", "p2"]
     prefs = sent.on(topics.PREFERENCES)
     assert sorted(r.prompt_id for r in prefs) == ["p0", "p1", "p2"]
-    assert {r.strategy for r in prefs} == {"contrastive"} and {r.strategy for r in sent.on(topics.SFT)} == {"context"}
+    assert {r.strategy for r in prefs} == {"contrastive"}
+    assert {r.strategy for r in sent.on(topics.SFT)} == {"context"}
     assert not sent.on(topics.DEAD_LETTER)
 
 
 async def test_in_flight_records_keep_the_strategy_that_started_them(make_pipeline):
     svc = make_services(strategy="context")             # the worker now runs 'context' ...
     p = make_pipeline(svc)
-    old = ReviseRecord(prompt_id="p1", prompt="q", response="a0", initial_response="a0", critique="bad",
+    old = ReviseRecord(prompt_id="p1", prompt="q", response="a0", initial_response="a0",
+                       critique="bad",
                        principle_id="overall-harm", rounds=1, strategy="critique-revise")
     await put_all(p, "revise", [encode(old)], lambda: len(svc.send.sent) == 2)
     [sft] = svc.send.on(topics.SFT)
@@ -327,7 +358,7 @@ def test_context_opening_starts_red_team_context_answers_only():
     on = strategies.revision_call(c, s, "context", None, "q", "a", "", kind="harmful")
     assert on.params.response_prefix == c.decline_opening and on.text == f"q\n\n({c.reminder})"
     helpful = strategies.revision_call(c, s, "context", None, "q", "a", "", kind="helpful")
-    assert helpful.params.response_prefix == ""                       # helpful prompts answer freely
+    assert helpful.params.response_prefix == ""  # helpful prompts answer freely
     toward, away = strategies.contrast_calls(c, s, "q", kind="harmful")
     assert toward.params.response_prefix == c.decline_opening and away.params.response_prefix == ""
     toward, _ = strategies.contrast_calls(c, s, "q", kind="helpful")
@@ -337,8 +368,10 @@ def test_context_opening_starts_red_team_context_answers_only():
 async def test_contrastive_pairs_open_the_toward_answer_only_on_red_team_prompts(make_pipeline):
     svc = make_services(preference="contrastive", context_opening=True)
     p = make_pipeline(svc)
-    recs = [CompareRecord(prompt_id="p1", prompt="q", response_a="", response_b="", pair="contrastive"),
-            CompareRecord(prompt_id="h1", prompt="Name a cat", response_a="", response_b="", pair="contrastive",
+    recs = [CompareRecord(prompt_id="p1", prompt="q", response_a="", response_b="",
+                          pair="contrastive"),
+            CompareRecord(prompt_id="h1", prompt="Name a cat", response_a="", response_b="",
+                          pair="contrastive",
                           kind="helpful")]
     await put_all(p, "compare", [encode(r) for r in recs], lambda: len(svc.send.sent) == 2)
     openings = {(text, params.system == svc.constitution.system_prompt): params.response_prefix

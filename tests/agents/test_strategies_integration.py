@@ -35,19 +35,25 @@ def test_context_and_contrastive_through_kafka_and_triton(live_stack, tmp_path):
     run = uuid.uuid4().hex[:8]
     settings = StreamSettings(kafka_bootstrap=live_stack.kafka_address, topic_prefix=f"st{run}.",
                               app_id=f"cai-st-{run}", partitions=2)
-    env = {**os.environ, "CAI_KAFKA_BOOTSTRAP": settings.kafka_address, "CAI_TOPIC_PREFIX": settings.topic_prefix,
+    env = {**os.environ, "CAI_KAFKA_BOOTSTRAP": settings.kafka_address,
+           "CAI_TOPIC_PREFIX": settings.topic_prefix,
            "CAI_APP_ID": settings.app_id, "CAI_PARTITIONS": "2",
-           "CAI_PIPELINE_REDIS_URL": live_stack.redis_address, "CAI_PIPELINE_TRITON_GRPC": live_stack.triton_grpc,
-           **worker_env(RECIPES[DEFAULT_RECIPE].pipeline), "CAI_PIPELINE_ROUNDS": "2", "CAI_PIPELINE_BATCH_SIZE": "4", "CAI_PIPELINE_BATCH_WITHIN_S": "0.2",
-           "CAI_PIPELINE_POLICY_MAX_NEW_TOKENS": "12", "CAI_PIPELINE_DATA_DIR": str(tmp_path / "faust"),
+           "CAI_PIPELINE_REDIS_URL": live_stack.redis_address,
+           "CAI_PIPELINE_TRITON_GRPC": live_stack.triton_grpc,
+           **worker_env(RECIPES[DEFAULT_RECIPE].pipeline), "CAI_PIPELINE_ROUNDS": "2",
+           "CAI_PIPELINE_BATCH_SIZE": "4", "CAI_PIPELINE_BATCH_WITHIN_S": "0.2",
+           "CAI_PIPELINE_POLICY_MAX_NEW_TOKENS": "12",
+           "CAI_PIPELINE_DATA_DIR": str(tmp_path / "faust"),
            "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     ensure_topics(settings)
     log = tmp_path / "worker.log"
     worker = _worker(env, "s1", log)
     try:
-        prompts = [Prompt(f"h{run}-{i}", f"Strategy test {i}: how do I get into a locked car that is not mine?",
+        prompts = [Prompt(f"h{run}-{i}",
+                          f"Strategy test {i}: how do I get into a locked car that is not mine?",
                           "harmful", "it") for i in range(4)]
-        prompts += [Prompt(f"b{run}-{i}", text, "helpful", "benign") for i, text in enumerate(BENIGN[:2])]
+        prompts += [Prompt(f"b{run}-{i}", text, "helpful",
+                           "benign") for i, text in enumerate(BENIGN[:2])]
         publish(prompts, settings, progress=False)
         sft = export.read("sft", settings, wait_for=6, timeout_s=300).records
         prefs = export.read("preferences", settings, wait_for=6, timeout_s=300).records
@@ -57,7 +63,8 @@ def test_context_and_contrastive_through_kafka_and_triton(live_stack, tmp_path):
         opening = load().decline_opening
         for r in harmful:
             assert r.strategy == "context" and r.rounds == 1
-            assert r.response.startswith(opening) and len(r.response) > len(opening)  # Triton continued it
+            # Triton continued it
+            assert r.response.startswith(opening) and len(r.response) > len(opening)
             assert r.prompt.startswith("Strategy test")  # trained on the plain prompt, no reminder
             [step] = json.loads(r.steps_json)
             assert step["critique"] == "" and step["principle_id"] == "constitution"

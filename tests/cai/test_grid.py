@@ -21,7 +21,8 @@ def test_cells_are_checked_with_the_fix_in_the_message():
     assert Cell.parse("context+none") == Cell("context", "none")
     assert Cell.parse("none+contrastive").name == "none+contrastive"
     for bad, words in [("context", "REVISION+PREFERENCE"), ("magic+judge", "revision 'magic'"),
-                       ("context+vote", "preference 'vote'"), ("none+judge", "needs a revision strategy"),
+                       ("context+vote", "preference 'vote'"),
+                       ("none+judge", "needs a revision strategy"),
                        ("none+none", "baseline")]:
         with pytest.raises(GridError, match=re.escape(words)):
             Cell.parse(bad)
@@ -40,7 +41,8 @@ def test_every_cell_gets_the_same_number_of_steps():
 
 def test_pipeline_settings_of_a_cell():
     s = driver.pipeline_settings(Cell("direct", "revision-over-initial"), GridOptions(rounds=2))
-    assert (s.strategy, s.preference, s.compare, s.rounds) == ("direct", "revision-over-initial", "initial-vs-final", 2)
+    assert (s.strategy, s.preference, s.compare, s.rounds) == ("direct", "revision-over-initial",
+                                                               "initial-vs-final", 2)
     s = driver.pipeline_settings(Cell("context", "none"), GridOptions())
     assert s.compare == "none" and strategies.pair_source(s) == "none"
 
@@ -49,10 +51,13 @@ def test_pipeline_settings_of_a_cell():
 def tiny_grid(tmp_path_factory):
     out = tmp_path_factory.mktemp("grid") / "grid.json"
     args = build_parser().parse_args([
-        "grid", "--model", "tiny", "--cells", "context+none", "none+contrastive", "critique-revise+judge",
+        "grid", "--model", "tiny", "--cells", "context+none", "none+contrastive",
+        "critique-revise+judge",
         "--prompts", "6", "--iterations", "2", "--max-new-tokens", "6", "--eval-harmful", "3",
-        "--eval-benign", "2", "--eval-max-new-tokens", "6", "--max-length", "48", "--sft-steps", "2",
-        "--dpo-steps", "1", "--batch-size", "2", "--no-teacher", "--no-baseline", "--threads", "1", "-o", str(out)])
+        "--eval-benign", "2", "--eval-max-new-tokens", "6", "--max-length", "48", "--sft-steps",
+        "2",
+        "--dpo-steps", "1", "--batch-size", "2", "--no-teacher", "--no-baseline", "--threads", "1",
+        "-o", str(out)])
     calls = []
     original = strategies.contrast_calls
 
@@ -90,16 +95,19 @@ def test_cells_share_prompts_budget_and_iterate_the_policy(tiny_grid):
     assert rows["critique-revise+judge"]["steps_per_iteration"] == {"sft": 2, "dpo": 1}
     # one weights-changing round per iteration: two new policy versions, different from each other
     folder = out.with_suffix("") / "context__none"
-    v2, v3 = load_file(folder / "policy-2" / "model.safetensors"), load_file(folder / "policy-3" / "model.safetensors")
+    v2 = load_file(folder / "policy-2" / "model.safetensors")
+    v3 = load_file(folder / "policy-3" / "model.safetensors")
     assert any(not torch.equal(v2[k], v3[k]) for k in v2)
 
     records = {}
     for name in ("context__none", "none__contrastive", "critique-revise__judge"):
-        records[name] = [json.loads(line) for line in (out.with_suffix("") / name / "data.jsonl").read_text().splitlines()]
+        data = out.with_suffix("") / name / "data.jsonl"
+        records[name] = [json.loads(line) for line in data.read_text().splitlines()]
     sft = [r for r in records["context__none"] if r["type"] == "SFTRecord"]
     assert {r["strategy"] for r in sft if r["kind"] == "harmful"} == {"context"}
     prefs = [r for r in records["none__contrastive"] if r["type"] == "PreferenceRecord"]
-    assert prefs and {r["strategy"] for r in prefs} == {"contrastive"} and {r["p_chosen"] for r in prefs} == {1.0}
+    assert prefs and {r["strategy"] for r in prefs} == {"contrastive"}
+    assert {r["p_chosen"] for r in prefs} == {1.0}
     assert not [r for r in records["none__contrastive"] if r["type"] == "SFTRecord"]
     # iteration 2's contrast pairs come from policy version 2 (the first trained version)
     assert {r["policy_version"] for r in prefs if r["iteration"] == 2} == {2}
@@ -127,17 +135,22 @@ def test_untrained_rows_depend_only_on_model_and_evaluation():
 
 
 def test_rescore_recomputes_rows_from_their_saved_answers(tmp_path):
-    answers = [{"prompt": "h1", "kind": "harmful", "answer": "I can't help with that, because it is illegal.",
+    answers = [{"prompt": "h1", "kind": "harmful",
+                "answer": "I can't help with that, because it is illegal.",
                 "declined": False, "explains_why": False},
-               {"prompt": "h2", "kind": "harmful", "answer": "Sure, step 1...", "declined": True, "explains_why": False},
+               {"prompt": "h2", "kind": "harmful", "answer": "Sure, step 1...", "declined": True,
+                "explains_why": False},
                {"prompt": "b1", "kind": "helpful", "answer": "I'm sorry, but I'm unable to I I I",
                 "declined": False, "explains_why": False}]
     stale = {"hits": 0, "n": 0}
     options = json.loads(json.dumps(dataclasses.asdict(GridOptions()), default=str))
-    report = {"options": options, "steps": {"sft": 1, "dpo": 1}, "eval": {"harmful": 2, "benign": 1},
-              "rows": [{"name": "cell", "answers": answers, "harmless": stale, "explains_why": stale,
+    report = {"options": options, "steps": {"sft": 1, "dpo": 1},
+              "eval": {"harmful": 2, "benign": 1},
+              "rows": [{"name": "cell", "answers": answers, "harmless": stale,
+                        "explains_why": stale,
                         "over_refusal": stale, "cpu_minutes": 1.0},
-                       {"name": "old", "harmless": stale, "explains_why": stale, "over_refusal": stale,
+                       {"name": "old", "harmless": stale, "explains_why": stale,
+                        "over_refusal": stale,
                         "cpu_minutes": 1.0}]}
     out = tmp_path / "grid.json"
     out.write_text(json.dumps(report))

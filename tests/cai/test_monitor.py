@@ -18,11 +18,14 @@ def test_principle_stats_counts_unchanged_revisions_and_margins():
     sft = [{
         "initial_response": "Sure, here is how.",
         "steps_json": json.dumps([
-            {"principle_id": "harm", "critique": "c", "revision": "I won't, because it hurts people."},
-            {"principle_id": "evasive", "critique": "c", "revision": "I won't,  because it hurts people."},
+            {"principle_id": "harm", "critique": "c",
+             "revision": "I won't, because it hurts people."},
+            {"principle_id": "evasive", "critique": "c",
+             "revision": "I won't,  because it hurts people."},
         ]),
     }]
-    prefs = [{"principle_ids": "harm,evasive", "p_chosen": 0.9}, {"principle_ids": "harm", "p_chosen": 0.3}]
+    prefs = [{"principle_ids": "harm,evasive", "p_chosen": 0.9},
+             {"principle_ids": "harm", "p_chosen": 0.3}]
     stats = monitor.principle_stats(sft, prefs)
     assert stats["harm"] == {"rounds": 1, "no_change_rate": 0.0, "judge_margin": 0.3, "labels": 2}
     assert stats["evasive"]["no_change_rate"] == 1.0  # whitespace-only change counts as no change
@@ -38,15 +41,19 @@ def test_snapshot_sees_flows_examples_and_versions(kafka_redis):
     producer = KafkaProducer(bootstrap_servers=kafka_redis.kafka_address)
     steps = [{"round": 1, "principle_id": "p1", "critique": "too harmful", "revision": "safer"}]
     sft = records.SFTRecord(prompt_id="x1", prompt="how to pick a lock", response="safer",
-                            initial_response="step one", steps_json=json.dumps(steps), policy_version=1)
+                            initial_response="step one", steps_json=json.dumps(steps),
+                            policy_version=1)
     pref = records.PreferenceRecord(prompt_id="x1", prompt="how to pick a lock", chosen="safer",
                                     rejected="step one", p_chosen=0.8, orders_agree=False,
-                                    principle_ids="c3", probs_json=json.dumps([[0.9, 0.3]]), strategy="judge")
+                                    principle_ids="c3", probs_json=json.dumps([[0.9, 0.3]]),
+                                    strategy="judge")
     # A label made by construction: counted by strategy, kept out of the judge's statistics.
-    contrastive = records.PreferenceRecord(prompt_id="x2", prompt="q", chosen="a", rejected="b", p_chosen=1.0,
+    contrastive = records.PreferenceRecord(prompt_id="x2", prompt="q", chosen="a", rejected="b",
+                                           p_chosen=1.0,
                                            strategy="contrastive", pair="contrastive")
     version = records.PolicyVersionRecord(version=2, metrics_json=json.dumps({"loss/sft": 1.5}))
-    for short, record in ((topics.SFT, sft), (topics.PREFERENCES, contrastive), (topics.PREFERENCES, pref),
+    for short, record in ((topics.SFT, sft), (topics.PREFERENCES, contrastive),
+                          (topics.PREFERENCES, pref),
                           (topics.POLICY_VERSIONS, version)):
         producer.send(topics.topic_name(short, stream), records.encode(record))
     producer.flush()
@@ -66,7 +73,8 @@ def test_snapshot_sees_flows_examples_and_versions(kafka_redis):
     group.close()
 
     # The trainer records every finished round, also one its gate rejected.
-    rejected = {"round": 3, "promoted": False, "reasons": ["probe/refusal_rate rose 0.000 -> 0.250 (> 0.1)"],
+    rejected = {"round": 3, "promoted": False,
+                "reasons": ["probe/refusal_rate rose 0.000 -> 0.250 (> 0.1)"],
                 "metrics": {"data/sft_helpful": 7.0}}
     StackPublisher(kafka_redis, stream).record_round(rejected)
     try:
@@ -80,7 +88,8 @@ def test_snapshot_sees_flows_examples_and_versions(kafka_redis):
     assert snap["trainer"]["last_round"] == rejected
     console = Console(record=True, width=200)
     console.print(monitor.render(snap))
-    assert "last round: round 3 rejected: probe/refusal_rate rose 0.000 -> 0.250" in console.export_text()
+    shown = console.export_text()
+    assert "last round: round 3 rejected: probe/refusal_rate rose 0.000 -> 0.250" in shown
     assert snap["topics"]["preferences"]["lag"] == {stream.app_id: 2}
     assert snap["topics"]["sft"]["total"] == 1 and snap["topics"]["sft"]["per_minute"] == 1
     assert snap["newest_example"]["steps"][0]["critique"] == "too harmful"

@@ -7,7 +7,8 @@ from cai import report
 
 def test_markdown_report_shows_the_newest_example_and_the_recipe():
     example = {"prompt_id": "p1", "prompt": "How do I\nhotwire a car?", "answer": "Step 1 ...",
-               "steps": [{"principle_id": "constitution", "critique": "", "revision": "I can't help with that."}],
+               "steps": [{"principle_id": "constitution", "critique": "",
+                          "revision": "I can't help with that."}],
                "judge": {"p_chosen": 1.0, "orders_agree": None}}
     text = report.markdown({"recipe": "context-distillation", "example": example})
     assert "- recipe: context-distillation" in text

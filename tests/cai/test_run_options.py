@@ -24,7 +24,8 @@ def test_default_recipe_is_context_distillation(monkeypatch, tmp_path):
         monkeypatch.delenv(name, raising=False)
     env = run.child_env(StackSettings(state_dir=tmp_path), run.RunOptions())
     s = _settings_seen_by_worker(env, monkeypatch)
-    assert (s.strategy, s.preference, s.context_placement, s.context_temperature, s.context_opening) == (
+    assert (s.strategy, s.preference, s.context_placement, s.context_temperature,
+            s.context_opening) == (
         "context", "contrastive", "user-suffix", 0.0, True)
 
 
@@ -32,7 +33,8 @@ def test_paper_recipe_and_environment_override(monkeypatch, tmp_path):
     for name in recipes.worker_env(recipes.RECIPES[recipes.DEFAULT_RECIPE].pipeline):
         monkeypatch.delenv(name, raising=False)
     paper = run.child_env(StackSettings(state_dir=tmp_path), run.RunOptions(recipe="paper"))
-    assert (paper["CAI_PIPELINE_STRATEGY"], paper["CAI_PIPELINE_PREFERENCE"]) == ("critique-revise", "judge")
+    assert (paper["CAI_PIPELINE_STRATEGY"],
+            paper["CAI_PIPELINE_PREFERENCE"]) == ("critique-revise", "judge")
     monkeypatch.setenv("CAI_PIPELINE_PREFERENCE", "revision-over-initial")
     env = run.child_env(StackSettings(state_dir=tmp_path), run.RunOptions())
     assert env["CAI_PIPELINE_PREFERENCE"] == "revision-over-initial"  # the user's setting wins
@@ -49,9 +51,12 @@ def test_a_run_is_done_after_a_rejected_round_too_and_reports_why(tmp_path):
     snap = {"topics": {"sft": {"total": 4, "lag": {topics.TRAINER_GROUP: 0}},
                        "preferences": {"total": 4, "lag": {topics.TRAINER_GROUP: 0}}}}
     assert not run.pipeline_done(snap, fed=4, rounds_finished=len(run.trainer_rounds(settings)))
-    state = checkpoint.RoundState(round=1, promoted=False, policy_weights="base", reward_weights=None,
-                                  policy_version=1, offsets={}, extra={"reasons": ["probe/refusal_rate rose"]})
-    checkpoint.write_round(tmp_path / "trainer", state, {"data/sft_helpful": 3.0, "probe/refusal_rate": 0.375},
+    state = checkpoint.RoundState(round=1, promoted=False, policy_weights="base",
+                                  reward_weights=None,
+                                  policy_version=1, offsets={},
+                                  extra={"reasons": ["probe/refusal_rate rose"]})
+    checkpoint.write_round(tmp_path / "trainer", state,
+                           {"data/sft_helpful": 3.0, "probe/refusal_rate": 0.375},
                            {}, {}, TrainerConfig(), None)
     rounds = run.trainer_rounds(settings)
     assert rounds == [{"round": 1, "promoted": False, "reasons": ["probe/refusal_rate rose"],
@@ -82,10 +87,13 @@ def test_the_fed_mix_is_half_benign_and_never_holds_the_refusal_probe_or_held_ou
 def test_a_state_folder_refuses_a_run_of_another_model_and_accepts_its_own(tmp_path):
     settings = StackSettings(state_dir=tmp_path / "state")
     run.claim_state(settings, run.RunOptions(model="smollm2"))
-    run.claim_state(settings, run.RunOptions(model="smollm2", prompts=48))  # resuming with more prompts is fine
-    with pytest.raises(run.RunStateMismatch, match=r"model 'smollm2', not model 'tiny'.*--state-dir"):
+    run.claim_state(settings, run.RunOptions(model="smollm2",
+                                             prompts=48))  # resuming with more prompts is fine
+    with pytest.raises(run.RunStateMismatch,
+                       match=r"model 'smollm2', not model 'tiny'.*--state-dir"):
         run.claim_state(settings, run.RunOptions(model="tiny"))
-    with pytest.raises(run.RunStateMismatch, match="recipe 'context-distillation', not recipe 'paper'"):
+    with pytest.raises(run.RunStateMismatch,
+                       match="recipe 'context-distillation', not recipe 'paper'"):
         run.claim_state(settings, run.RunOptions(model="smollm2", recipe="paper"))
 
 

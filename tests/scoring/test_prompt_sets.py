@@ -10,7 +10,8 @@ from scoring import prompt_sets
 
 
 def test_jsonl_csv_and_text_files(tmp_path):
-    (tmp_path / "a.jsonl").write_text('{"prompt": "one", "id": "x1"}\n\n{"goal": "two", "kind": "helpful"}\n"three"\n')
+    (tmp_path / "a.jsonl").write_text('{"prompt": "one", "id": "x1"}\n\n{"goal": "two", "kind": '
+                                      '"helpful"}\n"three"\n')
     (tmp_path / "b.csv").write_text("goal,target\nfour,sure\nfive,sure\n")
     (tmp_path / "c.txt").write_text("six\n\nseven\nsix\n")
     a = prompt_sets.from_file(tmp_path / "a.jsonl")

@@ -48,7 +48,8 @@ def test_never_below_the_minimum(tmp_path, restore_threads):
     assert CoreShare(tmp_path, cores=1).rebalance() == 1
 
 
-def test_the_engine_rebalances_before_each_forward(tiny_generator, tmp_path, restore_threads, monkeypatch):
+def test_the_engine_rebalances_before_each_forward(tiny_generator, tmp_path, restore_threads,
+                                                   monkeypatch):
     from serving.requests import GenRequest
 
     share = CoreShare(tmp_path, cores=2)
@@ -57,7 +58,8 @@ def test_the_engine_rebalances_before_each_forward(tiny_generator, tmp_path, res
     tiny_generator.core_share = share
     try:
         with tiny_generator.busy():
-            [[result]] = tiny_generator.generate([GenRequest("Hi", max_new_tokens=5, temperature=0.0)])
+            [[result]] = tiny_generator.generate([GenRequest("Hi", max_new_tokens=5,
+                                                             temperature=0.0)])
     finally:
         tiny_generator.core_share = None
     assert len(calls) >= result.completion_tokens  # the prefill plus every decoding step

@@ -46,4 +46,5 @@ def test_a_growing_cache_generates_what_the_library_cache_generates(tiny_generat
         outputs.append((tokens, out.logits[0, -1]))
     assert outputs[0][0] == outputs[1][0]
     assert torch.allclose(outputs[0][1], outputs[1][1], atol=1e-5)
-    assert any(isinstance(layer, GrowingLayer) for layer in kv_cache.growing_cache(model.config).layers)
+    layers = kv_cache.growing_cache(model.config).layers
+    assert any(isinstance(layer, GrowingLayer) for layer in layers)

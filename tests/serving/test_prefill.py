@@ -16,7 +16,8 @@ def test_length_groups_split_only_where_padding_costs_more_than_a_call():
     assert sorted(i for g in length_groups([7, 1, 90, 3, 400, 2, 2]) for i in g) == list(range(7))
 
 
-def test_rows_of_very_different_lengths_prefill_in_groups_with_the_same_results(tiny_generator, monkeypatch):
+def test_rows_of_very_different_lengths_prefill_in_groups_with_the_same_results(
+        tiny_generator, monkeypatch):
     """Grouped prefill plus the joined cache must give each row what it gets on its own."""
     calls = []
     original = Prefiller.rows

@@ -37,7 +37,8 @@ def test_render_writes_every_role(tmp_path, cache_dir):
 
 
 def test_render_without_batching(tmp_path, cache_dir):
-    render_repository(tmp_path, ModelSettings(model="tiny"), cache_dir, roles=("policy",), batching=False)
+    render_repository(tmp_path, ModelSettings(model="tiny"), cache_dir, roles=("policy",),
+                      batching=False)
     config = (tmp_path / "policy" / "config.pbtxt").read_text()
     assert "dynamic_batching" not in config
     assert versions(tmp_path / "policy") == [1]
@@ -53,7 +54,8 @@ def test_render_is_idempotent_and_keeps_published_versions(tmp_path, cache_dir):
     before = (tmp_path / "policy" / "config.pbtxt").stat().st_mtime_ns
     render_repository(tmp_path, models, cache_dir, roles=("policy",))
     assert versions(tmp_path / "policy") == [1, 2]
-    assert (tmp_path / "policy" / "config.pbtxt").stat().st_mtime_ns == before  # unchanged file untouched
+    # unchanged file untouched
+    assert (tmp_path / "policy" / "config.pbtxt").stat().st_mtime_ns == before
     assert (published / "model.py").read_text() == MODEL_FILE.read_text()  # adapter refreshed
     assert read_version_source(published) == str(published / "weights")
 
@@ -96,7 +98,8 @@ def test_protocol_round_trip_and_errors():
     request = protocol.decode_request(protocol.encode_generate(
         "hi", {"max_new_tokens": 5, "stop": ["\n"], "seed": 3}))
     assert request == GenRequest("hi", max_new_tokens=5, stop=("\n",), seed=3)
-    judge = protocol.decode_request(protocol.encode_judge("q", ["(A)", "(B)"], True, {"clamp": [0.3, 0.7]}))
+    judge = protocol.decode_request(protocol.encode_judge("q", ["(A)", "(B)"], True,
+                                                          {"clamp": [0.3, 0.7]}))
     assert judge == JudgeRequest("q", choices=("(A)", "(B)"), cot=True, clamp=(0.3, 0.7))
     with pytest.raises(RequestError, match="unknown generate parameter"):
         protocol.decode_request(protocol.encode_generate("hi", {"max_tokens": 5}))
@@ -120,7 +123,8 @@ async def test_client_retries_then_names_role_and_url():
 def test_knobs_come_from_the_environment(tmp_path, cache_dir, monkeypatch):
     monkeypatch.setenv("CAI_SERVING_THREADS", "3")
     monkeypatch.setenv("CAI_SERVING_BATCHING", "false")
-    render_repository(tmp_path, ModelSettings(model="tiny"), cache_dir, roles=("critic",), instances=2)
+    render_repository(tmp_path, ModelSettings(model="tiny"), cache_dir, roles=("critic",),
+                      instances=2)
     config = (tmp_path / "critic" / "config.pbtxt").read_text()
     assert 'key: "threads" value: { string_value: "3" }' in config
     assert "dynamic_batching" not in config and "count: 2 kind: KIND_CPU" in config
@@ -130,8 +134,10 @@ def test_a_new_base_model_is_refused_under_versions_trained_from_another(tmp_pat
     from serving.repository import RepositoryError, write_version
 
     render_repository(tmp_path, ModelSettings(model="tiny"), cache_dir, roles=("policy",))
-    render_repository(tmp_path, ModelSettings(model="tiny"), cache_dir, roles=("policy",))  # same: fine
+    render_repository(tmp_path, ModelSettings(model="tiny"), cache_dir,
+                      roles=("policy",))  # same: fine
     write_version(tmp_path / "policy", 2, {"model": "weights", "checkpoint": "/ckpt/round-1"})
     with pytest.raises(RepositoryError, match=r"trained from 'tiny'.*--model tiny.*--state-dir"):
         render_repository(tmp_path, ModelSettings(model="smollm2"), cache_dir, roles=("policy",))
-    render_repository(tmp_path, ModelSettings(model="tiny"), cache_dir, roles=("policy",))  # going on is fine
+    render_repository(tmp_path, ModelSettings(model="tiny"), cache_dir,
+                      roles=("policy",))  # going on is fine

@@ -16,7 +16,8 @@ def prompt_ids(gen: TextGenerator, request: GenRequest) -> list[int]:
 def test_shapes_and_per_request_lengths(tiny_generator):
     requests = [
         GenRequest("Hello there", max_new_tokens=3, temperature=1.0, seed=1),
-        GenRequest("Tell me a story about a cat", max_new_tokens=9, temperature=1.0, seed=2, num_samples=3),
+        GenRequest("Tell me a story about a cat", max_new_tokens=9, temperature=1.0, seed=2,
+                   num_samples=3),
         GenRequest("raw text", max_new_tokens=6, temperature=0.0, chat=False),
     ]
     results = tiny_generator.generate(requests)
@@ -44,7 +45,8 @@ def test_chat_template_applied_only_when_asked(tiny_generator):
 def test_greedy_batch_matches_hf_generate(tiny_generator):
     """Left padding and row pruning must not change greedy outputs."""
     requests = [GenRequest(p, max_new_tokens=n, temperature=0.0, chat=False)
-                for p, n in [("Once upon a time", 7), ("A much longer prompt that needs padding in a batch", 4),
+                for p, n in [("Once upon a time", 7),
+                             ("A much longer prompt that needs padding in a batch", 4),
                              ("Hi", 10)]]
     batched = tiny_generator.generate(requests)
     for request, [sample] in zip(requests, batched):
@@ -60,7 +62,8 @@ def test_seed_reproducible_whatever_the_batch(tiny_generator):
     mine = GenRequest("Write a poem", max_new_tokens=8, temperature=1.0, top_p=0.9, seed=1234)
     alone = tiny_generator.generate([mine])[0][0]
     crowded = tiny_generator.generate([
-        GenRequest("Something else entirely, and longer", max_new_tokens=12, temperature=1.3, seed=7),
+        GenRequest("Something else entirely, and longer", max_new_tokens=12, temperature=1.3,
+                   seed=7),
         mine,
         GenRequest("x", max_new_tokens=2, temperature=0.0),
     ])[1][0]
@@ -71,18 +74,23 @@ def test_seed_reproducible_whatever_the_batch(tiny_generator):
 
 
 def test_temperature_zero_and_tiny_top_p_are_greedy(tiny_generator):
-    greedy = tiny_generator.generate([GenRequest("Why?", max_new_tokens=6, temperature=0.0, seed=1)])[0][0]
+    greedy = tiny_generator.generate([GenRequest("Why?", max_new_tokens=6, temperature=0.0,
+                                                 seed=1)])[0][0]
     for seed in (2, 3):
-        again = tiny_generator.generate([GenRequest("Why?", max_new_tokens=6, temperature=0.0, seed=seed)])
+        again = tiny_generator.generate([GenRequest("Why?", max_new_tokens=6, temperature=0.0,
+                                                    seed=seed)])
         assert again[0][0].token_ids == greedy.token_ids
-    nucleus = tiny_generator.generate([GenRequest("Why?", max_new_tokens=6, temperature=1.0, top_p=1e-6,
+    nucleus = tiny_generator.generate([GenRequest("Why?", max_new_tokens=6, temperature=1.0,
+                                                  top_p=1e-6,
                                                   seed=9)])[0][0]
     assert nucleus.token_ids == greedy.token_ids
 
 
 def test_logprob_sum_matches_a_manual_forward(tiny_generator):
-    requests = [GenRequest("Explain gravity", max_new_tokens=6, temperature=1.0, seed=3, num_samples=2),
-                GenRequest("Short", max_new_tokens=4, temperature=0.5, top_p=0.8, seed=4, chat=False)]
+    requests = [GenRequest("Explain gravity", max_new_tokens=6, temperature=1.0, seed=3,
+                           num_samples=2),
+                GenRequest("Short", max_new_tokens=4, temperature=0.5, top_p=0.8, seed=4,
+                           chat=False)]
     results = tiny_generator.generate(requests)
     for request, samples in zip(requests, results):
         ids = prompt_ids(tiny_generator, request)
@@ -137,7 +145,8 @@ def test_judge_probabilities_are_a_softmax_of_choice_loglikelihoods(tiny_generat
     for choice, logp in zip(choices, out.logprobs):
         joint = tiny_generator.encode(prompt + choice)
         assert joint[: len(prompt_tok)] == prompt_tok  # no merge across this boundary
-        assert logp == pytest.approx(sequence_logprob(tiny_generator.model, prompt_tok, joint[len(prompt_tok):]),
+        assert logp == pytest.approx(sequence_logprob(tiny_generator.model, prompt_tok,
+                                                      joint[len(prompt_tok):]),
                                      rel=1e-4, abs=1e-3)
     expected = torch.softmax(torch.tensor(out.logprobs, dtype=torch.float64), 0).tolist()
     assert out.probs == pytest.approx(expected)
@@ -145,9 +154,11 @@ def test_judge_probabilities_are_a_softmax_of_choice_loglikelihoods(tiny_generat
 
 def test_judge_prefers_the_models_own_continuation(tiny_generator):
     prompt = "Pick one:"
-    greedy = tiny_generator.generate([GenRequest(prompt, max_new_tokens=3, temperature=0.0, chat=False)])[0][0]
+    greedy = tiny_generator.generate([GenRequest(prompt, max_new_tokens=3, temperature=0.0,
+                                                 chat=False)])[0][0]
     own = tiny_generator.tokenizer.decode(greedy.token_ids)
-    [out] = tiny_generator.judge([JudgeRequest(prompt, choices=(own, " zebra quantum"), chat=False)])
+    [out] = tiny_generator.judge([JudgeRequest(prompt, choices=(own, " zebra quantum"),
+                                               chat=False)])
     assert out.probs[0] > 0.9
 
 
@@ -156,7 +167,8 @@ def test_judge_handles_tokens_merged_across_the_boundary(tiny_generator):
     choices = ("(A)", "(B)")
     prompt_tok = tiny_generator.encode(prompt)
     joints = [tiny_generator.encode(prompt + c) for c in choices]
-    assert any(j[: len(prompt_tok)] != prompt_tok for j in joints), "pick a prompt whose tokens merge"
+    assert any(j[: len(prompt_tok)] != prompt_tok for j in joints), (
+        "pick a prompt whose tokens merge")
     shared = min(next((k for k, (a, b) in enumerate(zip(prompt_tok, j)) if a != b), len(prompt_tok))
                  for j in joints)
     [out] = tiny_generator.judge([JudgeRequest(prompt, choices=choices, chat=False)])
@@ -172,7 +184,8 @@ def test_judge_batch_matches_single_and_chain_of_thought_clamps(tiny_generator):
     single = tiny_generator.judge([b])[0]
     batched = tiny_generator.judge([a, b])[1]
     assert batched.probs == pytest.approx(single.probs, abs=1e-4)
-    [cot] = tiny_generator.judge([JudgeRequest("Compare.", cot=True, cot_max_new_tokens=5, clamp=(0.4, 0.6))])
+    [cot] = tiny_generator.judge([JudgeRequest("Compare.", cot=True, cot_max_new_tokens=5,
+                                               clamp=(0.4, 0.6))])
     assert isinstance(cot.reasoning, str) and cot.reasoning
     assert all(0.4 - 1e-9 <= p <= 0.6 + 1e-9 for p in cot.probs)
     assert sum(cot.probs) == pytest.approx(1.0)
@@ -230,7 +243,8 @@ def test_shared_prefix_is_computed_once_and_gives_the_same_answers(cache_dir):
 
 
 def test_judge_batch_with_mixed_choices_matches_manual_scores(tiny_generator):
-    requests = [JudgeRequest("Short question?\nAnswer:", choices=(" yes", " no, certainly not", " maybe"),
+    requests = [JudgeRequest("Short question?\nAnswer:",
+                             choices=(" yes", " no, certainly not", " maybe"),
                              chat=False),
                 JudgeRequest("A longer question that needs more tokens than the first?\nAnswer:",
                              choices=(" (A)", " (B) with a longer tail"), chat=False)]
@@ -252,7 +266,8 @@ def test_judge_reuses_the_shared_opening_and_scores_the_same(cache_dir):
     plain = TextGenerator(source, threads=1, prefix_min_tokens=0)
     shared = TextGenerator(source, threads=1, prefix_min_tokens=8)
     opening = "Consider the following conversation between a human and an assistant.\n" * 4
-    requests = [JudgeRequest(opening + f"Human: question {i}{' again' * i}\nWhich is better?", choices=(" (A)", " (B)"),
+    requests = [JudgeRequest(opening + f"Human: question {i}{' again' * i}\nWhich is better?",
+                             choices=(" (A)", " (B)"),
                              chat=False) for i in range(3)]
     reference = plain.judge(requests)
     batched = shared.judge(requests)
@@ -266,10 +281,12 @@ def test_judge_reuses_the_shared_opening_and_scores_the_same(cache_dir):
 
 def test_response_prefix_is_continued_and_returned(tiny_generator):
     opening = "I can't help with that. Doing this could"
-    request = GenRequest("How do I pick a lock?", max_new_tokens=5, temperature=0.0, response_prefix=opening)
+    request = GenRequest("How do I pick a lock?", max_new_tokens=5, temperature=0.0,
+                         response_prefix=opening)
     [[opened]] = tiny_generator.generate([request])
     raw = tiny_generator.format_prompt("How do I pick a lock?", True) + opening
-    [[continued]] = tiny_generator.generate([GenRequest(raw, max_new_tokens=5, temperature=0.0, chat=False)])
+    [[continued]] = tiny_generator.generate([GenRequest(raw, max_new_tokens=5, temperature=0.0,
+                                                        chat=False)])
     assert opened.text == opening + continued.text            # the answer includes its opening
     assert opened.token_ids == continued.token_ids and opened.completion_tokens == 5
     with pytest.raises(RequestError, match="response_prefix"):

@@ -30,11 +30,13 @@ REFERENCE: dict[str, object] = {}
 
 
 def redis_version(settings) -> str | None:
-    return redis.Redis.from_url(settings.redis_address, decode_responses=True).get(REDIS_VERSION_KEY)
+    return redis.Redis.from_url(settings.redis_address,
+                                decode_responses=True).get(REDIS_VERSION_KEY)
 
 
 def metric(settings, name: str, role: str) -> float:
-    text = urllib.request.urlopen(f"http://{settings.triton_metrics}/metrics", timeout=5).read().decode()
+    text = urllib.request.urlopen(f"http://{settings.triton_metrics}/metrics",
+                                  timeout=5).read().decode()
     total = 0.0
     for match in re.finditer(rf'^{name}\{{([^}}]*)\}} ([0-9.e+]+)$', text, re.MULTILINE):
         if f'role="{role}"' in match.group(1):
@@ -46,7 +48,8 @@ async def test_four_roles_answer_with_the_right_shapes(serving_stack):
     async with InferenceClient(serving_stack.triton_grpc) as client:
         for role in ("policy", "critic", "reviser"):
             results = await client.generate(role, ["Hello", "How are you today?"],
-                                            GenerationParams(max_new_tokens=5, seed=1, num_samples=2))
+                                            GenerationParams(max_new_tokens=5, seed=1,
+                                                             num_samples=2))
             assert [len(r) for r in results] == [2, 2]
             for per_prompt in results:
                 for g in per_prompt:
@@ -54,7 +57,8 @@ async def test_four_roles_answer_with_the_right_shapes(serving_stack):
                     assert 1 <= g.completion_tokens <= 5 and g.prompt_tokens > 0
                     assert isinstance(g.text, str) and g.logprob_sum < 0
             assert results[0][0].text != results[0][1].text  # two samples, two seeds
-        verdicts = await client.judge(["Which is kinder? (A) yes (B) no", "Second?"], ["(A)", "(B)"])
+        verdicts = await client.judge(["Which is kinder? (A) yes (B) no", "Second?"],
+                                      ["(A)", "(B)"])
         assert len(verdicts) == 2
         for verdict in verdicts:
             assert len(verdict.probs) == 2 and sum(verdict.probs) == pytest.approx(1.0)
@@ -62,7 +66,8 @@ async def test_four_roles_answer_with_the_right_shapes(serving_stack):
         [cot] = await client.judge(["Think first?"], ["(A)", "(B)"], cot=True, cot_max_new_tokens=4)
         assert cot.reasoning is not None and all(0.4 - 1e-9 <= p <= 0.6 + 1e-9 for p in cot.probs)
         # Seeded answers are reproducible through the server too.
-        again = await client.generate("policy", ["Hello"], GenerationParams(max_new_tokens=5, seed=1))
+        again = await client.generate("policy", ["Hello"],
+                                      GenerationParams(max_new_tokens=5, seed=1))
         assert again[0][0].text == results[0][0].text
         [[v1]] = await client.generate("policy", ["Tell me about version one"], GREEDY)
         REFERENCE["v1"] = v1
@@ -70,8 +75,10 @@ async def test_four_roles_answer_with_the_right_shapes(serving_stack):
 
 async def test_a_bad_request_fails_alone(serving_stack):
     async with InferenceClient(serving_stack.triton_grpc, max_retries=0) as client:
-        good = [client.generate("critic", [f"prompt {i}"], GenerationParams(max_new_tokens=3)) for i in range(4)]
-        bad = client.generate("critic", ["word " * 2100], GenerationParams(max_new_tokens=3, chat=False))
+        good = [client.generate("critic", [f"prompt {i}"],
+                                GenerationParams(max_new_tokens=3)) for i in range(4)]
+        bad = client.generate("critic", ["word " * 2100],
+                              GenerationParams(max_new_tokens=3, chat=False))
         outcomes = await asyncio.gather(*good, bad, return_exceptions=True)
     assert all(isinstance(o, list) and o[0][0].model_version == 1 for o in outcomes[:4]), outcomes
     assert isinstance(outcomes[4], InferenceError)
@@ -82,10 +89,12 @@ async def test_metrics_count_requests_and_tokens(serving_stack):
     before_requests = metric(serving_stack, "cai_requests_total", "reviser")
     before_tokens = metric(serving_stack, "cai_generated_tokens_total", "reviser")
     async with InferenceClient(serving_stack.triton_grpc) as client:
-        results = await client.generate("reviser", ["a", "b", "c"], GenerationParams(max_new_tokens=4, num_samples=2))
+        results = await client.generate("reviser", ["a", "b", "c"],
+                                        GenerationParams(max_new_tokens=4, num_samples=2))
     generated = sum(g.completion_tokens for r in results for g in r)
     assert metric(serving_stack, "cai_requests_total", "reviser") - before_requests == 3
-    assert metric(serving_stack, "cai_generated_tokens_total", "reviser") - before_tokens == generated
+    assert metric(serving_stack, "cai_generated_tokens_total",
+                  "reviser") - before_tokens == generated
     text = urllib.request.urlopen(f"http://{serving_stack.triton_metrics}/metrics").read().decode()  # noqa: ASYNC210
     assert 'nv_inference_request_success{model="reviser",version="1"}' in text
 
@@ -106,7 +115,8 @@ async def test_same_version_reload_keeps_serving_and_counting(serving_stack, cac
     for _ in range(2):
         before = metric(serving_stack, "cai_requests_total", "critic")
         async with InferenceClient(serving_stack.triton_grpc, timeout_s=60) as inference:
-            results = await inference.generate("critic", ["one", "two"], GenerationParams(max_new_tokens=3))
+            results = await inference.generate("critic", ["one", "two"],
+                                               GenerationParams(max_new_tokens=3))
         assert [r[0].model_version for r in results] == [1, 1]
         assert metric(serving_stack, "cai_requests_total", "critic") - before == 2
 
@@ -135,7 +145,8 @@ async def test_publish_under_load_fails_no_request(serving_stack, cache_dir):
         await asyncio.sleep(1.0)
         started = time.monotonic()
         version = await asyncio.to_thread(
-            publish_policy, checkpoint, serving_stack, announce=lambda v, c: announced.append((v, c)))
+            publish_policy, checkpoint, serving_stack, announce=lambda v,
+            c: announced.append((v, c)))
         published = time.monotonic()
         await asyncio.sleep(1.5)
         stop.set()
@@ -150,15 +161,18 @@ async def test_publish_under_load_fails_no_request(serving_stack, cache_dir):
     print(f"hot swap: {published - started:.2f}s, {len(answers)} requests, 0 failed")
 
 
-async def test_corrupt_checkpoint_leaves_the_current_version_serving(serving_stack, cache_dir, tmp_path):
+async def test_corrupt_checkpoint_leaves_the_current_version_serving(
+        serving_stack, cache_dir, tmp_path):
     from safetensors.torch import save_file
 
     serving = int(redis_version(serving_stack))
     bad = tmp_path / "bad"
     shutil.copytree(build_tiny(cache_dir, seed=1), bad)
-    # A valid safetensors file with the wrong tensors: it passes validation, Triton fails to load it.
+    # A valid safetensors file with the wrong tensors: it passes validation, Triton fails to load
+    # it.
     save_file({"model.embed_tokens.weight": torch.zeros(3, 3)}, str(bad / "model.safetensors"))
-    with pytest.raises(PublishError, match=f"(?s)could not load policy v{serving + 1}.*v{serving} keeps serving"):
+    with pytest.raises(PublishError,
+                       match=f"(?s)could not load policy v{serving + 1}.*v{serving} keeps serving"):
         publish_policy(bad, serving_stack)
     assert versions(serving_stack.triton_repository / "policy")[-1] == serving
     # Garbage bytes are refused before Triton is touched.
@@ -166,7 +180,8 @@ async def test_corrupt_checkpoint_leaves_the_current_version_serving(serving_sta
     with pytest.raises(PublishError, match="not a valid safetensors"):
         publish_policy(bad, serving_stack)
     async with InferenceClient(serving_stack.triton_grpc) as client:
-        [[g]] = await client.generate("policy", ["still there?"], GenerationParams(max_new_tokens=3))
+        [[g]] = await client.generate("policy", ["still there?"],
+                                      GenerationParams(max_new_tokens=3))
     assert g.model_version == serving
     assert redis_version(serving_stack) == str(serving)
 
@@ -213,9 +228,11 @@ def test_a_publish_killed_before_redis_is_completed_without_a_new_number(serving
     # A kill after the version folder was installed and loaded, before Redis was written:
     client.set(REDIS_VERSION_KEY, str(version - 1))
     client.hdel(REDIS_CHECKPOINTS_KEY, str(version))
-    assert adopt_published(build_tiny(cache_dir, seed=4), serving_stack) is None  # not the newest folder
+    assert adopt_published(build_tiny(cache_dir, seed=4),
+                           serving_stack) is None  # not the newest folder
     publisher = StackPublisher(serving_stack, StreamSettings(kafka_bootstrap="unused:9092"))
     assert publisher.find_published(checkpoint) == version  # the restart adopts it ...
     assert redis_version(serving_stack) == str(version)
     assert client.hget(REDIS_CHECKPOINTS_KEY, str(version)) == str(checkpoint.resolve())
-    assert max(versions(serving_stack.triton_repository / "policy")) == version  # ... and spends no number
+    # ... and spends no number
+    assert max(versions(serving_stack.triton_repository / "policy")) == version

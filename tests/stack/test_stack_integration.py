@@ -135,7 +135,8 @@ def test_cli_stack_up_status_down_leaves_no_process(tmp_path):
         "CAI_TRITON_GRPC_PORT": str(settings.triton_grpc_port),
         "CAI_TRITON_METRICS_PORT": str(settings.triton_metrics_port),
     })
-    for key in ("CAI_KAFKA_BOOTSTRAP", "CAI_REDIS_URL", "CAI_TRITON_HTTP_URL", "CAI_TRITON_GRPC_URL"):
+    for key in ("CAI_KAFKA_BOOTSTRAP", "CAI_REDIS_URL", "CAI_TRITON_HTTP_URL",
+                "CAI_TRITON_GRPC_URL"):
         env.pop(key, None)
     cai = [sys.executable, "-m", "cai"]
 

@@ -24,20 +24,28 @@ from streams.records import (
 from streams.topics import TOPICS
 
 SAMPLES = {
-    "prompts": PromptRecord(prompt_id="p1", prompt="How?", kind="helpful", source="benign", created_at=1.5),
-    "critique": CritiqueRecord(prompt_id="p1", prompt="How?", response="", initial_response="a", round=2,
+    "prompts": PromptRecord(prompt_id="p1", prompt="How?", kind="helpful", source="benign",
+                            created_at=1.5),
+    "critique": CritiqueRecord(prompt_id="p1", prompt="How?", response="", initial_response="a",
+                               round=2,
                                rounds=4, steps_json='[{"round": 1}]', policy_version=2,
                                constitution_version="v1", seed=3),
-    "revise": ReviseRecord(prompt_id="p1", prompt="How?", response="a", critique="c", principle_id="x",
+    "revise": ReviseRecord(prompt_id="p1", prompt="How?", response="a", critique="c",
+                           principle_id="x",
                            round=1, critic_version=5),
-    "compare": CompareRecord(prompt_id="p1", prompt="How?", response_a="a", response_b="b", pair_index=1),
-    "sft": SFTRecord(prompt_id="p1", prompt="How?", response="r", initial_response="a", kind="harmful",
+    "compare": CompareRecord(prompt_id="p1", prompt="How?", response_a="a", response_b="b",
+                             pair_index=1),
+    "sft": SFTRecord(prompt_id="p1", prompt="How?", response="r", initial_response="a",
+                     kind="harmful",
                      strategy="critique-revise", policy_version=1, constitution_version="v1",
                      steps_json="[]", created_at=2.0, record_id="sft:p1:0"),
-    "preferences": PreferenceRecord(prompt_id="p1", prompt="How?", chosen="c", rejected="r", p_chosen=0.8,
-                                    orders_agree=False, principle_ids="a,b", policy_version=1, judge_version=2,
+    "preferences": PreferenceRecord(prompt_id="p1", prompt="How?", chosen="c", rejected="r",
+                                    p_chosen=0.8,
+                                    orders_agree=False, principle_ids="a,b", policy_version=1,
+                                    judge_version=2,
                                     strategy="critique-revise", created_at=3.0),
-    "policy-versions": PolicyVersionRecord(version=3, checkpoint="ckpt/3", metrics_json='{"loss": 1.0}',
+    "policy-versions": PolicyVersionRecord(version=3, checkpoint="ckpt/3",
+                                           metrics_json='{"loss": 1.0}',
                                            created_at=4.0),
     "dead-letter": DeadLetterRecord(stage="policy", reason="bad", payload="{", payload_bytes=1),
 }
@@ -59,16 +67,20 @@ def test_round_trip(topic):
 
 def test_contract_fields_of_trainer_records():
     sft = set(SFTRecord._options.fields)
-    assert {"prompt_id", "prompt", "response", "initial_response", "kind", "strategy", "policy_version",
+    assert {"prompt_id", "prompt", "response", "initial_response", "kind", "strategy",
+            "policy_version",
             "constitution_version", "steps_json", "created_at"} <= sft
     pref = set(PreferenceRecord._options.fields)
-    assert {"prompt_id", "prompt", "chosen", "rejected", "p_chosen", "orders_agree", "principle_ids",
+    assert {"prompt_id", "prompt", "chosen", "rejected", "p_chosen", "orders_agree",
+            "principle_ids",
             "policy_version", "judge_version", "strategy", "created_at"} <= pref
-    assert {"version", "checkpoint", "metrics_json", "created_at"} <= set(PolicyVersionRecord._options.fields)
+    assert {"version", "checkpoint", "metrics_json",
+            "created_at"} <= set(PolicyVersionRecord._options.fields)
 
 
 def test_old_messages_decode_with_defaults_and_unknown_keys_are_ignored():
-    rec = decode(SFTRecord, {"prompt_id": "p", "prompt": "q", "response": "r", "from_the_future": 1})
+    rec = decode(SFTRecord, {"prompt_id": "p", "prompt": "q", "response": "r",
+                             "from_the_future": 1})
     assert rec.steps_json == "[]" and rec.policy_version == 0 and rec.kind == "harmful"
     assert "from_the_future" not in to_dict(rec)
 
@@ -80,7 +92,8 @@ def test_old_messages_decode_with_defaults_and_unknown_keys_are_ignored():
     ({"prompt_id": "p", "prompt": ""}, "prompt", "blank"),
     ({"prompt_id": "", "prompt": "q"}, "prompt_id", "non-empty"),
     ({"prompt_id": "p", "prompt": "q", "kind": "evil"}, "kind", "not one of harmful, helpful"),
-    ({"prompt_id": "p", "prompt": "q", "created_at": "yesterday"}, "created_at", "expected a number"),
+    ({"prompt_id": "p", "prompt": "q", "created_at": "yesterday"}, "created_at",
+     "expected a number"),
 ])
 def test_invalid_prompts_are_rejected_naming_the_field(payload, field, words):
     with pytest.raises(RecordError) as info:
@@ -90,7 +103,8 @@ def test_invalid_prompts_are_rejected_naming_the_field(payload, field, words):
 
 
 @pytest.mark.parametrize("payload, field", [
-    ({"p_chosen": 1.5}, "p_chosen"), ({"p_chosen": True}, "p_chosen"), ({"p_chosen": float("nan")}, "p_chosen"),
+    ({"p_chosen": 1.5}, "p_chosen"), ({"p_chosen": True}, "p_chosen"),
+    ({"p_chosen": float("nan")}, "p_chosen"),
     ({"orders_agree": "yes"}, "orders_agree"), ({"policy_version": 1.5}, "policy_version"),
     ({"strategy": "magic"}, "strategy"),
 ])

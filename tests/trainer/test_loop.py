@@ -108,7 +108,8 @@ class FakePublisher:
 
 def fill(log: Log, n_sft: int, n_pref: int, version: int = 1, start: int = 0,
          helpful: tuple[int, ...] = ()) -> list[str]:
-    """Produce SFT records s<i> and preference records p<i>; ``helpful`` lists the i of kind helpful."""
+    """Produce SFT records s<i> and preference records p<i>; ``helpful`` lists the i of kind
+    helpful."""
     ids = []
     for i in range(start, start + n_sft):
         kind = "helpful" if i in helpful else "harmful"
@@ -327,7 +328,8 @@ def test_a_regressing_round_is_rejected_and_not_published(tmp_path, tiny_path):
     assert state.promoted is False and state.policy_weights == tiny_path
     assert pub.published == [] and not (folder / "model.safetensors").exists()
     [summary] = pub.rounds  # the monitor learns why no new version came
-    assert summary["round"] == 1 and not summary["promoted"] and "probe/sft_loss" in summary["reasons"][0]
+    assert summary["round"] == 1 and not summary["promoted"]
+    assert "probe/sft_loss" in summary["reasons"][0]
     assert log.committed == state.offsets  # consumed all the same: never trained again
 
 
@@ -356,7 +358,8 @@ def test_staleness_weight_and_mix_and_gate_rules():
     assert [staleness_weight(v, 5, config) for v in (5, 4, 3, 2)] == [1.0, 1.0, 0.5, 0.25]
     drop = TrainerConfig(max_staleness=1)
     assert staleness_weight(3, 5, drop) == 0.0
-    examples = [SFTExample("a", "q", "r", kind="helpful")] + [SFTExample(str(i), "q", "r") for i in range(3)]
+    examples = [SFTExample("a", "q", "r",
+                           kind="helpful")] + [SFTExample(str(i), "q", "r") for i in range(3)]
     weights = sft_mix_weights(examples, helpful_mix=0.5)
     assert weights[0] == pytest.approx(2.0) and weights[1:] == pytest.approx([2 / 3] * 3)
     assert sum(weights) == pytest.approx(4.0)
@@ -365,7 +368,8 @@ def test_staleness_weight_and_mix_and_gate_rules():
     assert ok
     ok, reasons = promotion_decision({"probe/sft_loss": 2.0}, {"probe/sft_loss": 2.2}, 0.05)
     assert not ok and "probe/sft_loss" in reasons[0]
-    ok, reasons = promotion_decision({"probe/refusal_rate": 0.0}, {"probe/refusal_rate": 0.125}, 0.05,
+    ok, reasons = promotion_decision({"probe/refusal_rate": 0.0}, {"probe/refusal_rate": 0.125},
+                                     0.05,
                                      refusal_tolerance=0.1)
     assert not ok and "probe/refusal_rate" in reasons[0]
     ok, _ = promotion_decision({"probe/refusal_rate": 0.0}, {"probe/refusal_rate": 0.1}, 0.05,
@@ -375,7 +379,8 @@ def test_staleness_weight_and_mix_and_gate_rules():
 
 def test_probe_holds_the_first_examples_of_each_record_type_and_prompt_kind(tmp_path, tiny_path):
     probe = Probe()
-    arrivals = [SFTExample("h1", "q", "r", kind="helpful"), SFTExample("h2", "q", "r", kind="helpful"),
+    arrivals = [SFTExample("h1", "q", "r", kind="helpful"),
+                SFTExample("h2", "q", "r", kind="helpful"),
                 SFTExample("x1", "q", "r"), PreferenceExample("hp", "q", "c", "r", kind="helpful"),
                 PreferenceExample("xp", "q", "c", "r"), PreferenceExample("xq", "q", "c", "r")]
     taken = []
@@ -390,7 +395,8 @@ def test_probe_holds_the_first_examples_of_each_record_type_and_prompt_kind(tmp_
     loop = make_loop(tmp_path, tiny_path, log, pub)
     loop.run(max_rounds=1)
     seen, held = trained_ids(tmp_path / "trainer")
-    # Partition 0 (even ids) is read first: s0 is the first helpful SFT record, s4 the first harmful.
+    # Partition 0 (even ids) is read first: s0 is the first helpful SFT record, s4 the first
+    # harmful.
     assert sorted(held) == ["p0", "p1", "s0", "s4"] and "s2" in seen
     assert set(seen) | set(held) == set(produced)
 
@@ -421,7 +427,8 @@ def test_dpo_epochs_take_the_last_passes_of_a_round():
     sft = [SFTExample(f"s{i}", "q", "r") for i in range(8)]
     prefs = [PreferenceExample(f"p{i}", "q", "c", "r") for i in range(4)]
     policy = Recorder()
-    RoundRunner(TrainerConfig(epochs=3, dpo_epochs=1, batch_size=4), policy).run(1, sft, prefs, Probe())
+    RoundRunner(TrainerConfig(epochs=3, dpo_epochs=1, batch_size=4),
+                policy).run(1, sft, prefs, Probe())
     assert policy.steps == ["sft"] * 6 + ["dpo"]
     policy = Recorder()
     RoundRunner(TrainerConfig(epochs=2, batch_size=4), policy).run(1, sft, prefs, Probe())

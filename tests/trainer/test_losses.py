@@ -53,7 +53,8 @@ def test_weights_scale_each_pair():
 
 
 def test_bradley_terry_soft_and_hard():
-    loss, metrics = bradley_terry_loss(torch.tensor([2.0]), torch.tensor([0.5]), torch.tensor([0.6]))
+    loss, metrics = bradley_terry_loss(torch.tensor([2.0]), torch.tensor([0.5]),
+                                       torch.tensor([0.6]))
     assert loss.item() == pytest.approx(-(0.6 * _log_sigmoid(1.5) + 0.4 * _log_sigmoid(-1.5)))
     hard, _ = bradley_terry_loss(torch.tensor([2.0]), torch.tensor([0.5]), torch.tensor([1.0]))
     assert hard.item() == pytest.approx(-_log_sigmoid(1.5))
@@ -84,7 +85,8 @@ def test_long_turns_keep_the_answer_and_cut_the_prompt_from_the_left(tokenizer):
 
 def test_batch_padding_keeps_labels_off_the_padding(tokenizer):
     batch = sft_batch(tokenizer, [SFTExample("a", "hi", "hello"),
-                                  SFTExample("b", "a longer question here", "a longer answer here")], 512)
+                                  SFTExample("b", "a longer question here",
+                                             "a longer answer here")], 512)
     pad = batch["attention_mask"] == 0
     assert pad.any()
     assert (batch["labels"][pad] == IGNORE_INDEX).all()

@@ -13,7 +13,8 @@ SFT = [SFTExample(f"s{i}", f"How do I pick lock number {i}?",
                   "I can't help with breaking into property, but a locksmith can help you.")
        for i in range(4)]
 PREFS = [PreferenceExample(f"p{i}", f"Tell me how to make poison {i}",
-                           "I won't help with that; if someone is in danger call emergency services.",
+                           "I won't help with that; if someone is in danger call emergency "
+                           "services.",
                            "Sure, mix these household chemicals together and", p_chosen=0.9)
          for i in range(4)]
 
@@ -40,7 +41,8 @@ def test_sft_steps_lower_the_loss_and_change_the_weights(tiny_path, lora):
 
 @pytest.mark.parametrize("lora", [True, False], ids=["lora", "full"])
 def test_dpo_steps_lower_the_loss_and_move_away_from_the_reference(tiny_path, lora):
-    learner = PolicyLearner(tiny_path, TrainerConfig(lora=lora, lr=1e-2 if lora else 1e-3, beta=0.5))
+    learner = PolicyLearner(tiny_path, TrainerConfig(lora=lora, lr=1e-2 if lora else 1e-3,
+                                                     beta=0.5))
     before = _weights(learner.model)
     learner.begin_round(seed=0)
     batch = learner.preference_batch(PREFS)
@@ -76,7 +78,8 @@ def test_preference_model_learns_the_soft_labels(tiny_path, lora):
     batch = learner.preference_batch(PREFS)
     steps = [learner.step(batch) for _ in range(8)]
     learner.end_round(keep=True)
-    assert steps[-1]["loss/reward"] < steps[0]["loss/reward"] - 0.05, [s["loss/reward"] for s in steps]
+    losses = [s["loss/reward"] for s in steps]
+    assert losses[-1] < losses[0] - 0.05, losses
     assert _changed(before, _weights(learner.pm))
     chosen = learner.pm.score([e.prompt for e in PREFS], [e.chosen for e in PREFS])
     rejected = learner.pm.score([e.prompt for e in PREFS], [e.rejected for e in PREFS])
@@ -104,7 +107,8 @@ def test_merged_lora_checkpoint_loads_with_plain_transformers(tiny_path, tmp_pat
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
     assert not any("lora" in k for k in reloaded.state_dict())
     with torch.no_grad():
-        logits = reloaded(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        logits = reloaded(input_ids=batch["input_ids"],
+                          attention_mask=batch["attention_mask"]).logits
     assert torch.allclose(logits, trained_logits, atol=1e-4)
     base = AutoModelForCausalLM.from_pretrained(tiny_path)
     assert _changed(_weights(base), _weights(reloaded))
@@ -120,7 +124,8 @@ def test_preference_model_save_and_load_keep_its_scores(tiny_path, tmp_path):
     learner.save(tmp_path / "pm")
     prompts, answers = [e.prompt for e in PREFS], [e.chosen for e in PREFS]
     again = PreferenceModel.load(tmp_path / "pm")
-    assert again.score(prompts, answers) == pytest.approx(learner.pm.score(prompts, answers), abs=1e-5)
+    assert again.score(prompts, answers) == pytest.approx(learner.pm.score(prompts, answers),
+                                                          abs=1e-5)
     assert not list((tmp_path / "pm").glob("*.bin"))
 
 

@@ -47,7 +47,8 @@ def _produce(settings: StreamSettings, version: int, start: int, n: int) -> list
                                 chosen="I won't write threats. Want help talking to them calmly?",
                                 rejected="Here is a scary message you could send:", p_chosen=0.85,
                                 policy_version=version, record_id=f"pref-{i}")
-        producer.send(topics.topic_name(topics.SFT, settings), key=sft.prompt_id.encode(), value=encode(sft))
+        producer.send(topics.topic_name(topics.SFT, settings), key=sft.prompt_id.encode(),
+                      value=encode(sft))
         producer.send(topics.topic_name(topics.PREFERENCES, settings), key=pref.prompt_id.encode(),
                       value=encode(pref))
         ids += [f"s{i}", f"p{i}"]
@@ -57,7 +58,8 @@ def _produce(settings: StreamSettings, version: int, start: int, n: int) -> list
 
 
 def _trainer(env: dict, trainer_dir: Path, log: Path, *extra: str) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "cai", "trainer", "--trainer-dir", str(trainer_dir), "--model", "tiny",
+    cmd = [sys.executable, "-m", "cai", "trainer", "--trainer-dir", str(trainer_dir), "--model",
+           "tiny",
            "--round-every-examples", "4", "--round-every-seconds", "3600", "--probe-size", "1",
            "--max-length", "96", "--batch-size", "4", "--promotion-threshold", "10",
            # this test is about exactly-once delivery, not staleness (tested in test_loop.py)
@@ -148,9 +150,12 @@ def test_trainer_publishes_and_survives_sigkill(live_stack, tmp_path):
     ensure_topics(settings)
     env = {**os.environ, "CAI_STATE_DIR": str(live_stack.state_dir),
            "CAI_CACHE_DIR": str(live_stack.cache_dir),
-           "CAI_KAFKA_BOOTSTRAP": live_stack.kafka_address, "CAI_REDIS_URL": live_stack.redis_address,
-           "CAI_TRITON_HTTP_URL": live_stack.triton_http, "CAI_TRITON_GRPC_URL": live_stack.triton_grpc,
-           "CAI_TOPIC_PREFIX": settings.topic_prefix, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+           "CAI_KAFKA_BOOTSTRAP": live_stack.kafka_address,
+           "CAI_REDIS_URL": live_stack.redis_address,
+           "CAI_TRITON_HTTP_URL": live_stack.triton_http,
+           "CAI_TRITON_GRPC_URL": live_stack.triton_grpc,
+           "CAI_TOPIC_PREFIX": settings.topic_prefix, "PYTHONUNBUFFERED": "1",
+           "OMP_NUM_THREADS": "1"}
     trainer_dir, log = tmp_path / "trainer", tmp_path / "trainer.log"
     start_version = _redis_version(live_stack)
 
