@@ -11,6 +11,7 @@ Modules, in data-flow order:
 * ``reward``     PreferenceModel: decoder + scalar head, ``score(prompts, answers)``
 * ``steps``      PolicyLearner / PreferenceLearner: LoRA or full FT, round start/end, save
 * ``rounds``     one round without Kafka: staleness, data mix, train, probe, promotion gate
+* ``refusal``    the refusal probe: how often the policy declines benign prompts
 * ``checkpoint`` atomic round folders: weights, offsets, metrics, records used
 * ``loop``       Kafka consumption, round triggers (K examples / T seconds), publish, commit
 * ``publisher``  serving.publish + the policy-versions announcement + Redis version

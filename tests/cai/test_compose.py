@@ -73,3 +73,16 @@ def test_compose_runs_the_default_recipe_of_cai_run():
     assert command[0] == "trainer"
     assert given(TrainerConfig, build_parser().parse_args(command)) == {**recipe.trainer,
                                                                         **REFUSAL_GATE}
+
+
+def test_the_images_copy_every_package_of_the_distribution():
+    import tomllib
+
+    include = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "packages"]["find"]["include"]
+    packages = {p.parent.name for p in ROOT.glob("*/__init__.py")} - {"tests"}
+    assert {name.rstrip("*") for name in include} == packages
+    for dockerfile in ("Dockerfile", "serving/Dockerfile"):
+        text = (ROOT / dockerfile).read_text()
+        copied = set(re.findall(r"^COPY (\w+) \./\1$", text, re.MULTILINE))
+        assert copied == packages, dockerfile
