@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from agents.settings import PipelineSettings
 from cai import monitor
 from cai import report as run_report
 from cai.recipes import DEFAULT_RECIPE, RECIPES, REFUSAL_GATE, pipeline_env
@@ -49,7 +50,8 @@ class RunOptions:
     prompts: int = option(24, "training prompts to feed")
     benign_share: float = option(0.5, "share of the fed prompts that are benign; the rest are "
                                       "red-team", type=fraction)
-    rounds: int = option(2, "critique/revision rounds per prompt")
+    rounds: int = option(PipelineSettings.model_fields["rounds"].default,
+                         "critique/revision rounds per prompt")
     recipe: str = option(DEFAULT_RECIPE, "how revisions and preference labels are made (the best "
                                          "in docs/results-log.md; 'paper' is critique-revise + "
                                          "judge). CAI_PIPELINE_* variables override single "

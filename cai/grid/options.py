@@ -8,7 +8,7 @@ import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from agents.settings import CONTRASTIVE_LABELS, PLACEMENTS
+from agents.settings import CONTRASTIVE_LABELS, PLACEMENTS, PipelineSettings
 from core.options import option
 from streams.records import PREFERENCE_STRATEGIES, REVISION_STRATEGIES
 
@@ -16,6 +16,11 @@ DEFAULT_CELLS = ("critique-revise+judge", "direct+revision-over-initial", "conte
                  "context+revision-over-initial", "none+contrastive")
 REVISIONS = (*REVISION_STRATEGIES, "none")      # "none": no SFT
 PREFERENCES = (*PREFERENCE_STRATEGIES, "none")  # "none": no DPO
+
+
+def _worker_default(name: str):
+    """A cell runs the worker's settings: where the grid has the same knob, the same default."""
+    return PipelineSettings.model_fields[name].default
 
 
 class GridError(ValueError):
@@ -74,16 +79,19 @@ class GridOptions:
     lr: float = option(2e-4, "learning rate (LoRA)")
     beta: float = option(0.1, "DPO beta")
     max_length: int = option(256, "training tokens per example")
-    contrastive_label: str = option("construction", "contrastive pairs: p_chosen=1 by "
-                                    "construction, or the judge's probability",
-                                    choices=CONTRASTIVE_LABELS)
-    context_placement: str = option("system", "constitution as system prompt, or as a reminder "
-                                    "after the request (context/contrastive)", choices=PLACEMENTS)
+    contrastive_label: str = option(
+        _worker_default("contrastive_label"), "contrastive pairs: p_chosen=1 by construction, or "
+        "the judge's probability", choices=CONTRASTIVE_LABELS)
+    context_placement: str = option(
+        _worker_default("context_placement"), "constitution as system prompt, or as a reminder "
+        "after the request (context/contrastive)", choices=PLACEMENTS)
     context_temperature: float | None = option(
-        None, "temperature of context and contrast answers (default: the policy's, 0.7)")
+        _worker_default("context_temperature"),
+        "temperature of context and contrast answers (default: the policy's, 0.7)")
     context_opening: bool = option(
-        False, "context answers (and contrastive 'toward' answers) to red-team prompts start "
-               "with the constitution's decline_opening; the policy writes the reason")
+        _worker_default("context_opening"), "context answers (and contrastive 'toward' answers) "
+        "to red-team prompts start with the constitution's decline_opening; the policy writes "
+        "the reason")
     eval_harmful: int = option(40, "held-out harmful prompts to evaluate on")
     eval_benign: int = option(16, "evaluate on the first N prompts of the built-in benign set's "
                                   "held-out split")
