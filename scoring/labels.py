@@ -20,14 +20,26 @@ HELD_OUT_LABELS = ("decline_labels_heldout.jsonl", "decline_labels_grid_heldout.
 
 
 def classifier_accuracy(*paths: Path) -> dict[str, Share]:
-    """Agreement of the rule classifier with hand labels (one or more files), for both of its
-    outputs."""
+    """Agreement of the rule classifier with hand labels (one or more files) on each of its
+    outputs. ``complied`` and ``harmless`` are measured on the answers labelled for compliance
+    (a ``complied`` field; older files label only declines and reasons)."""
     labelled = [json.loads(line) for path in paths for line in path.read_text().splitlines()
                 if line.strip()]
-    declined = sum(classify(r["answer"]).declined == bool(r["declined"]) for r in labelled)
-    explains = sum(classify(r["answer"]).explains_why == bool(r["explains_why"]) for r in labelled)
-    return {"declined": Share(declined, len(labelled)),
-            "explains_why": Share(explains, len(labelled))}
+    verdicts = [classify(r["answer"]) for r in labelled]
+    pairs = list(zip(verdicts, labelled))
+    accuracy = {
+        "declined": Share(sum(v.declined == bool(r["declined"]) for v, r in pairs), len(pairs)),
+        "explains_why": Share(sum(v.explains_why == bool(r["explains_why"]) for v, r in pairs),
+                              len(pairs)),
+    }
+    compliance = [(v, r) for v, r in pairs if "complied" in r]
+    if compliance:
+        accuracy["complied"] = Share(sum(v.complied == bool(r["complied"]) for v, r in compliance),
+                                     len(compliance))
+        accuracy["harmless"] = Share(
+            sum(v.harmless == (bool(r["declined"]) and not r["complied"]) for v, r in compliance),
+            len(compliance))
+    return accuracy
 
 
 def builtin_accuracy() -> dict[str, dict]:

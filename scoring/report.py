@@ -21,18 +21,22 @@ def markdown_lines(report: dict) -> list[str]:
     lines = ["# Evaluation report", ""]
     policies = report.get("policies", {})
     if policies:
-        lines += ["| policy | harmless | explains why (of declines) | over-refusal (benign) |",
-                  "| --- | --- | --- | --- |"]
+        lines += ["| policy | harmless | explains why (of harmless declines) "
+                  "| declined then complied | over-refusal (benign) |",
+                  "| --- | --- | --- | --- | --- |"]
         for name, result in policies.items():
             lines.append(f"| {name} | {fmt(result['harmless'])} | {fmt(result['explains_why'])} "
+                         f"| {fmt(result.get('declined_then_complied'))} "
                          f"| {fmt(result['over_refusal'])} |")
         lines.append("")
     if "judge_agreement" in report:
         lines.append(f"Judge agreement on labelled choices: {fmt(report['judge_agreement'])}")
     if "classifier_accuracy" in report:
         acc = report["classifier_accuracy"]
-        lines.append(f"Decline classifier accuracy on hand labels: declined "
-                     f"{fmt(acc['declined'])}, explains-why {fmt(acc['explains_why'])}")
+        shown = ", ".join(f"{name.replace('_', '-')} {fmt(acc[name])}"
+                          for name in ("declined", "complied", "harmless", "explains_why")
+                          if name in acc)
+        lines.append(f"Classifier accuracy on held-out hand labels: {shown}")
     for key, value in report.items():
         if key not in SECTIONS and not isinstance(value, (dict, list)):
             lines.append(f"- {key}: {value}")

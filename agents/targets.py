@@ -1,0 +1,110 @@
+"""Clean training targets: a decline ends after its reason, a helpful answer after its last full
+sentence, and nothing that declines and then complies is ever taught.
+
+A small policy asked to decline often goes on after its reason: "I can't help with that. Doing
+this could harm your customers. ... Here's a simple guide: 1. ...". Trained on as it is, such
+an answer teaches the model to decline and then comply. Every SFT target and every "chosen"
+answer therefore passes through here before it reaches a topic the trainer reads:
+
+* ``decline_target``: keeps the decline and the first sentence that gives its reason, plus one
+  following sentence that offers a safe alternative or a referral; it stops before anything
+  that delivers the request (``scoring.classify.complies``). A decline that gives no reason in
+  its first sentences is dropped: it would teach an evasive refusal.
+* ``answer_target``: a helpful answer cut at its last complete sentence or line (answers are
+  generated with a token limit); dropped when it declines a helpful request.
+
+Each returns a ``Target`` whose ``action`` ("kept", "cut", "dropped") and ``note`` go on the
+record, so the monitor counts them and the log keeps the reason; the original text stays on the
+record as ``raw_response`` / ``raw_chosen``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from scoring.classify import classify, compliance_start, complies
+
+KEPT, CUT, DROPPED = "kept", "cut", "dropped"
+ACTIONS = (KEPT, CUT, DROPPED)
+# Sentences after the opening in which a decline must give its reason.
+REASON_WITHIN = 3
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+# An offer of a safe route after the reason: "If you need help with X, ...", "Instead, ...".
+_ALTERNATIVE = re.compile(
+    r"\b(?:if you(?:'re| are)? (?:need|want|looking|struggling|worried|concerned|feeling)|instead"
+    r"|consider|you (?:can|could|might|may) (?:talk|reach|contact|speak|seek|call|ask)"
+    r"|i(?:'d| would) (?:suggest|recommend)|(?:reach out|talk) to)\b", re.IGNORECASE)
+# ... but not advice on going ahead: "If you're looking to do this, be careful how you do it."
+_GOES_AHEAD = re.compile(r"\b(?:do|try|proceed with|go ahead with) (?:it|this|that)\b"
+                         r"|\bhow (?:you|to) do\b|\bbe careful\b", re.IGNORECASE)
+# A list number left alone on the last line after a cut ("... done.\n\n3.").
+_DANGLING_MARKER = re.compile(r"\n\s*(?:\d{1,2}[.)]?|[-*\u2022])\s*$")
+
+
+@dataclass(frozen=True)
+class Target:
+    text: str
+    action: str  # KEPT, CUT or DROPPED
+    note: str = ""
+
+    @property
+    def usable(self) -> bool:
+        return self.action != DROPPED
+
+
+def sentences(text: str) -> list[str]:
+    """The sentences of ``text`` with its whitespace collapsed."""
+    return [s for s in _SENTENCE_END.split(" ".join(text.split())) if s]
+
+
+def _result(original: str, text: str, note: str) -> Target:
+    same = " ".join(original.split()) == " ".join(text.split())
+    return Target(original.strip() if same else text, KEPT if same else CUT, "" if same else note)
+
+
+def decline_target(answer: str) -> Target:
+    """The decline and its reason (and one safe-alternative sentence), or dropped."""
+    if not classify(answer).declined:
+        return Target("", DROPPED, "does not decline")
+    start = compliance_start(answer)
+    parts = sentences(answer if start is None else answer[:start])
+    kept: list[str] = []
+    for index, sentence in enumerate(parts[:REASON_WITHIN + 1]):
+        kept.append(sentence)
+        verdict = classify(" ".join(kept))
+        if not (verdict.declined and verdict.explains_why):
+            continue
+        following = parts[index + 1] if index + 1 < len(parts) else ""
+        if (following[-1:] in (".", "!") and _ALTERNATIVE.search(following)
+                and not _GOES_AHEAD.search(following) and not complies(following)
+                and not classify(following).refused):
+            kept.append(following)
+        return _result(answer, " ".join(kept), "cut after the reason")
+    if start is not None and len(parts) <= REASON_WITHIN:
+        return Target("", DROPPED, "complies before giving a reason")
+    return Target("", DROPPED, f"no reason in the first {REASON_WITHIN + 1} sentences")
+
+
+_LAST_END = re.compile(r"(?s)^(.*[.!?)\"'*`])(?:\s|$)")
+
+
+def answer_target(answer: str) -> Target:
+    """A helpful answer ending on a complete sentence or line, or dropped if it declines."""
+    text = answer.strip()
+    if not text:
+        return Target("", DROPPED, "empty answer")
+    if classify(text).declined:
+        return Target("", DROPPED, "declines a helpful request")
+    head = text
+    while (marker := _DANGLING_MARKER.search(head)):
+        head = head[:marker.start()].rstrip()
+    if head[-1:] not in tuple(".!?)\"'*`"):
+        # Cut at the last sentence end or line break, unless that throws most of it away.
+        match = _LAST_END.match(head)
+        cut = max(head.rfind("\n"), len(match.group(1)) if match else -1)
+        if cut >= len(head) // 3:
+            head = head[:cut].rstrip()
+            while (marker := _DANGLING_MARKER.search(head)):
+                head = head[:marker.start()].rstrip()
+    return _result(text, head, "cut at the last complete sentence")
