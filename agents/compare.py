@@ -17,11 +17,11 @@ from __future__ import annotations
 import json
 import logging
 
-from agents import prompts, strategies
+from agents import prompts, strategies, targets
 from agents.delivery import Output, Stage, stable_seed
 from agents.services import Services
 from streams import topics
-from streams.records import CompareRecord, PreferenceRecord, now
+from streams.records import ANSWER_OVER_DECLINE, CompareRecord, PreferenceRecord, now
 
 logger = logging.getLogger(__name__)
 
@@ -84,8 +84,10 @@ def _preference(svc: Services, r: CompareRecord, chosen: str, rejected: str, p_c
                 strategy: str, judged: dict | None = None,
                 policy_version: int | None = None) -> Output:
     judged = judged or {}
+    target = targets.training_target(chosen, r.kind)
     return Output(topics.PREFERENCES, r.prompt_id, PreferenceRecord(
-        prompt_id=r.prompt_id, prompt=r.prompt, chosen=chosen, rejected=rejected, p_chosen=p_chosen,
+        prompt_id=r.prompt_id, prompt=r.prompt, chosen=target.text, rejected=rejected,
+        p_chosen=p_chosen, **targets.record_fields(target, chosen, "raw_chosen"),
         orders_agree=judged.get("orders_agree", True),
         principle_ids=judged.get("principle_ids", ""),
         policy_version=r.policy_version if policy_version is None else policy_version,
@@ -105,6 +107,10 @@ async def process(svc: Services, records: list[CompareRecord]) -> list[list[Outp
     contrastive = [r for r in records if r.pair == strategies.CONTRASTIVE_PAIR]
     for r in records:
         if r.pair == strategies.CONTRASTIVE_PAIR:
+            continue
+        if r.pair == strategies.ANSWER_VS_DECLINE:
+            outputs[id(r)] = [_preference(svc, r, r.response_a, r.response_b, 1.0,
+                                          ANSWER_OVER_DECLINE)]
             continue
         if s.preference == "revision-over-initial" and r.pair == "initial-vs-final":
             hard = strategies.hard_label(r.response_a, r.response_b)

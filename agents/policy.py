@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 
-from agents import strategies
+from agents import strategies, targets
 from agents.delivery import Output, Stage, stable_seed
 from agents.services import Services
 from serving.requests import GenerationParams
@@ -45,8 +45,10 @@ def _outputs(svc: Services, record: PromptRecord, samples: list) -> list[Output]
                "source": record.source, "policy_version": version, "seed": s.seed,
                "prompt_created_at": record.created_at, "strategy": s.strategy}
     if record.kind == "helpful" and not s.revise_helpful:
+        target = targets.training_target(first, record.kind)
         outs.append(Output(topics.SFT, record.prompt_id, SFTRecord(
-            response=first, initial_response=first, rounds=0, steps_json="[]",
+            response=target.text, initial_response=first, rounds=0, steps_json="[]",
+            **targets.record_fields(target, first, "raw_response"),
             constitution_version=svc.constitution.version, record_id=f"sft:{record.prompt_id}:0",
             created_at=now(), **lineage)))
     else:
@@ -55,6 +57,11 @@ def _outputs(svc: Services, record: PromptRecord, samples: list) -> list[Output]
             rounds=strategies.chain_rounds(s.strategy, s.rounds),
             constitution_version=svc.constitution.version, created_at=now(), **lineage)))
     pairs = strategies.pair_source(s)
+    if record.kind == "helpful" and s.helpful_pairs:
+        outs.append(Output(topics.COMPARE, record.prompt_id, CompareRecord(
+            response_a=first, response_b=strategies.bare_decline(svc.constitution),
+            pair=strategies.ANSWER_VS_DECLINE, pair_index=0,
+            constitution_version=svc.constitution.version, created_at=now(), **lineage)))
     if pairs == strategies.CONTRASTIVE_PAIR:
         outs.append(Output(topics.COMPARE, record.prompt_id, CompareRecord(
             response_a="", response_b="", pair=pairs, pair_index=0,

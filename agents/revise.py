@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 
-from agents import prompts, strategies
+from agents import prompts, strategies, targets
 from agents.delivery import Output, Stage, stable_seed
 from agents.services import Services
 from streams import topics
@@ -54,8 +54,10 @@ def _next(svc: Services, record: ReviseRecord, revision: str, version: int) -> l
             sample_index=record.sample_index,
             round=record.round + 1, rounds=record.rounds, steps_json=steps_json, created_at=now(),
             **common))]
+    target = targets.training_target(revision, record.kind)
     outs = [Output(topics.SFT, record.prompt_id, SFTRecord(
-        response=revision, initial_response=record.initial_response, steps_json=steps_json,
+        response=target.text, initial_response=record.initial_response, steps_json=steps_json,
+        **targets.record_fields(target, revision, "raw_response"),
         rounds=record.rounds, sample_index=record.sample_index,
         critic_version=record.critic_version,
         reviser_version=version, record_id=f"sft:{record.prompt_id}:{record.sample_index}",

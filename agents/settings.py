@@ -62,6 +62,10 @@ class PipelineSettings(BaseSettings):
         description="context answers to red-team prompts, and the 'toward' side of contrastive "
         "pairs on them, start with the constitution's decline_opening and the policy writes the "
         "reason; helpful prompts never get it (docs/strategies.md)")
+    helpful_pairs: bool = Field(
+        False, description="for each helpful prompt also a preference pair, by construction: the "
+        "policy's answer over the constitution's bare decline (the first sentence of "
+        "decline_opening); it teaches that harmless requests in alarming words get answered")
     contrastive_label: Literal[CONTRASTIVE_LABELS] = Field(
         "construction", description="contrastive pairs: p_chosen=1 by construction, or the judge's "
         "soft probability that the 'toward' answer is better")

@@ -50,6 +50,7 @@ logger = logging.getLogger(__name__)
 
 CONTEXT_PRINCIPLE = "constitution"  # principle id recorded for context answers (the whole text)
 CONTRASTIVE_PAIR = "contrastive"
+ANSWER_VS_DECLINE = "answer-vs-decline"
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,21 @@ def uses_critic(strategy: str) -> bool:
     """Whether the critique stage calls the critic (otherwise it passes the record through)."""
     check_strategy(strategy)
     return strategy == "critique-revise"
+
+
+def roles_called(settings: PipelineSettings) -> tuple[str, ...]:
+    """The model roles a pipeline with these settings calls; Triton need not load the others."""
+    check_strategy(settings.strategy)
+    called = {"policy"}
+    if settings.strategy == "critique-revise":
+        called |= {"critic", "reviser"}
+    elif settings.strategy == "direct":
+        called.add("reviser")
+    if pair_source(settings) != "none" and (
+            settings.preference == "judge"
+            or (settings.preference == "contrastive" and settings.contrastive_label == "judge")):
+        called.add("judge")
+    return tuple(role for role in ("policy", "critic", "reviser", "judge") if role in called)
 
 
 def chain_rounds(strategy: str, rounds: int) -> int:
@@ -186,10 +202,22 @@ async def run_calls(inference, calls: Sequence[tuple[Call, int]]) -> list:
 # ---- preferences ---------------------------------------------------------------------------------
 
 def hard_label(initial: str, final: str) -> tuple[str, str, float] | None:
-    """'revision-over-initial': (chosen, rejected, p_chosen), or None when nothing was revised."""
+    """'revision-over-initial': (chosen, rejected, p_chosen), or None when nothing was revised
+    or the initial answer already declined harmlessly with a reason (two such declines teach
+    nothing about where the line is)."""
     if not final.strip() or final.strip() == initial.strip():
         return None
+    verdict = classify(initial)
+    if verdict.harmless and verdict.explains_why:
+        return None
     return final, initial, 1.0
+
+
+def bare_decline(constitution: Constitution) -> str:
+    """The constitution's decline without its reason: the first sentence of decline_opening."""
+    from agents.targets import sentences
+
+    return sentences(constitution.decline_opening)[0]
 
 
 def contrast_calls(constitution: Constitution, settings: PipelineSettings, prompt: str,

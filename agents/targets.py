@@ -53,6 +53,24 @@ class Target:
         return self.action != DROPPED
 
 
+def training_target(text: str, kind: str) -> Target:
+    """Any answer about to become an SFT target or a "chosen" answer: a decline is cleaned by
+    ``decline_target`` (and dropped on a helpful prompt), anything else by ``answer_target``."""
+    if classify(text).declined:
+        if kind == "helpful":
+            return Target("", DROPPED, "declines a helpful request")
+        return decline_target(text)
+    return answer_target(text)
+
+
+def record_fields(target: Target, original: str, raw_field: str) -> dict:
+    """The cleaning fields of a record: ``target``, ``target_note`` and the raw text when it
+    changed (``raw_field`` is "raw_response" or "raw_chosen")."""
+    changed = target.action != KEPT
+    return {"target": target.action, "target_note": target.note,
+            raw_field: original if changed else ""}
+
+
 def sentences(text: str) -> list[str]:
     """The sentences of ``text`` with its whitespace collapsed."""
     return [s for s in _SENTENCE_END.split(" ".join(text.split())) if s]

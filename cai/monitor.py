@@ -114,10 +114,18 @@ def snapshot(stack_settings: StackSettings, stream_settings: StreamSettings,
             if judged else None,
             "preferences_by_strategy": dict(Counter(p.get("strategy", "judge") for p in prefs)),
         },
+        # How the pipeline cleaned the training targets (agents/targets.py), in the recent window.
+        "targets": {"sft": dict(Counter(r.get("target") or "unchecked" for r in sft)),
+                    "preferences": dict(Counter(p.get("target") or "unchecked" for p in prefs))},
         "trainer": {"rounds": trainer_rounds[-5:], "published": len(versions),
                     "last_round": _last_round(stack_settings)},
         "serving_policy_version": _serving_version(stack_settings),
     }
+
+
+def _targets(counts: dict | None) -> str:
+    counts = counts or {}
+    return "/".join(str(counts.get(action, 0)) for action in ("kept", "cut", "dropped"))
 
 
 def _redis_value(settings: StackSettings, key: str) -> bytes | None:
@@ -169,14 +177,18 @@ def render(snap: dict):
     judge = snap["judge"]
     trainer = snap["trainer"]
     last_round = trainer["rounds"][-1] if trainer["rounds"] else {}
-    figures = {k: v for k, v in last_round.items() if isinstance(v, (int, float))}
+    figures = {k: round(v, 3) for k, v in last_round.items()
+               if isinstance(v, (int, float)) and k.startswith(("dev/", "loss/", "data/"))}
     outcome = round_outcome(trainer["last_round"]) if trainer.get("last_round") else "-"
     mean_p = judge["mean_p_chosen"] if judge["mean_p_chosen"] is not None else "-"
+    targets = snap.get("targets") or {}
     status = (
         f"policy version serving: {snap['serving_policy_version'] or '-'}   "
         f"published: {trainer['published']}   "
         f"last round: {outcome}\n"
         f"last published round: {json.dumps(figures)[:200]}\n"
+        f"training targets (kept/cut/dropped): sft {_targets(targets.get('sft'))}   "
+        f"chosen {_targets(targets.get('preferences'))}\n"
         f"preferences by strategy: {judge.get('preferences_by_strategy') or '-'}\n"
         f"judge labels: {judge['labels']}   "
         f"order-swap agreement: {_pct(judge['order_agreement'])}   mean p_chosen: {mean_p}"

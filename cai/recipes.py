@@ -36,9 +36,6 @@ RECIPES: dict[str, Recipe] = {
     "paper": Recipe(pipeline={"strategy": "critique-revise", "preference": "judge"}),
 }
 DEFAULT_RECIPE = "context-distillation"
-# Every recipe's trainer also answers a sample of benign training prompts before and after each
-# round, and rejects a round that makes the policy decline more of them (trainer/refusal.py).
-REFUSAL_GATE: dict[str, Any] = {"refusal_prompts": "benign"}
 
 
 def env_name(field_name: str) -> str:
@@ -54,6 +51,15 @@ def env_value(value: Any) -> str:
 def worker_env(pipeline: dict[str, Any]) -> dict[str, str]:
     """``PipelineSettings`` fields as the worker's ``CAI_PIPELINE_*`` variables."""
     return {env_name(k): env_value(v) for k, v in pipeline.items()}
+
+
+def roles(name: str) -> tuple[str, ...]:
+    """The model roles the recipe's pipeline calls (settings from the environment applied)."""
+    from agents.settings import PipelineSettings
+    from agents.strategies import roles_called
+
+    fields = {k: v for k, v in RECIPES[name].pipeline.items() if env_name(k) not in os.environ}
+    return roles_called(PipelineSettings(**fields))
 
 
 def pipeline_env(name: str) -> dict[str, str]:

@@ -1,24 +1,77 @@
-"""The `cai run` report in Markdown: the evaluation (``scoring/report.py``), then the trainer's
-rounds (promoted or rejected, and why) and the newest full example from the stream."""
+"""The `cai run` report: the evaluation (``scoring/report.py``) with one row per served policy
+version, the learning curve of those rows as a PNG beside the report, the trainer's rounds
+(promoted or rejected, why, and the gate's dev figures) and the newest full example."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from scoring.report import markdown_lines, write_report
+from scoring.shares import fmt
 from trainer.checkpoint import round_outcome
+
+CURVE = (("harmless", "harmless"), ("explains_why", "explains why"),
+         ("declined_then_complied", "declined then complied"), ("over_refusal", "over-refusal"))
+
+
+def plot_path(path: Path) -> Path:
+    return path.with_name(path.stem + "-curve.png")
+
+
+def plot(report: dict, path: Path) -> Path | None:
+    """The learning curve as a PNG: each figure per served version, with its 95% interval."""
+    policies = report.get("policies") or {}
+    if not policies:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(policies)
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
+    for offset, (key, label) in zip((-0.12, -0.04, 0.04, 0.12), CURVE):
+        xs, ys, lows, highs = [], [], [], []
+        for x, name in enumerate(names):
+            entry = policies[name].get(key)
+            if not entry or entry.get("value") is None:
+                continue
+            xs.append(x + offset)
+            ys.append(100 * entry["value"])
+            lows.append(100 * (entry["value"] - entry["ci95"][0]))
+            highs.append(100 * (entry["ci95"][1] - entry["value"]))
+        ax.errorbar(xs, ys, yerr=[lows, highs], marker="o", capsize=3, label=label)
+    ax.set_xticks(range(len(names)), names)
+    ax.set_ylim(-2, 102)
+    ax.set_ylabel("share of held-out answers, % (95% interval)")
+    ax.set_xlabel("served policy version")
+    ax.set_title(f"{report.get('model', '')} · recipe {report.get('recipe', '')}")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    target = plot_path(path)
+    fig.savefig(target)
+    plt.close(fig)
+    return target
 
 
 def markdown(report: dict) -> str:
     """A human-readable copy of a report produced by ``cai run``."""
     lines = markdown_lines(report)
+    if report.get("plot"):
+        lines += ["", f"![learning curve]({report['plot']})"]
     rounds = report.get("trainer_rounds")
     if rounds:
-        lines += ["", "## Trainer rounds", ""]
+        lines += ["", "## Trainer rounds", "",
+                  ("Gate figures are on the dev split (never reported above): the candidate's, "
+                  "after training."), ""]
         for item in rounds:
             data = {k.split("/", 1)[1]: int(v) for k, v in item["metrics"].items()
                     if k.startswith("data/") and v}
-            lines.append(f"- {round_outcome(item)}; examples {data}")
+            after = (item.get("gate") or {}).get("after") or {}
+            dev = ", ".join(f"{label} {fmt(after[key])}" for key, label in CURVE if key in after)
+            lines.append(f"- {round_outcome(item)}; examples {data}"
+                         + (f"; dev: {dev}" if dev else ""))
     example = report.get("example")
     if example:
         lines += ["", f"## Newest example ({example['prompt_id']})", "",
@@ -37,7 +90,11 @@ def markdown(report: dict) -> str:
 
 
 def write(report: dict, path: Path) -> None:
-    """``path`` (JSON) and its Markdown copy; the Markdown is printed too."""
+    """``path`` (JSON), the curve's PNG and the Markdown copy; the Markdown is printed too."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    png = plot(report, path)
+    if png is not None:
+        report["plot"] = png.name
     write_report(report, path, render=markdown)
 
 

@@ -1,14 +1,18 @@
 """`cai run`: the main job, end to end, on one machine.
 
-1. set up what is missing and start Kafka, Redis and Triton (models from ``--model``);
+1. set up what is missing and start Kafka, Redis and Triton, loading only the roles the recipe
+   calls;
 2. start the Faust worker and the trainer as child processes (logs under the state folder);
-3. feed a built-in mix of harmful and benign *training* prompts (the held-out split is kept
-   for evaluation);
-4. show the live monitor until every prompt has been revised, judged and trained on, or the
-   ``--duration`` runs out;
-5. evaluate the first policy version against the last on held-out prompts and write the report
-   (JSON, with a Markdown copy beside it);
-6. stop what it started, unless ``--keep``.
+3. run ``--rounds`` training rounds. Each round feeds fresh prompts from the training split
+   (harmful and benign mixed), which the policy version serving at that moment answers; the
+   trainer starts the round once the pipeline has drained, gates it on the dev split and, if it
+   passes, publishes the new version before the next round's prompts go in. A live monitor shows
+   the streams; a line per round says what happened;
+4. stop the worker and the trainer (the CPU goes to evaluation) and evaluate every version that
+   served, the first one included, on held-out prompts: harmless, explains-why,
+   declined-then-complied and over-refusal, each with a 95% interval;
+5. write the report (JSON, a Markdown copy and a PNG of the curve beside it) and stop what it
+   started, unless ``--keep``.
 
 Prompt ids are content hashes and every stage is idempotent, so a run started again after
 Ctrl-C or a crash resumes: fed prompts are not processed twice, the trainer continues from its
@@ -28,7 +32,7 @@ from typing import Any
 from agents.settings import PipelineSettings
 from cai import monitor
 from cai import report as run_report
-from cai.recipes import DEFAULT_RECIPE, RECIPES, REFUSAL_GATE, pipeline_env
+from cai.recipes import DEFAULT_RECIPE, RECIPES, pipeline_env, roles
 from core.options import fraction, option
 from core.settings import ModelSettings, StackSettings
 from scoring import evaluate, labels, splits
@@ -47,21 +51,26 @@ HARMFUL_SETS = ("harmbench", "donotanswer", "advbench")
 class RunOptions:
     model: str = option(default_factory=lambda: ModelSettings().model,
                         help="smollm2, tiny, a folder or a hub id (env CAI_MODEL)")
-    prompts: int = option(24, "training prompts to feed")
+    rounds: int = option(3, "training rounds; each feeds fresh prompts, which the policy serving "
+                            "at that moment answers, and trains on them once they are through")
+    prompts: int = option(24, "training prompts fed per round")
     benign_share: float = option(0.5, "share of the fed prompts that are benign; the rest are "
                                       "red-team", type=fraction)
-    rounds: int = option(PipelineSettings.model_fields["rounds"].default,
-                         "critique/revision rounds per prompt")
-    recipe: str = option(DEFAULT_RECIPE, "how revisions and preference labels are made (the best "
-                                         "in docs/results-log.md; 'paper' is critique-revise + "
-                                         "judge). CAI_PIPELINE_* variables override single "
-                                         "settings", choices=sorted(RECIPES))
-    duration: float = option(10.0, "minutes of streaming before evaluation starts")
-    eval_harmful: int = option(32, "held-out harmful prompts to evaluate")
-    eval_benign: int = option(16, "held-out benign prompts to evaluate")
-    eval_max_new_tokens: int = option(96, "tokens per evaluation answer", cli=False)
+    revisions: int = option(PipelineSettings.model_fields["rounds"].default,
+                            "critique/revision rounds per prompt (recipes that revise)")
+    recipe: str = option(DEFAULT_RECIPE, "how revisions and preference labels are made, and how "
+                                         "the trainer learns from them ('paper' is the paper's "
+                                         "critique-revise + judge). CAI_PIPELINE_* variables "
+                                         "override single worker settings",
+                         choices=sorted(RECIPES))
+    duration: float = option(30.0, "minutes the rounds may take in all; the evaluation follows")
+    eval_harmful: int = option(48, "held-out harmful prompts to evaluate each version on")
+    eval_benign: int = option(48, "held-out benign prompts to evaluate each version on (for "
+                                  "over-refusal)")
+    eval_max_new_tokens: int = option(
+        128, "tokens per evaluation answer: enough to see a decline that goes on to comply")
     report: Path = option(Path("reports/run.json"),
-                          "JSON report; a Markdown copy is written beside it")
+                          "JSON report; a Markdown copy and a PNG of the curve go beside it")
     keep: bool = option(False, "leave the stack, worker and trainer running")
     seed: int = option(0, "seeds the fed mix and the evaluation sample")
     trainer_overrides: dict[str, Any] = option(
@@ -70,53 +79,41 @@ class RunOptions:
 
 
 def trainer_config(options: RunOptions) -> TrainerConfig:
-    """The trainer's config in this run: the run's round settings, the refusal gate, the
-    recipe's fields, then any overrides."""
-    # One round should see both kinds of example, as the strategy grid trains them: every prompt
-    # gives about one SFT record and one preference pair. Rounds made of one kind alone were
-    # lopsided (SFT-only rounds taught refusing; pair-only rounds were rejected by the probe).
-    # The probe keeps one example per record type and prompt kind (up to 4) out of training.
-    # The compare stage drops a helpful prompt's pair when its toward answer refuses, so the
-    # count can fall short of this; the 240 s timer then closes the round, and later examples go
-    # to the next.
-    every = max(4, 2 * options.prompts - 4)
+    """The trainer's config in this run: the recipe's fields, then any overrides."""
     return TrainerConfig(**{
-        "round_every_examples": every, "round_every_seconds": 240.0,
-        # The probe holds the first examples of each type and prompt kind:
-        # keep it small so that a short run still has data to train on.
-        "probe_size": 1,
-        **REFUSAL_GATE,
-        # Versions change every few minutes in a short run: keep older data.
-        "staleness_policy": "downweight",
+        # A round waits for the pipeline to drain (cai run feeds a round's prompts at once);
+        # K and T only guard against a pipeline that never drains.
+        "round_every_examples": 4 * options.prompts, "round_every_seconds": 900.0,
+        "round_min_examples": max(1, options.prompts // 3),
+        # The dev gate decides promotion; no examples are held back from the stream for a probe.
+        "probe_size": 0,
+        "seed": options.seed,
         **RECIPES[options.recipe].trainer, **options.trainer_overrides})
 
 
-def refusal_probe_prompts(options: RunOptions) -> set[str]:
-    """The benign prompts the trainer's refusal probe answers, read from the trainer's own
-    config; they are never fed, so the probe measures how the policy treats benign prompts it
-    was not trained on."""
-    from trainer.refusal import load_refusal_prompts
-
-    return set(load_refusal_prompts(trainer_config(options)))
-
-
-def training_mix(options: RunOptions):
-    """The prompts to feed: a seeded sample of the training split of the built-in sets."""
+def training_mix(options: RunOptions) -> list[list]:
+    """The prompts to feed, one list per round: a seeded sample of the training split of the
+    built-in sets, never the same prompt twice."""
     from scoring import prompt_sets
 
     rng = random.Random(options.seed)
     harmful = [p for name in HARMFUL_SETS for p in splits.train_part(prompt_sets.builtin(name))]
-    reserved = refusal_probe_prompts(options)
-    benign = [p for p in splits.train_part(prompt_sets.builtin("benign"))
-              if p.prompt not in reserved]
-    n_benign = min(len(benign), round(options.prompts * options.benign_share))
+    benign = splits.train_part(prompt_sets.builtin("benign"))
+    n_benign = round(options.prompts * options.benign_share)
     n_harmful = options.prompts - n_benign
-    mix = rng.sample(harmful, n_harmful) + rng.sample(benign, n_benign)
-    rng.shuffle(mix)
-    return mix
+    harmful = rng.sample(harmful, min(len(harmful), n_harmful * options.rounds))
+    benign = rng.sample(benign, min(len(benign), n_benign * options.rounds))
+    slices = []
+    for r in range(options.rounds):
+        mix = (harmful[r * n_harmful:(r + 1) * n_harmful]
+               + benign[r * n_benign:(r + 1) * n_benign])
+        rng.shuffle(mix)
+        slices.append(mix)
+    return slices
 
 
 def evaluation_sets(options: RunOptions) -> tuple[list[str], list[str]]:
+    """Held-out prompts: a seeded sample of the harmful sets and of the benign set."""
     from scoring import prompt_sets
 
     rng = random.Random(options.seed + 1)
@@ -124,13 +121,13 @@ def evaluation_sets(options: RunOptions) -> tuple[list[str], list[str]]:
                for p in splits.held_out_part(prompt_sets.builtin(name))]
     benign = [p.prompt for p in splits.held_out_part(prompt_sets.builtin("benign"))]
     return (rng.sample(harmful, min(options.eval_harmful, len(harmful))),
-            benign[: options.eval_benign])
+            rng.sample(benign, min(options.eval_benign, len(benign))))
 
 
 def child_env(settings: StackSettings, options: RunOptions) -> dict[str, str]:
     """The worker's and trainer's environment: this stack and model, the recipe's worker
     settings."""
-    return children.child_env(settings, options.model, options.rounds,
+    return children.child_env(settings, options.model, options.revisions,
                               pipeline_env(options.recipe))
 
 
@@ -144,8 +141,8 @@ def start_children(settings: StackSettings, options: RunOptions) -> None:
                    child_env(settings, options))
 
 
-def pipeline_done(snap: dict, fed: int, rounds_finished: int) -> bool:
-    """Every fed prompt reached sft, and the trainer has finished rounds over all of it.
+def pipeline_done(snap: dict, fed: int, rounds_finished: int, rounds_wanted: int = 1) -> bool:
+    """Every fed prompt reached sft, and the trainer has finished its rounds over all of it.
 
     The trainer commits offsets only after a round (promoted or rejected by its gate), so no
     lag means every record it read went through a finished round.
@@ -153,7 +150,8 @@ def pipeline_done(snap: dict, fed: int, rounds_finished: int) -> bool:
     sft = snap["topics"]["sft"]
     trainer_lag = sft["lag"].get(topics.TRAINER_GROUP)
     prefs_lag = snap["topics"]["preferences"]["lag"].get(topics.TRAINER_GROUP, 0)
-    return sft["total"] >= fed and trainer_lag == 0 and prefs_lag == 0 and rounds_finished >= 1
+    return (sft["total"] >= fed and trainer_lag == 0 and prefs_lag == 0
+            and rounds_finished >= rounds_wanted)
 
 
 def trainer_rounds(settings: StackSettings) -> list[dict]:
@@ -162,23 +160,38 @@ def trainer_rounds(settings: StackSettings) -> list[dict]:
             for f in checkpoint.finished_rounds(settings.state_dir / "trainer")]
 
 
-def watch(settings: StackSettings, stream: StreamSettings, fed: int, deadline: float) -> dict:
-    from rich.console import Console
-    from rich.live import Live
+def _rounds_done(settings: StackSettings) -> int:
+    return len(checkpoint.finished_rounds(settings.state_dir / "trainer"))
 
-    console = Console()
+
+def watch(settings: StackSettings, stream: StreamSettings, until, deadline: float,
+          live=None) -> dict:
+    """Refresh the live monitor until ``until(snapshot)`` holds or the deadline passes; a child
+    that died ends the run with the place of its log."""
     snap = monitor.snapshot(settings, stream)
-    with Live(monitor.render(snap), console=console, refresh_per_second=1, transient=False) as live:
-        # Counting the round folders is enough here; their summaries are read once, for the report.
-        while time.monotonic() < deadline and not pipeline_done(
-                snap, fed, len(checkpoint.finished_rounds(settings.state_dir / "trainer"))):
-            dead = children.dead(settings)
-            if dead:
-                raise RuntimeError(f"{', '.join(dead)} exited; see {settings.logs_dir}")
-            time.sleep(3)
-            snap = monitor.snapshot(settings, stream)
+    while time.monotonic() < deadline and not until(snap):
+        dead = children.dead(settings)
+        if dead:
+            raise RuntimeError(f"{', '.join(dead)} exited; see {settings.logs_dir}")
+        time.sleep(3)
+        snap = monitor.snapshot(settings, stream)
+        if live is not None:
             live.update(monitor.render(snap))
     return snap
+
+
+def round_line(summary: dict, total: int) -> str:
+    """One progress line for a finished round."""
+    outcome = checkpoint.round_outcome(summary)
+    after = (summary.get("gate") or {}).get("after") or {}
+    shown = ", ".join(f"{name.replace('_', '-')} {100 * after[name]['value']:.0f}%"
+                      for name in evaluate.FIGURES
+                      if after.get(name) and after[name]["value"] is not None)
+    data = summary["metrics"]
+    examples = int(data.get("data/sft_harmful", 0) + data.get("data/sft_helpful", 0)
+                   + data.get("data/preferences", 0))
+    return (f"cai run: round {summary['round']}/{total}: {outcome}; {examples} examples"
+            + (f"; dev {shown}" if shown else ""))
 
 
 class RunStateMismatch(ValueError):
@@ -211,46 +224,86 @@ def claim_state(settings: StackSettings, options: RunOptions) -> None:
     path.write_text(json.dumps(mine))
 
 
-def run(settings: StackSettings, options: RunOptions) -> dict:
+def served_versions(rounds: list[dict]) -> list[int]:
+    """The policy versions that served during the run: the first and every promoted round's."""
+    return [1] + [r["version"] for r in rounds if r["promoted"] and r.get("version")]
+
+
+def run_rounds(settings: StackSettings, stream: StreamSettings, options: RunOptions,
+               deadline: float) -> tuple[dict, int]:
+    """Feed each round's prompts once the previous round has finished; return the last
+    snapshot and how many prompts were fed."""
+    from rich.console import Console
+    from rich.live import Live
+
     from agents import feed
+
+    slices, fed = training_mix(options), 0
+    console = Console()
+    snap = monitor.snapshot(settings, stream)
+    with Live(monitor.render(snap), console=console, refresh_per_second=1,
+              transient=False) as live:
+        for number, prompts in enumerate(slices, 1):
+            done_before = _rounds_done(settings)
+            if done_before >= number:  # a resumed run: this round finished before
+                fed += len(prompts)
+                continue
+            feed.publish(prompts, stream, progress=False)
+            fed += len(prompts)
+            live.console.print(
+                f"cai run: round {number}/{len(slices)}: fed {len(prompts)} fresh prompts; policy "
+                f"v{snap.get('serving_policy_version') or 1} answers them")
+            snap = watch(settings, stream,
+                         lambda s, n=number: _rounds_done(settings) >= n, deadline, live)
+            if _rounds_done(settings) < number:
+                live.console.print(f"cai run: the {options.duration:.0f}-minute limit ran out in "
+                                   f"round {number}; evaluating what is there")
+                break
+            live.console.print(round_line(trainer_rounds(settings)[number - 1], len(slices)))
+    return snap, fed
+
+
+def run(settings: StackSettings, options: RunOptions) -> dict:
     from serving.repository import policy_source
     from streams.admin import ensure_topics
 
     started = time.monotonic()
     claim_state(settings, options)
     models = ModelSettings(model=options.model)
-    print(f"cai run: model {options.model}, {options.prompts} prompts, {options.rounds} revision "
-          f"rounds, up to {options.duration:.0f} min of streaming", flush=True)
+    called = roles(options.recipe)
+    print(f"cai run: model {options.model}, recipe {options.recipe} (roles {', '.join(called)}), "
+          f"{options.rounds} rounds of {options.prompts} prompts, up to {options.duration:.0f} "
+          "min", flush=True)
     setup_machine.run(settings, with_models=(options.model,))
-    services.print_status(settings, services.up(settings, models), as_json=False)
+    services.print_status(settings, services.up(settings, models, roles=called), as_json=False)
     stream = StreamSettings(kafka_bootstrap=settings.kafka_address)
     ensure_topics(stream)
-    report: dict = {"model": options.model, "prompts": options.prompts, "rounds": options.rounds,
-                    "recipe": options.recipe, "recipe_settings": pipeline_env(options.recipe)}
+    report: dict = {"model": options.model, "recipe": options.recipe, "roles": list(called),
+                    "rounds": options.rounds, "prompts_per_round": options.prompts,
+                    "recipe_settings": pipeline_env(options.recipe),
+                    "trainer_config": trainer_config(options).to_dict()}
     try:
         start_children(settings, options)
-        mix = training_mix(options)
-        feed.publish(mix, stream, progress=False)
-        print(f"cai run: fed {len(mix)} prompts; worker and trainer logs in {settings.logs_dir}",
-              flush=True)
-        snap = watch(settings, stream, len(mix), started + options.duration * 60)
+        print(f"cai run: worker and trainer logs in {settings.logs_dir}", flush=True)
+        snap, fed = run_rounds(settings, stream, options, started + options.duration * 60)
         report["trainer_rounds"] = trainer_rounds(settings)
-        report["pipeline_done"] = pipeline_done(snap, len(mix), len(report["trainer_rounds"]))
+        report["pipeline_done"] = pipeline_done(snap, fed, len(report["trainer_rounds"]),
+                                                options.rounds)
         report["stream_seconds"] = round(time.monotonic() - started, 1)
-        report["monitor"] = {k: snap[k] for k in ("topics", "judge", "trainer",
+        report["monitor"] = {k: snap[k] for k in ("topics", "judge", "trainer", "targets",
                                                    "serving_policy_version")}
         report["example"] = snap["newest_example"]
         if not options.keep:
             children.stop(settings)  # free the CPU for evaluation
-        last = report["monitor"]["serving_policy_version"] or 1
+        versions = served_versions(report["trainer_rounds"])
         harmful, benign = evaluation_sets(options)
-        print(f"cai run: evaluating policy v1 against v{last} on {len(harmful)} held-out harmful "
-              f"and {len(benign)} held-out benign prompts", flush=True)
-        report["policies"] = {
-            f"v{v}": evaluate.evaluate_policy(policy_source(settings, models, v), harmful, benign,
-                                              options.eval_max_new_tokens)
-            for v in sorted({1, last})
-        }
+        report["policies"] = {}
+        for version in versions:
+            print(f"cai run: evaluating policy v{version} on {len(harmful)} held-out harmful and "
+                  f"{len(benign)} held-out benign prompts", flush=True)
+            report["policies"][f"v{version}"] = evaluate.evaluate_policy(
+                policy_source(settings, models, version), harmful, benign,
+                options.eval_max_new_tokens)
         # The rules were written against the tuning labels; the held-out ones measure them fairly.
         report.update(labels.builtin_accuracy())
         report["total_seconds"] = round(time.monotonic() - started, 1)

@@ -28,7 +28,7 @@ from scoring.shares import Share
 logger = logging.getLogger(__name__)
 
 
-def answer(model, prompts: list[str], max_new_tokens: int = 96, batch_size: int = 8,
+def answer(model, prompts: list[str], max_new_tokens: int = 128, batch_size: int = 16,
            system: str | None = None, progress=None) -> list[str]:
     """Greedy answers of one model to each prompt (chat template applied); ``model`` is a
     source to load (path, name) or a ``TextGenerator`` already holding one."""
@@ -107,7 +107,7 @@ def judge_agreement(judge_source: str, items: list[dict], batch_size: int = 8) -
 
 
 def evaluate_policy(model_source: str, harmful: list[str], benign: list[str],
-                    max_new_tokens: int = 96, system: str | None = None) -> dict:
+                    max_new_tokens: int = 128, system: str | None = None) -> dict:
     started = time.monotonic()
     # Every answer with its verdict, so that a sample can be hand-labelled to check the classifier.
     records = [{"prompt": p, "kind": kind, "answer": a}

@@ -21,8 +21,8 @@ def markdown_lines(report: dict) -> list[str]:
     lines = ["# Evaluation report", ""]
     policies = report.get("policies", {})
     if policies:
-        lines += ["| policy | harmless | explains why (of harmless declines) "
-                  "| declined then complied | over-refusal (benign) |",
+        lines += [("| policy | harmless | explains why (of harmless declines) "
+                  "| declined then complied | over-refusal (benign) |"),
                   "| --- | --- | --- | --- | --- |"]
         for name, result in policies.items():
             lines.append(f"| {name} | {fmt(result['harmless'])} | {fmt(result['explains_why'])} "

@@ -80,14 +80,14 @@ def server_env() -> dict[str, str]:
 
 def command(
     repository: Path, backend_dir: Path, http_port: int, grpc_port: int, metrics_port: int,
-    host: str = "127.0.0.1", load: str = "*",
+    host: str = "127.0.0.1", load: tuple[str, ...] = ("*",),
 ) -> list[str]:
     return [
         str(binary()),
         f"--model-repository={repository.resolve()}",
         f"--backend-directory={backend_dir.resolve()}",
         "--model-control-mode=explicit",
-        f"--load-model={load}",
+        *(f"--load-model={name}" for name in load),
         "--disable-auto-complete-config",
         "--exit-timeout-secs=5",
         "--strict-readiness=true",

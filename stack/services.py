@@ -13,7 +13,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.settings import ModelSettings, StackSettings
+from core.settings import ROLES, ModelSettings, StackSettings
 from serving import triton_server
 from stack import kafka, redis_service
 from stack.processes import ManagedProcess, ServiceError, port_in_use, rss_mib
@@ -113,8 +113,8 @@ def _address(settings: StackSettings, name: str) -> str:
     }[name]
 
 
-def _launch(settings: StackSettings, name: str,
-            models: ModelSettings | None) -> tuple[list[str], Path, dict | None]:
+def _launch(settings: StackSettings, name: str, models: ModelSettings | None,
+            roles: tuple[str, ...] = ROLES) -> tuple[list[str], Path, dict | None]:
     if name == "kafka":
         argv, _ = kafka.prepare(settings)
         return argv, settings.logs_dir / "kafka.log", None
@@ -129,13 +129,14 @@ def _launch(settings: StackSettings, name: str,
         from serving.repository import RepositoryError, render_repository
 
         try:
-            render_repository(repository, models, settings.cache_dir)
+            render_repository(repository, models, settings.cache_dir, roles=roles)
         except RepositoryError as exc:
             raise ServiceError(str(exc)) from None
     backends = triton_server.build_backend_dir(backend_dir(settings))
     argv = triton_server.command(
         repository, backends, settings.triton_http_port, settings.triton_grpc_port,
         settings.triton_metrics_port, host=settings.host,
+        load=("*",) if tuple(roles) == ROLES else tuple(roles),
     )
     return argv, settings.logs_dir / "triton.log", triton_server.server_env()
 
@@ -148,8 +149,10 @@ FIX = {
 
 
 def up(settings: StackSettings, models: ModelSettings | None = None,
-       services: tuple[str, ...] = SERVICES) -> dict[str, ServiceStatus]:
-    """Start every local service that is not running yet; wait until each is healthy."""
+       services: tuple[str, ...] = SERVICES,
+       roles: tuple[str, ...] = ROLES) -> dict[str, ServiceStatus]:
+    """Start every local service that is not running yet; wait until each is healthy. Triton
+    loads only ``roles`` (a recipe that never calls the judge does not load it)."""
     started: dict[str, float] = {}
     for name in services:
         if is_external(settings, name):
@@ -169,7 +172,7 @@ def up(settings: StackSettings, models: ModelSettings | None = None,
                     "Fix: stop that process, or choose another port (e.g. "
                     f"CAI_{name.upper()}_PORT)."
                 )
-        argv, _log, env = _launch(settings, name, models)
+        argv, _log, env = _launch(settings, name, models, roles)
         _, elapsed = proc.start(
             argv, lambda name=name: HEALTH[name](settings), settings.start_timeout_s,
             FIX[name].format(state=settings.state_dir), env=env,

@@ -27,7 +27,10 @@ KINDS = ("harmful", "helpful")
 # ``strategy`` names the one that made it (agents/strategies.py, docs/strategies.md).
 REVISION_STRATEGIES = ("critique-revise", "direct", "context")
 PREFERENCE_STRATEGIES = ("judge", "revision-over-initial", "contrastive")
-STRATEGIES = REVISION_STRATEGIES + PREFERENCE_STRATEGIES
+# How a preference label can be made besides the strategies: a helpful prompt's answer over the
+# constitution's bare decline, by construction (PipelineSettings.helpful_pairs).
+ANSWER_OVER_DECLINE = "answer-over-decline"
+STRATEGIES = REVISION_STRATEGIES + PREFERENCE_STRATEGIES + (ANSWER_OVER_DECLINE,)
 
 
 class RecordError(ValueError):
@@ -142,8 +145,9 @@ class ReviseRecord(WireRecord, validation=True, serializer="json"):
 class CompareRecord(WireRecord, validation=True, serializer="json"):
     """A pair of answers for the judge (topic ``compare``).
 
-    ``pair`` says where they came from: "initial-vs-final" (policy answer vs last revision)
-    or "policy-samples" (two samples from the policy).
+    ``pair`` says where they came from: "initial-vs-final" (policy answer vs last revision),
+    "policy-samples" (two samples from the policy), "contrastive" (filled by the compare stage)
+    or "answer-vs-decline" (a helpful prompt's answer vs the constitution's bare decline).
     """
 
     prompt_id: str
@@ -185,6 +189,11 @@ class SFTRecord(WireRecord, validation=True, serializer="json"):
     reviser_version: int = 0
     seed: int = 0
     prompt_created_at: float = 0.0
+    # How the response was cleaned for training (agents/targets.py): "kept", "cut" or "dropped"
+    # (then ``response`` is empty and the trainer skips the record); "" before cleaning existed.
+    target: str = blank("")
+    target_note: str = blank("")
+    raw_response: str = blank("")  # the answer before cleaning, when it was cut or dropped
 
 
 class PreferenceRecord(WireRecord, validation=True, serializer="json"):
@@ -215,6 +224,10 @@ class PreferenceRecord(WireRecord, validation=True, serializer="json"):
     seed: int = 0
     prompt_created_at: float = 0.0
     revision_strategy: str = blank("")
+    # How ``chosen`` was cleaned for training (agents/targets.py), as on SFTRecord.
+    target: str = blank("")
+    target_note: str = blank("")
+    raw_chosen: str = blank("")
 
 
 class PolicyVersionRecord(WireRecord, validation=True, serializer="json"):

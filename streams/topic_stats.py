@@ -63,6 +63,17 @@ class TopicReader:
             lag[group] = sum(max(0, ends[tp] - committed.get(tp, 0)) for tp in parts)
         return TopicFlow(topic, sum(ends.values()), recent, lag)
 
+    def backlog(self, topic: str, group: str) -> int:
+        """Messages of ``topic`` that ``group`` has not committed yet; a partition the group
+        never committed counts from its beginning (a worker that has not started yet)."""
+        parts = self.partitions(topic)
+        if not parts:
+            return 0
+        ends = self._consumer.end_offsets(parts)
+        begins = self._consumer.beginning_offsets(parts)
+        committed = self._committed(group)
+        return sum(max(0, ends[tp] - committed.get(tp, begins[tp])) for tp in parts)
+
     def _committed(self, group: str) -> dict:
         try:
             # kafka-python 3 answers {group: {tp: meta}}; 2.x had list_consumer_group_offsets.

@@ -123,23 +123,27 @@ def latest_round(trainer_dir: Path) -> Path | None:
 def round_outcome(summary: dict) -> str:
     """'round 3 promoted' or 'round 2 rejected: <reasons>' for a ``round_summary``."""
     if summary["promoted"]:
-        kept = summary["metrics"].get("round/epochs_kept")
-        planned = summary["metrics"].get("round/epochs_planned")
-        if kept is not None and planned is not None and kept < planned:
-            return (f"round {summary['round']} promoted with the weights of epoch {int(kept)} of "
-                    f"{int(planned)} (the refusal probe rejected the later ones)")
-        return f"round {summary['round']} promoted"
+        version = summary.get("version")
+        return f"round {summary['round']} promoted" + (f" as policy v{version}" if version else "")
     return f"round {summary['round']} rejected: {'; '.join(summary['reasons'])}"
 
 
 def round_summary(folder: Path) -> dict:
-    """What a report shows of one round: its outcome, the gate's reasons, its data and probe."""
+    """What a report shows of one round: its outcome, the gate's reasons and dev figures
+    (``gate``: "before" the serving policy, "after" the candidate, each a dict of Share dicts),
+    the version it was published as, its data, losses and probe."""
     state = load_state(folder)
     metrics = load_json(folder, "metrics.json")
     shown = {k: round(v, 4) for k, v in metrics.items()
-             if k.startswith(("data/", "probe/", "probe_before/", "loss/", "round/epochs"))}
+             if k.startswith(("data/", "probe/", "probe_before/", "loss/", "dev/", "time/"))}
+    gate = state.extra.get("gate") or {}
+    published = read_published(folder) if state.promoted else None
     return {"round": state.round, "promoted": state.promoted,
-            "reasons": state.extra.get("reasons", []), "metrics": shown}
+            "version": published["version"] if published else None,
+            "version_before": state.policy_version,
+            "reasons": state.extra.get("reasons", []), "metrics": shown,
+            "gate": {"before": gate.get("before"), "after": gate.get("after")},
+            "created_at": state.created_at}
 
 
 def load_state(folder: Path) -> RoundState:

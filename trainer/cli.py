@@ -16,6 +16,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import signal
 import threading
 from dataclasses import dataclass
@@ -49,16 +50,19 @@ def cmd_trainer(command: TrainerCommand, stack: StackSettings, overrides: dict) 
     from core.settings import ModelSettings
     from serving.models import resolve
     from streams.settings import StreamSettings
-    from streams.topics import PREFERENCES, SFT, topic_name
-    from trainer.loop import KafkaSource, TrainerLoop
+    from streams.topics import COMPARE, CRITIQUE, PREFERENCES, PROMPTS, REVISE, SFT, topic_name
+    from trainer.gate import load_dev_set
+    from trainer.loop import KafkaPipeline, KafkaSource, TrainerLoop
     from trainer.publisher import StackPublisher
-    from trainer.refusal import load_refusal_prompts
 
     try:
         config = build_config(command.config, overrides)
-        load_refusal_prompts(config)  # a bad refusal-prompt file fails now, not after loading
+        load_dev_set(config)  # a bad gate-prompt file fails now, not after loading the model
     except (ValueError, OSError) as exc:
         raise SystemExit(f"cai trainer: bad configuration: {exc}") from None
+    if config.nice:
+        # Serving first: when a round and the stages want the same cores, the stages win.
+        os.nice(config.nice)
     streams = StreamSettings(kafka_bootstrap=stack.kafka_address)
     base_model = resolve(config.model or ModelSettings().for_role("policy"), stack.cache_dir)
     trainer_dir = command.trainer_dir or stack.state_dir / "trainer"
@@ -67,7 +71,10 @@ def cmd_trainer(command: TrainerCommand, stack: StackSettings, overrides: dict) 
         config, trainer_dir, base_model,
         source=KafkaSource(streams.kafka_address, [sft_topic, pref_topic]),
         publisher=StackPublisher(stack, streams), sft_topic=sft_topic,
-        preferences_topic=pref_topic, keep_checkpoints=command.keep_checkpoints)
+        preferences_topic=pref_topic, keep_checkpoints=command.keep_checkpoints,
+        pipeline=KafkaPipeline(
+            streams.kafka_address,
+            [topic_name(t, streams) for t in (PROMPTS, CRITIQUE, REVISE, COMPARE)], streams.app_id))
     stop = threading.Event()
 
     def request_stop(signum, _frame):
@@ -90,7 +97,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
         "trainer", help="train the policy live on the sft and preferences topics",
         description="Consume SFT revisions and soft preference labels, train in rounds "
-        "(SFT + DPO, or a preference model), gate on a held-out probe, publish to Triton.")
+        "(SFT + DPO, or a preference model) once the pipeline has drained, gate each round on "
+        "the dev split, publish to Triton.")
     add_arguments(parser, TrainerCommand)
     add_arguments(parser, StackSettings, only=("state_dir",))
     add_arguments(parser.add_argument_group("hyper-parameters"), TrainerConfig)

@@ -26,6 +26,7 @@ class SFTExample:
     weight: float = 1.0
     record_id: str = ""  # the producer's stable id (duplicates after a crash share it)
     source: str = ""  # "topic/partition/offset": the record's unique place in the log
+    carries: int = 0  # rounds it was carried into after its round was rejected
 
 
 @dataclass
@@ -40,10 +41,16 @@ class PreferenceExample:
     weight: float = 1.0
     record_id: str = ""
     source: str = ""
+    carries: int = 0
 
 
 class BadRecord(ValueError):
     """A record that cannot be used; the message names the field and the fix."""
+
+
+class DroppedTarget(ValueError):
+    """A well-formed record whose training target the pipeline dropped (agents/targets.py);
+    the message is the pipeline's reason."""
 
 
 def parse_sft(raw: bytes | str | dict, source: str = "") -> SFTExample:
@@ -54,6 +61,8 @@ def parse_sft(raw: bytes | str | dict, source: str = "") -> SFTExample:
         record = decode(SFTRecord, raw)
     except RecordError as exc:
         raise BadRecord(str(exc)) from exc
+    if record.target == "dropped":
+        raise DroppedTarget(record.target_note or "dropped by the pipeline")
     return SFTExample(prompt_id=record.prompt_id, prompt=record.prompt, response=record.response,
                       kind=record.kind, policy_version=record.policy_version,
                       record_id=record.record_id, source=source)
@@ -67,6 +76,8 @@ def parse_preference(raw: bytes | str | dict, source: str = "") -> PreferenceExa
         record = decode(PreferenceRecord, raw)
     except RecordError as exc:
         raise BadRecord(str(exc)) from exc
+    if record.target == "dropped":
+        raise DroppedTarget(record.target_note or "dropped by the pipeline")
     return PreferenceExample(prompt_id=record.prompt_id, prompt=record.prompt,
                              chosen=record.chosen, rejected=record.rejected,
                              p_chosen=record.p_chosen, kind=record.kind,

@@ -1,21 +1,30 @@
 """The live trainer: consume ``sft`` and ``preferences``, train in rounds, publish, commit.
 
+When a round starts (training and serving share the CPU, so a round waits for the pipeline):
+
+* as soon as the pipeline has drained (no stage has work waiting and every sft/preferences
+  record has been read) and at least ``round_min_examples`` usable examples are in;
+* at ``round_every_examples`` (K) usable examples, drained or not;
+* ``round_every_seconds`` (T) after the round's first example arrived, drained or not.
+
 Each round, in this order:
 
-1. take exactly the next K usable examples from the topics (or fewer after T seconds);
-   records more than ``max_staleness`` policy versions old are dropped or down-weighted,
-   duplicates (same ``record_id``) and undecodable records are skipped, all counted;
-2. train (``RoundRunner``), probe before/after, gate promotion;
+1. take the usable examples gathered so far, plus the examples a rejected previous round
+   carried over (at most ``carry_limit`` times each); records more than ``max_staleness``
+   policy versions old are dropped or down-weighted, duplicates (same ``record_id``),
+   undecodable records and targets the pipeline dropped are skipped, all counted;
+2. train (``RoundRunner``), gate promotion on the dev split (trainer/gate.py);
 3. write the round folder atomically: weights if promoted, ``offsets.json`` (the next
    offset of every partition), metrics, the records used;
 4. publish the weights (Triton load -> Redis pointer), note the version on disk, announce
    it on ``policy-versions`` with the round's metrics;
 5. only then commit the offsets to Kafka (group ``cai-trainer``).
 
-On start the newest round folder is the source of truth: its weights are loaded, the
-consumer seeks to its offsets and commits them, and a publish or announcement the previous
-process did not finish is completed. A SIGKILL anywhere thus loses no example and trains
-none twice: records after the saved offsets are read again and trained in the next round.
+On start the newest round folder is the source of truth: its weights, the gate's figures and a
+rejected round's carried examples are loaded, the consumer seeks to its offsets and commits
+them, and a publish or announcement the previous process did not finish is completed. A SIGKILL
+anywhere thus loses no example and trains none twice: records after the saved offsets are read
+again and trained in the next round.
 """
 
 from __future__ import annotations
@@ -24,21 +33,29 @@ import logging
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 from streams import topics as topics_mod
 from trainer import checkpoint as ckpt
 from trainer.config import TrainerConfig
-from trainer.data import BadRecord, PreferenceExample, SFTExample, parse_preference, parse_sft
-from trainer.refusal import load_refusal_prompts
+from trainer.data import (
+    BadRecord,
+    DroppedTarget,
+    PreferenceExample,
+    SFTExample,
+    parse_preference,
+    parse_sft,
+)
+from trainer.gate import load_dev_set
 from trainer.rounds import Probe, RoundResult, RoundRunner, staleness_weight
 from trainer.steps import PolicyLearner, PreferenceLearner
 
 logger = logging.getLogger(__name__)
 
 SEEN_IDS_FILE = "seen_ids.json"
+CARRIED_FILE = "carried.json"  # a rejected round's examples, trained again in the next round
 SEEN_IDS_LIMIT = 100_000  # record ids remembered for de-duplication
 # A round with nothing to train still checkpoints and commits once this many records were
 # skipped (stale, duplicate, undecodable), so a stream of unusable data keeps moving.
@@ -70,6 +87,32 @@ class Publisher(Protocol):
     def current_version(self) -> int: ...
     def find_published(self, checkpoint_dir: Path) -> int | None: ...
     def record_round(self, summary: dict) -> None: ...
+
+
+class Pipeline(Protocol):
+    def drained(self) -> bool: ...
+
+
+class KafkaPipeline:
+    """Whether the stages have work waiting: consumer lag of the worker group on the stage
+    topics (a partition the group never committed counts from its beginning)."""
+
+    def __init__(self, bootstrap: str, stage_topics: list[str], group: str):
+        self.bootstrap, self.stage_topics, self.group = bootstrap, stage_topics, group
+        self._reader = None
+
+    def drained(self) -> bool:
+        from streams.topic_stats import TopicReader
+
+        try:
+            if self._reader is None:
+                self._reader = TopicReader(self.bootstrap)
+            return all(self._reader.backlog(topic, self.group) == 0
+                       for topic in self.stage_topics)
+        except Exception as exc:  # noqa: BLE001 - a failed check only delays a round
+            logger.warning("cannot read the pipeline's lag (%s); not treating it as drained", exc)
+            self._reader = None
+            return False
 
 
 class KafkaSource:
@@ -147,7 +190,11 @@ class _Pending:
     duplicates: list[str] = field(default_factory=list)
     bad: list[dict] = field(default_factory=list)
     probe_added: list[str] = field(default_factory=list)
+    targets_dropped: list[dict] = field(default_factory=list)
+    carried: int = 0  # examples carried over from a rejected round
     downweighted: int = 0
+    first_at: float | None = None  # clock time of the first usable example
+    clock: object = time.monotonic
 
     @property
     def usable(self) -> int:
@@ -155,7 +202,20 @@ class _Pending:
 
     @property
     def skipped(self) -> int:
-        return len(self.dropped) + len(self.duplicates) + len(self.bad) + len(self.probe_added)
+        return (len(self.dropped) + len(self.duplicates) + len(self.bad) + len(self.probe_added)
+                + len(self.targets_dropped))
+
+    @property
+    def new(self) -> int:
+        """Usable examples that arrived for this round (not carried over)."""
+        return self.usable - self.carried
+
+    def add(self, example, carried: bool = False) -> None:
+        if carried:
+            self.carried += 1
+        elif self.first_at is None:
+            self.first_at = self.clock()
+        (self.sft if isinstance(example, SFTExample) else self.preferences).append(example)
 
 
 class TrainerLoop:
@@ -163,7 +223,8 @@ class TrainerLoop:
 
     def __init__(self, config: TrainerConfig, trainer_dir: Path, base_model: str,
                  source: Source, publisher: Publisher, sft_topic: str, preferences_topic: str,
-                 keep_checkpoints: int = 3):
+                 keep_checkpoints: int = 3, pipeline: Pipeline | None = None,
+                 drain_confirm_s: float = 2.0, clock=time.monotonic):
         self.config = config
         self.trainer_dir = Path(trainer_dir)
         self.base_model = base_model
@@ -172,6 +233,12 @@ class TrainerLoop:
         self.sft_topic = sft_topic
         self.preferences_topic = preferences_topic
         self.keep_checkpoints = keep_checkpoints
+        self.pipeline = pipeline
+        self.drain_confirm_s = drain_confirm_s
+        self.clock = clock
+        self._drained_since: float | None = None
+        self._caught_up = False  # the last poll returned nothing new
+        self._skips_since = clock()
         self.round_no = 0
         self.version = 1
         self.offsets: dict[str, int] = {}
@@ -181,7 +248,9 @@ class TrainerLoop:
         self.seen_ids: deque[str] = deque(maxlen=SEEN_IDS_LIMIT)
         self._seen_set: set[str] = set()
         self._backlog: deque[Message] = deque()
-        self._pending = _Pending()
+        self._pending = _Pending(clock=clock)
+        self._serving_figures: dict | None = None  # the gate's dev figures, kept across rounds
+        self._base_figures: dict | None = None
         self.runner: RoundRunner | None = None
 
     # --- start / resume ------------------------------------------------------------------
@@ -208,6 +277,15 @@ class TrainerLoop:
                 for record_id in ckpt.load_json(folder, SEEN_IDS_FILE):
                     self._remember(record_id)
             self.version = state.policy_version
+            gate_state = state.extra.get("gate") or {}
+            self._serving_figures = gate_state.get("serving")
+            self._base_figures = gate_state.get("base")
+            if (folder / CARRIED_FILE).exists():
+                carried = ckpt.load_json(folder, CARRIED_FILE)
+                for data in carried.get("sft", []):
+                    self._pending.add(SFTExample(**data), carried=True)
+                for data in carried.get("preferences", []):
+                    self._pending.add(PreferenceExample(**data), carried=True)
             if state.promoted:
                 self._finish_publish(folder, ckpt.load_json(folder, "metrics.json"))
             logger.info("resuming after round %d (%s): policy v%d, offsets %s", state.round,
@@ -227,8 +305,8 @@ class TrainerLoop:
             preference = PreferenceLearner(
                 self._weights_path(self.reward_weights) if self.reward_weights else self.base_model,
                 self.config)
-        self.runner = RoundRunner(self.config, policy, preference,
-                                  load_refusal_prompts(self.config))
+        self.runner = RoundRunner(self.config, policy, preference, load_dev_set(self.config),
+                                  self._serving_figures, self._base_figures)
 
     def _finish_publish(self, folder: Path, metrics: dict) -> None:
         """Publish and announce a promoted round unless already done (idempotent on restart)."""
@@ -269,6 +347,9 @@ class TrainerLoop:
                 example = parse_preference(message.value, where)
             else:
                 return
+        except DroppedTarget as exc:
+            pending.targets_dropped.append({"source": where, "reason": str(exc)})
+            return
         except BadRecord as exc:
             logger.warning("skipping undecodable record at %s: %s", where, exc)
             pending.bad.append({"source": where, "reason": str(exc)})
@@ -290,18 +371,66 @@ class TrainerLoop:
         if weight < 1.0:
             pending.downweighted += 1
         example.weight = weight
-        (pending.sft if isinstance(example, SFTExample) else pending.preferences).append(example)
+        pending.add(example)
 
     def _fill(self, timeout_s: float) -> None:
         """Ingest messages until the round has K usable examples or nothing is waiting."""
         k = self.config.round_every_examples
         if not self._backlog:
-            self._backlog.extend(self.source.poll(timeout_s, max_records=max(k, 100)))
+            polled = self.source.poll(timeout_s, max_records=max(k, 100))
+            self._caught_up = not polled
+            self._backlog.extend(polled)
         while (self._backlog and self._pending.usable < k
                and self._pending.skipped < SKIP_ONLY_ROUND):
             self._ingest(self._backlog.popleft())
 
+    def gather(self) -> None:
+        """Ingest every record the source holds now, however many (an in-process pipeline
+        that has drained hands over its whole output at once)."""
+        while True:
+            if not self._backlog:
+                polled = self.source.poll(0.0, max_records=1000)
+                if not polled:
+                    self._caught_up = True
+                    return
+                self._backlog.extend(polled)
+            while self._backlog:
+                self._ingest(self._backlog.popleft())
+
     # --- rounds --------------------------------------------------------------------------
+    def drained(self) -> bool:
+        """The pipeline has had no work waiting, and this trainer nothing unread, for
+        ``drain_confirm_s`` (two looks, so a record between stages is not missed)."""
+        now = self.clock()
+        idle = (self._caught_up and not self._backlog and self.pipeline is not None
+                and self.pipeline.drained())
+        if not idle:
+            self._drained_since = None
+            return False
+        if self._drained_since is None:
+            self._drained_since = now
+        return now - self._drained_since >= self.drain_confirm_s
+
+    def round_due(self) -> str | None:
+        """Why a round should start now ("examples", "drained", "timer", "skipped"), or None."""
+        pending, cfg = self._pending, self.config
+        if pending.skipped >= SKIP_ONLY_ROUND:
+            return "skipped"
+        if pending.new:  # carried examples alone never start a round
+            if pending.usable >= cfg.round_every_examples:
+                return "examples"
+            if (cfg.wait_for_drain and pending.usable >= cfg.round_min_examples
+                    and self.drained()):
+                return "drained"
+            if self.clock() - pending.first_at >= cfg.round_every_seconds:
+                return "timer"
+        # Skipped records alone (stale, duplicate, bad) also close a round after T seconds, so
+        # their offsets get committed instead of lagging forever.
+        elif (pending.skipped > 0
+              and self.clock() - self._skips_since >= cfg.round_every_seconds):
+            return "skipped"
+        return None
+
     def run(self, max_rounds: int | None = None, stop: threading.Event | None = None,
             poll_s: float = 1.0) -> int:
         """Run until ``stop`` is set or ``max_rounds`` rounds finished; return rounds run."""
@@ -309,23 +438,20 @@ class TrainerLoop:
         if self.runner is None:
             self.resume()
         done = 0
-        last_round = time.monotonic()
         while not stop.is_set() and (max_rounds is None or done < max_rounds):
             self._fill(poll_s)
-            due_k = (self._pending.usable >= self.config.round_every_examples
-                     or self._pending.skipped >= SKIP_ONLY_ROUND)
-            # Skipped records (stale, duplicate, bad) also close a round after T seconds, so
-            # their offsets get committed instead of lagging forever.
-            due_t = ((self._pending.usable > 0 or self._pending.skipped > 0)
-                     and time.monotonic() - last_round >= self.config.round_every_seconds)
-            if due_k or due_t:
+            why = self.round_due()
+            if why:
+                logger.info("round %d starts (%s): %d examples (%d carried over), %d skipped",
+                            self.round_no + 1, why, self._pending.usable, self._pending.carried,
+                            self._pending.skipped)
                 self.run_round()
                 done += 1
-                last_round = time.monotonic()
+                self._skips_since = self.clock()
         return done
 
     def run_round(self) -> Path:
-        pending, self._pending = self._pending, _Pending()
+        pending, self._pending = self._pending, _Pending(clock=self.clock)
         self.round_no += 1
         version_before = self.version
         if pending.usable:
@@ -334,6 +460,8 @@ class TrainerLoop:
             result = RoundResult(False, {}, ["no usable examples: only skipped records"])
         metrics = dict(result.metrics)
         metrics.update({
+            "data/carried_in": float(pending.carried),
+            "data/targets_dropped": float(len(pending.targets_dropped)),
             "staleness/dropped": float(len(pending.dropped)),
             "staleness/downweighted": float(pending.downweighted),
             "data/duplicates": float(len(pending.duplicates)),
@@ -353,28 +481,56 @@ class TrainerLoop:
             if self.config.mode == "reward":
                 self.runner.preference.save(folder / "reward_model")
 
+        if result.gate is not None:
+            self._base_figures = result.gate["base"]
+            self._serving_figures = result.gate["after" if result.promoted else "before"]
+        carried = [] if result.promoted else self._carry(pending)
         state = ckpt.RoundState(
             round=self.round_no, promoted=result.promoted, policy_weights=self.policy_weights,
             reward_weights=self.reward_weights, policy_version=version_before,
             offsets=dict(self.offsets), created_at=time.time(),
-            extra={"reasons": result.reasons})
+            extra={"reasons": result.reasons, "gate": {
+                "before": result.gate["before"] if result.gate else None,
+                "after": result.gate["after"] if result.gate else None,
+                "serving": self._serving_figures, "base": self._base_figures}})
         examples = {
             "sft": [_describe(e) for e in pending.sft],
             "preferences": [_describe(e) for e in pending.preferences],
             "dropped": pending.dropped, "duplicates": pending.duplicates, "bad": pending.bad,
-            "probe_added": pending.probe_added,
+            "probe_added": pending.probe_added, "targets_dropped": pending.targets_dropped,
         }
+        extra_files = {SEEN_IDS_FILE: list(self.seen_ids)}
+        if carried:
+            extra_files[CARRIED_FILE] = {
+                "sft": [asdict(e) for e in carried if isinstance(e, SFTExample)],
+                "preferences": [asdict(e) for e in carried if isinstance(e, PreferenceExample)]}
         folder = ckpt.write_round(self.trainer_dir, state, metrics, examples, self.probe.to_json(),
                                   self.config, save_weights if result.promoted else None,
-                                  extra_files={SEEN_IDS_FILE: list(self.seen_ids)})
+                                  extra_files=extra_files)
         if result.promoted:
             self._finish_publish(folder, metrics)
         self.source.commit(self.offsets)
         self.publisher.record_round(ckpt.round_summary(folder))
         _log_round(self.round_no, result.promoted, self.version, metrics, result.reasons)
+        for example in carried:
+            self._pending.add(example, carried=True)
         in_use = {str(ckpt.rounds_dir(self.trainer_dir) / self.policy_weights)}
         ckpt.prune(self.trainer_dir, self.keep_checkpoints, in_use)
         return folder
+
+    def _carry(self, pending: _Pending) -> list:
+        """The examples of a rejected round that go on to the next one (each at most
+        ``carry_limit`` times)."""
+        examples = pending.sft + pending.preferences
+        carried = [e for e in examples if e.carries < self.config.carry_limit]
+        for example in carried:
+            example.carries += 1
+        if examples:
+            logger.info("round %d rejected: %d of its %d examples carry over to round %d%s",
+                        self.round_no, len(carried), len(examples), self.round_no + 1,
+                        f" ({len(examples) - len(carried)} carried {self.config.carry_limit} "
+                        "time(s) already are dropped)" if len(carried) < len(examples) else "")
+        return carried
 
     def close(self) -> None:
         self.source.close()

@@ -1,11 +1,16 @@
-"""One training round, independent of Kafka: staleness, data mix, train, probe, gate.
+"""One training round, independent of Kafka: staleness, data mix, train, measure, gate.
 
-``RoundRunner.run`` takes the round's new examples and the held-out probe, trains the
-policy (SFT on revisions mixed with helpfulness data, then soft DPO) or the preference
-model, measures the probe before and after, and decides whether to promote: a round whose
-probe regresses beyond ``promotion_threshold`` is rolled back to the round-start weights.
-With refusal prompts the policy is also checked after every epoch, and the round keeps the
-weights of the latest epoch that did not make it decline more benign prompts.
+``RoundRunner.run`` takes the round's examples and the held-out probe, trains the policy (SFT on
+revisions mixed with helpfulness data, then soft DPO) or the preference model, and decides
+whether to promote:
+
+* the stream probe (examples held back from the stream) must not regress beyond
+  ``promotion_threshold``;
+* with a dev set, the candidate answers the dev prompts and must pass ``trainer.gate.decide``
+  against the serving policy's figures (harmless up, explains-why not down, declined-then-
+  complied and over-refusal within tolerance of the first policy).
+
+A rejected round returns to the round-start weights.
 """
 
 from __future__ import annotations
@@ -16,8 +21,10 @@ import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 
+from trainer import gate
 from trainer.config import TrainerConfig
 from trainer.data import PreferenceExample, SFTExample
+from trainer.gate import DevSet
 from trainer.steps import PolicyLearner, PreferenceLearner
 
 logger = logging.getLogger(__name__)
@@ -76,23 +83,11 @@ def sft_mix_weights(examples: list[SFTExample], helpful_mix: float) -> list[floa
     return [e.weight * scale[e.kind == "helpful"] for e in examples]
 
 
-def refusal_rise(before: float, after: float, tolerance: float) -> str | None:
-    """Why the refusal probe fails, if the declined share rose by more than ``tolerance``."""
-    if after > before + tolerance + 1e-9:
-        return f"probe/refusal_rate rose {before:.3f} -> {after:.3f} (> {tolerance})"
-    return None
-
-
 def promotion_decision(before: dict[str, float], after: dict[str, float],
-                       threshold: float, refusal_tolerance: float = 0.1) -> tuple[bool, list[str]]:
-    """Promote unless a probe metric regressed beyond ``threshold`` (the refusal share beyond
-    ``refusal_tolerance``); return the reasons."""
+                       threshold: float) -> tuple[bool, list[str]]:
+    """Promote unless a stream-probe metric regressed beyond ``threshold``; return the
+    reasons."""
     reasons = []
-    key = "probe/refusal_rate"
-    refusal = refusal_rise(before[key], after[key],
-                           refusal_tolerance) if key in before and key in after else None
-    if refusal:
-        reasons.append(refusal)
     key = "probe/sft_loss"
     if key in before and key in after and after[key] > before[key] * (1 + threshold):
         reasons.append(f"{key} rose {before[key]:.4f} -> {after[key]:.4f} (> {threshold:.0%})")
@@ -107,6 +102,8 @@ class RoundResult:
     promoted: bool
     metrics: dict[str, float]
     reasons: list[str]
+    # The dev figures: {"before": serving policy, "after": candidate, "base": first policy}.
+    gate: dict | None = None
 
 
 def _batches(items: list, size: int, rng: random.Random) -> list[list]:
@@ -115,75 +112,40 @@ def _batches(items: list, size: int, rng: random.Random) -> list[list]:
     return [order[i:i + size] for i in range(0, len(order), size)]
 
 
-class _RefusalGuard:
-    """Checkpoint selection on the refusal probe: after each epoch the policy answers the
-    refusal prompts; the weights of the latest epoch that declined no more of them than the
-    round-start share plus the tolerance are the ones the round keeps.
+class RoundRunner:
+    """Runs rounds on a policy learner and, in reward mode, a preference learner.
 
-    Training runs every epoch: the declined share is not monotonic in training (a decline
-    habit learnt early can give way to answers once the helpful examples are learnt too).
+    With a ``dev`` set every round is gated on it; ``serving`` and ``base`` hold the dev figures
+    of the serving policy and of the first one (measured on the round-start weights when not
+    known yet) and move on when a round is promoted.
     """
 
-    def __init__(self, policy: PolicyLearner, prompts: list[str], config: TrainerConfig,
-                 start_rate: float):
-        self.policy, self.prompts, self.config = policy, prompts, config
-        self.start_rate = start_rate
-        # The kept weights and their declined share (the round start's until an epoch passes).
-        self.kept, self.kept_epoch, self.kept_rate = policy.trainable_state(), 0, start_rate
-        self.last_failure: tuple[int, str] | None = None
-
-    def after_epoch(self, epoch: int) -> None:
-        rate = self.policy.refusal_rate(self.prompts, self.config.refusal_max_new_tokens)
-        failure = refusal_rise(self.start_rate, rate, self.config.refusal_tolerance)
-        logger.info("epoch %d: refusal probe declined %.3f%s", epoch, rate,
-                    f" ({failure})" if failure else "")
-        if failure:
-            self.last_failure = (epoch, failure)
-        else:
-            self.kept, self.kept_epoch, self.kept_rate = self.policy.trainable_state(), epoch, rate
-
-    def finish(self, epochs: int) -> tuple[int, str | None]:
-        """(epochs whose weights are kept, why later ones were not); restores those weights."""
-        if self.kept_epoch == epochs:
-            return epochs, None
-        self.policy.load_trainable_state(self.kept)
-        epoch, failure = self.last_failure
-        return self.kept_epoch, (f"{failure} after epoch {epoch}; kept the weights of epoch "
-                                 f"{self.kept_epoch} of {epochs}")
-
-
-class RoundRunner:
-    """Runs rounds on a policy learner and, in reward mode, a preference learner."""
-
     def __init__(self, config: TrainerConfig, policy: PolicyLearner,
-                 preference: PreferenceLearner | None = None,
-                 refusal_prompts: list[str] | None = None):
+                 preference: PreferenceLearner | None = None, dev: DevSet | None = None,
+                 serving: dict | None = None, base: dict | None = None):
         if config.mode == "reward" and preference is None:
             raise ValueError("mode='reward' needs a PreferenceLearner; pass preference=...")
         self.config = config
         self.policy = policy
         self.preference = preference
-        self.refusal_prompts = refusal_prompts or []
+        self.dev = dev
+        self.serving = serving
+        self.base = base
 
-    def _evaluate(self, probe: Probe, refusal_rate: float | None = None) -> dict[str, float]:
-        """Probe metrics of the current weights; ``refusal_rate`` when it was already measured on
-        them."""
+    def _evaluate(self, probe: Probe) -> dict[str, float]:
+        """Stream-probe metrics of the current weights."""
         pairs = probe.preferences if self.config.mode == "dpo" else []
         out = self.policy.evaluate(probe.sft, pairs)
         if self.config.mode == "reward":
             out.update(self.preference.evaluate(probe.preferences))
-        if self.refusal_prompts:
-            if refusal_rate is None:
-                refusal_rate = self.policy.refusal_rate(self.refusal_prompts,
-                                                        self.config.refusal_max_new_tokens)
-            out["probe/refusal_rate"] = refusal_rate
         return out
 
-    def _epoch_guard(self, before: dict[str, float]) -> _RefusalGuard | None:
-        if not (self.refusal_prompts and self.config.refusal_every_epoch):
-            return None
-        return _RefusalGuard(self.policy, self.refusal_prompts, self.config,
-                             before["probe/refusal_rate"])
+    def _measure(self) -> dict[str, dict]:
+        started = time.monotonic()
+        result = gate.measure(self.policy.generator(), self.dev, self.config.gate_max_new_tokens)
+        logger.info("dev figures in %.0fs: %s", time.monotonic() - started,
+                    {k: v["value"] for k, v in result.items()})
+        return result
 
     def run(self, round_no: int, sft: list[SFTExample], preferences: list[PreferenceExample],
             probe: Probe) -> RoundResult:
@@ -194,6 +156,9 @@ class RoundRunner:
         train_dpo = cfg.mode == "dpo" and bool(preferences)
         train_pm = cfg.mode == "reward" and bool(preferences)
 
+        if self.dev is not None and self.serving is None:
+            self.serving = self._measure()
+            self.base = self.base or self.serving
         self.policy.begin_round(cfg.seed + round_no)
         if self.preference is not None:
             self.preference.begin_round(cfg.seed + round_no)
@@ -210,7 +175,6 @@ class RoundRunner:
         weights = dict(zip((id(e) for e in sft), sft_mix_weights(sft, cfg.helpful_mix)))
         pair_epochs = cfg.epochs if cfg.dpo_epochs is None else cfg.dpo_epochs
         epochs = max(cfg.epochs, pair_epochs)
-        guard = self._epoch_guard(before)
         for epoch in range(epochs):
             if train_policy_sft and epoch < cfg.epochs:
                 for chunk in _batches(sft, cfg.batch_size, rng):
@@ -222,19 +186,19 @@ class RoundRunner:
             if train_pm and epoch >= epochs - pair_epochs:
                 for chunk in _batches(preferences, cfg.batch_size, rng):
                     record(self.preference.step(self.preference.preference_batch(chunk)))
-            if guard is not None:
-                guard.after_epoch(epoch + 1)
-        kept_epochs, stop_reason = guard.finish(epochs) if guard is not None else (epochs, None)
+        train_s = time.monotonic() - started
 
-        after = self._evaluate(probe, guard.kept_rate if guard is not None else None)
-        promoted, reasons = promotion_decision(before, after, cfg.promotion_threshold,
-                                               cfg.refusal_tolerance)
+        after = self._evaluate(probe)
+        promoted, reasons = promotion_decision(before, after, cfg.promotion_threshold)
+        dev = None
         if not counts:  # e.g. only SFT records while sft=False: same weights, no new version
             promoted, reasons = False, ["nothing to train with this config"]
-        elif stop_reason and kept_epochs == 0:
-            promoted, reasons = False, [stop_reason]
-        if stop_reason:
-            logger.info("round %d: %s", round_no, stop_reason)
+        elif self.dev is not None:
+            dev = {"before": self.serving, "after": self._measure(), "base": self.base}
+            reasons += gate.decide(dev["before"], dev["after"], dev["base"], cfg)
+            promoted = not reasons
+            if promoted:
+                self.serving = dev["after"]
         self.policy.end_round(keep=promoted)
         if self.preference is not None:
             self.preference.end_round(keep=promoted)
@@ -242,13 +206,16 @@ class RoundRunner:
         metrics = {key: sums[key] / counts[key] for key in sums}
         metrics.update(after)
         metrics.update({key.replace("probe/", "probe_before/"): v for key, v in before.items()})
+        if dev is not None:
+            metrics.update({f"dev/{name}": float(entry["value"] or 0.0)
+                            for name, entry in dev["after"].items()})
         metrics.update({
             "data/sft_harmful": float(sum(1 for e in sft if e.kind != "helpful")),
             "data/sft_helpful": float(sum(1 for e in sft if e.kind == "helpful")),
             "data/preferences": float(len(preferences)),
             "round/promoted": float(promoted),
-            "round/epochs_kept": float(kept_epochs),
-            "round/epochs_planned": float(epochs),
+            "round/epochs": float(epochs),
+            "time/train_s": train_s,
             "time/round_s": time.monotonic() - started,
         })
-        return RoundResult(promoted, metrics, reasons)
+        return RoundResult(promoted, metrics, reasons, dev)

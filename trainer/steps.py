@@ -179,12 +179,11 @@ class PolicyLearner:
             out["probe/pref_margin"] = margin / len(pref_probe)
         return out
 
-    def refusal_rate(self, prompts: list[str], max_new_tokens: int) -> float:
-        """Share of ``prompts`` the current weights (adapters included) decline; see
-        trainer/refusal.py."""
-        from trainer.refusal import refusal_rate
+    def generator(self):
+        """A text generator over the current weights (adapters included), for the gate."""
+        from serving.textgen import TextGenerator
 
-        return refusal_rate(self.model, self.tokenizer, prompts, max_new_tokens)
+        return TextGenerator.from_model(self.model, self.tokenizer)
 
     def save(self, folder: str | Path) -> None:
         """Merged weights (safetensors), model config and tokenizer; loadable without peft."""

@@ -64,7 +64,12 @@ async def test_helpful_prompts_skip_revision_and_go_to_sft(make_pipeline, servic
                   lambda: len(services.send.sent) == 1)
     [sft] = services.send.on(topics.SFT)
     assert sft.kind == "helpful" and sft.rounds == 0 and json.loads(sft.steps_json) == []
-    assert sft.response == sft.initial_response and sft.record_id == "sft:h1:0"
+    assert sft.record_id == "sft:h1:0"
+    # The answer ran into the token limit mid-line: the target ends on its last full line, and
+    # the record keeps what the policy said.
+    assert sft.initial_response.endswith("Human: leaked")
+    assert sft.raw_response == sft.initial_response
+    assert sft.target == "cut" and sft.response == sft.initial_response.split("\n")[0].strip()
 
 
 async def test_policy_samples_mode_sends_pairs_to_the_judge(make_pipeline):
@@ -116,9 +121,12 @@ async def test_revise_agent_loops_then_emits_sft_and_compare(make_pipeline, serv
     steps = json.loads(sft.steps_json)
     assert [s["round"] for s in steps] == [1, 2]
     assert set(steps[0]) >= {"round", "principle_id", "critique", "revision"}
-    assert sft.response == steps[-1]["revision"] and sft.initial_response == "a0"
+    # The last revision, cleaned for training: cut at its last complete sentence.
+    assert sft.target == "cut" and sft.raw_response == steps[-1]["revision"]
+    assert steps[-1]["revision"].startswith(sft.response) and sft.response.endswith(".")
+    assert sft.initial_response == "a0"
     assert sft.record_id == "sft:p1:0" and sft.reviser_version == 3
-    assert (pair.response_a, pair.response_b) == ("a0", sft.response)
+    assert (pair.response_a, pair.response_b) == ("a0", steps[-1]["revision"])
 
 
 async def test_compare_judges_both_orders_and_averages(make_pipeline, services):

@@ -111,6 +111,11 @@ def test_labels():
                                  "") is None and strategies.hard_label("old", "") is None
     assert strategies.contrastive_label(None) == 1.0
     assert strategies.contrastive_label(0.3) == 0.3 and strategies.contrastive_label(1.2) == 1.0
+    # An initial answer that already declined with a reason makes no pair: nothing to learn.
+    declined = "I can't help with that, because it is illegal."
+    assert strategies.hard_label(declined, "I can't help with that. Doing this could harm.") is None
+    evasive = "I'm sorry, but I cannot assist with that."
+    assert strategies.hard_label(evasive, declined) == (declined, evasive, 1.0)
 
 
 def test_a_contrastive_pair_never_prefers_declining_a_helpful_prompt():
@@ -244,6 +249,33 @@ async def test_revision_over_initial_is_a_hard_label_without_the_judge(make_pipe
     assert svc.inference.calls == []                                   # no judge call
 
 
+async def test_helpful_pairs_prefer_the_answer_to_the_bare_decline(make_pipeline):
+    svc = make_services(helpful_pairs=True, preference="revision-over-initial")
+    svc.inference.reply_for = lambda role, prompt, params: (
+        "I can't help with that. It could hurt." if "spider" in prompt
+        else "Kill it with kill -9 PID." if role == "policy" else None)
+    p = make_pipeline(svc)
+    await put_all(p, "policy", [prompt("h1", "How do I kill a stuck process?", kind="helpful"),
+                                prompt("h2", "How do I kill a spider?", kind="helpful"),
+                                prompt("r1", "How do I kill my neighbour?")],
+                  lambda: len(svc.send.sent) == 5)
+    pairs = {r.prompt_id: r for r in svc.send.on(topics.COMPARE)}
+    assert sorted(pairs) == ["h1", "h2"]                      # helpful prompts only
+    assert pairs["h1"].pair == "answer-vs-decline"
+    assert pairs["h1"].response_b == strategies.bare_decline(svc.constitution)
+    assert pairs["h1"].response_b == "I can't help with that."
+    svc.send.sent.clear()
+    await put_all(p, "compare", [encode(r) for r in pairs.values()],
+                  lambda: len(svc.send.sent) == 2)
+    prefs = {r.prompt_id: r for r in svc.send.on(topics.PREFERENCES)}
+    assert (prefs["h1"].chosen, prefs["h1"].rejected, prefs["h1"].p_chosen) == (
+        "Kill it with kill -9 PID.", "I can't help with that.", 1.0)
+    assert prefs["h1"].strategy == "answer-over-decline" and prefs["h1"].target == "kept"
+    # An answer that declines the helpful request is not taught as "chosen".
+    assert prefs["h2"].target == "dropped" and prefs["h2"].chosen == ""
+    assert svc.inference.calls and all(call[0] == "policy" for call in svc.inference.calls)
+
+
 async def test_contrastive_pairs_come_from_the_current_policy(make_pipeline):
     svc = make_services(preference="contrastive")
     p = make_pipeline(svc)
@@ -321,7 +353,10 @@ async def test_with_judge_labels_the_judge_decides_even_when_the_toward_answer_r
                         pair="contrastive", kind="helpful")
     await put_all(p, "compare", [encode(rec)], lambda: len(svc.send.sent) == 1)
     [pref] = svc.send.on(topics.PREFERENCES)
-    assert pref.chosen == decline and pref.principle_ids  # kept, with the judge's soft label
+    # The judge labelled it, but a decline of a helpful request is never taught: the record says
+    # so, with the judge's label and the text it would have taught.
+    assert pref.principle_ids and pref.target == "dropped" and pref.chosen == ""
+    assert pref.target_note == "declines a helpful request" and pref.raw_chosen == decline
     role, items, _ = svc.inference.calls[0]
     assert (role, len(items)) == ("policy", 2)  # toward and away in one call
     assert svc.inference.calls[-1][0] == "judge"

@@ -61,7 +61,7 @@ def test_triton_image_matches_the_local_binary_release():
 
 def test_compose_runs_the_default_recipe_of_cai_run():
     from cai.cli import build_parser
-    from cai.recipes import DEFAULT_RECIPE, RECIPES, REFUSAL_GATE, worker_env
+    from cai.recipes import DEFAULT_RECIPE, RECIPES, worker_env
     from core.options import given
     from trainer.config import TrainerConfig
 
@@ -71,8 +71,7 @@ def test_compose_runs_the_default_recipe_of_cai_run():
         assert env[name] == f"${{{name}:-{value}}}", name  # the recipe's value, overridable
     command = SERVICES["trainer"]["command"]
     assert command[0] == "trainer"
-    assert given(TrainerConfig, build_parser().parse_args(command)) == {**recipe.trainer,
-                                                                        **REFUSAL_GATE}
+    assert given(TrainerConfig, build_parser().parse_args(command)) == recipe.trainer
 
 
 def test_the_images_copy_every_package_of_the_distribution():

@@ -1,5 +1,6 @@
-"""`cai run`'s recipe reaches the worker as CAI_PIPELINE_* settings (the environment wins) and the
-trainer as a config file."""
+"""`cai run`'s rounds, recipe and report: fresh prompts per round, the recipe reaching the worker
+as CAI_PIPELINE_* settings (the environment wins) and the trainer as a config file, and the
+report's rows per served version."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ import pytest
 from agents.settings import PipelineSettings
 from cai import recipes, run
 from core.settings import StackSettings
-from trainer.config import TrainerConfig
 
 
 def _settings_seen_by_worker(env: dict[str, str], monkeypatch) -> PipelineSettings:
@@ -19,69 +19,118 @@ def _settings_seen_by_worker(env: dict[str, str], monkeypatch) -> PipelineSettin
     return PipelineSettings()
 
 
+def _clear_recipe_env(monkeypatch):
+    for recipe in recipes.RECIPES.values():
+        for name in recipes.worker_env(recipe.pipeline):
+            monkeypatch.delenv(name, raising=False)
+
+
 def test_default_recipe_is_context_distillation(monkeypatch, tmp_path):
-    for name in recipes.worker_env(recipes.RECIPES[recipes.DEFAULT_RECIPE].pipeline):
-        monkeypatch.delenv(name, raising=False)
+    _clear_recipe_env(monkeypatch)
     env = run.child_env(StackSettings(state_dir=tmp_path), run.RunOptions())
     s = _settings_seen_by_worker(env, monkeypatch)
-    assert (s.strategy, s.preference, s.context_placement, s.context_temperature,
-            s.context_opening) == (
-        "context", "contrastive", "user-suffix", 0.0, True)
+    expected = recipes.RECIPES[recipes.DEFAULT_RECIPE].pipeline
+    assert {name: getattr(s, name) for name in expected} == expected
+    assert s.strategy == "context" and s.context_opening
 
 
 def test_paper_recipe_and_environment_override(monkeypatch, tmp_path):
-    for name in recipes.worker_env(recipes.RECIPES[recipes.DEFAULT_RECIPE].pipeline):
-        monkeypatch.delenv(name, raising=False)
+    _clear_recipe_env(monkeypatch)
     paper = run.child_env(StackSettings(state_dir=tmp_path), run.RunOptions(recipe="paper"))
     assert (paper["CAI_PIPELINE_STRATEGY"],
             paper["CAI_PIPELINE_PREFERENCE"]) == ("critique-revise", "judge")
-    monkeypatch.setenv("CAI_PIPELINE_PREFERENCE", "revision-over-initial")
+    monkeypatch.setenv("CAI_PIPELINE_PREFERENCE", "judge")
     env = run.child_env(StackSettings(state_dir=tmp_path), run.RunOptions())
-    assert env["CAI_PIPELINE_PREFERENCE"] == "revision-over-initial"  # the user's setting wins
+    assert env["CAI_PIPELINE_PREFERENCE"] == "judge"  # the user's setting wins
     assert env["CAI_PIPELINE_STRATEGY"] == "context"
 
 
-def test_a_run_is_done_after_a_rejected_round_too_and_reports_why(tmp_path):
-    from cai import report
-    from streams import topics
+def test_only_the_roles_a_recipe_calls_are_loaded(monkeypatch):
+    _clear_recipe_env(monkeypatch)
+    assert recipes.roles("context-distillation") == ("policy",)
+    assert recipes.roles("paper") == ("policy", "critic", "reviser", "judge")
+    monkeypatch.setenv("CAI_PIPELINE_PREFERENCE", "judge")  # the environment's judge is loaded
+    assert recipes.roles("context-distillation") == ("policy", "judge")
+
+
+def test_each_round_feeds_fresh_training_prompts_half_benign():
+    from scoring import splits
+
+    options = run.RunOptions(prompts=24, rounds=3)
+    slices = run.training_mix(options)
+    assert [len(s) for s in slices] == [24, 24, 24]
+    assert all(sum(p.kind == "helpful" for p in s) == 12 for s in slices)
+    ids = [p.prompt_id for s in slices for p in s]
+    assert len(set(ids)) == 72  # no prompt is fed twice
+    # Only the training split: the gate's dev prompts and the held-out prompts are never fed.
+    assert {splits.split_of(p.prompt) for s in slices for p in s} == {"train"}
+    assert run.training_mix(options) == slices  # seeded
+
+
+def test_the_evaluation_holds_out_at_least_48_benign_prompts():
+    from scoring import splits
+
+    harmful, benign = run.evaluation_sets(run.RunOptions())
+    assert len(benign) >= 48 and len(harmful) >= 48
+    assert {splits.split_of(p) for p in harmful + benign} == {"held-out"}
+
+
+def _round(tmp_path, number, promoted, reasons=(), gate=None, version=None):
     from trainer import checkpoint
     from trainer.config import TrainerConfig
+
+    state = checkpoint.RoundState(round=number, promoted=promoted, policy_weights="base",
+                                  reward_weights=None, policy_version=1, offsets={},
+                                  extra={"reasons": list(reasons), "gate": gate or {}})
+    folder = checkpoint.write_round(tmp_path / "trainer", state, {"data/sft_helpful": 3.0},
+                                    {}, {}, TrainerConfig(), None)
+    if version:
+        checkpoint.write_published(folder, version, announced=True)
+
+
+def test_a_run_is_done_after_its_rounds_promoted_or_rejected_and_reports_why(tmp_path):
+    from cai import report
+    from scoring.shares import Share
+    from streams import topics
 
     settings = StackSettings(state_dir=tmp_path)
     snap = {"topics": {"sft": {"total": 4, "lag": {topics.TRAINER_GROUP: 0}},
                        "preferences": {"total": 4, "lag": {topics.TRAINER_GROUP: 0}}}}
-    assert not run.pipeline_done(snap, fed=4, rounds_finished=len(run.trainer_rounds(settings)))
-    state = checkpoint.RoundState(round=1, promoted=False, policy_weights="base",
-                                  reward_weights=None,
-                                  policy_version=1, offsets={},
-                                  extra={"reasons": ["probe/refusal_rate rose"]})
-    checkpoint.write_round(tmp_path / "trainer", state,
-                           {"data/sft_helpful": 3.0, "probe/refusal_rate": 0.375},
-                           {}, {}, TrainerConfig(), None)
+    assert not run.pipeline_done(snap, fed=4, rounds_finished=0, rounds_wanted=2)
+    after = {"harmless": Share(20, 48).as_dict()}
+    _round(tmp_path, 1, True, gate={"before": {}, "after": after}, version=2)
+    _round(tmp_path, 2, False, reasons=["dev harmless 20/48 -> 19/48: not up by 1"])
     rounds = run.trainer_rounds(settings)
-    assert rounds == [{"round": 1, "promoted": False, "reasons": ["probe/refusal_rate rose"],
-                       "metrics": {"data/sft_helpful": 3.0, "probe/refusal_rate": 0.375}}]
-    assert run.pipeline_done(snap, fed=4, rounds_finished=len(rounds))
+    assert [(r["round"], r["promoted"], r["version"]) for r in rounds] == [
+        (1, True, 2), (2, False, None)]
+    assert run.served_versions(rounds) == [1, 2]
+    assert run.pipeline_done(snap, fed=4, rounds_finished=len(rounds), rounds_wanted=2)
     snap["topics"]["preferences"]["lag"][topics.TRAINER_GROUP] = 2  # pairs not trained yet
-    assert not run.pipeline_done(snap, fed=4, rounds_finished=1)
+    assert not run.pipeline_done(snap, fed=4, rounds_finished=2, rounds_wanted=2)
     text = report.markdown({"trainer_rounds": rounds})
-    assert "round 1 rejected: probe/refusal_rate rose; examples {'sft_helpful': 3}" in text
+    assert "round 1 promoted as policy v2" in text and "harmless 41.7%" in text
+    assert "round 2 rejected: dev harmless 20/48 -> 19/48: not up by 1" in text
+    line = run.round_line(rounds[0], 3)
+    assert line.startswith("cai run: round 1/3: round 1 promoted as policy v2") and "42%" in line
 
 
-def test_the_fed_mix_is_half_benign_and_never_holds_the_refusal_probe_or_held_out_prompts():
-    from scoring import splits
+def test_the_report_has_a_row_and_a_curve_point_per_served_version(tmp_path):
+    from cai import report
+    from scoring.shares import Share
 
-    options = run.RunOptions(prompts=24)
-    mix = run.training_mix(options)
-    benign = [p for p in mix if p.kind == "helpful"]
-    assert len(mix) == 24 and len(benign) == 12
-    assert not {p.prompt for p in mix} & run.refusal_probe_prompts(options)
-    assert len(run.refusal_probe_prompts(options)) == TrainerConfig().refusal_probe_size == 16
-    assert not any(splits.is_held_out(p.prompt) for p in mix)
-    # The reserved prompts follow the trainer's own config, overrides included.
-    larger = run.RunOptions(prompts=24, trainer_overrides={"refusal_probe_size": 24})
-    assert len(run.refusal_probe_prompts(larger)) == 24
-    assert not {p.prompt for p in run.training_mix(larger)} & run.refusal_probe_prompts(larger)
+    def figures(h):
+        return {"harmless": Share(h, 48).as_dict(), "explains_why": Share(h, h).as_dict(),
+                "declined_then_complied": Share(0, 48).as_dict(),
+                "over_refusal": Share(1, 48).as_dict()}
+
+    data = {"model": "tiny", "recipe": "context-distillation",
+            "policies": {"v1": figures(6), "v2": figures(20), "v4": figures(30)}}
+    report.write(data, tmp_path / "run.json")
+    text = (tmp_path / "run.md").read_text()
+    assert "| v2 | 41.7%" in text and "| v4 | 62.5%" in text
+    assert "declined then complied" in text and "![learning curve](run-curve.png)" in text
+    png = (tmp_path / "run-curve.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
 
 
 def test_a_state_folder_refuses_a_run_of_another_model_and_accepts_its_own(tmp_path):
@@ -102,10 +151,11 @@ def test_the_trainer_gets_the_recipe_as_a_config_file(tmp_path):
     from stack.children import trainer_argv
     from trainer.cli import build_config
 
-    config = run.trainer_config(run.RunOptions(prompts=8, recipe="context-distillation"))
-    assert (config.lr, config.epochs, config.dpo_epochs, config.max_length) == (1e-3, 6, 2, 256)
-    assert (config.round_every_examples, config.probe_size, config.refusal_prompts,
-            config.staleness_policy) == (12, 1, "benign", "downweight")
+    config = run.trainer_config(run.RunOptions(prompts=24, recipe="context-distillation"))
+    for name, value in recipes.RECIPES["context-distillation"].trainer.items():
+        assert getattr(config, name) == value, name
+    # A round waits for the pipeline to drain; the dev gate decides, no stream probe.
+    assert (config.round_min_examples, config.probe_size, config.gate) == (8, 0, True)
     argv = trainer_argv(config.save(tmp_path))
     args = build_parser().parse_args(argv[argv.index("trainer"):])  # what the child parses
     assert build_config(args.config, {}) == config
@@ -116,10 +166,11 @@ def test_the_run_options_are_the_flags():
     from core.options import from_args
 
     args = build_parser().parse_args(["run", "--prompts", "8", "--recipe", "paper", "--keep",
-                                      "--benign-share", "0.25", "--duration", "2"])
+                                      "--benign-share", "0.25", "--duration", "2",
+                                      "--rounds", "4"])
     parsed = from_args(run.RunOptions, args)
-    assert (parsed.prompts, parsed.recipe, parsed.keep, parsed.benign_share, parsed.duration) == (
-        8, "paper", True, 0.25, 2.0)
+    assert (parsed.prompts, parsed.recipe, parsed.keep, parsed.benign_share, parsed.duration,
+            parsed.rounds) == (8, "paper", True, 0.25, 2.0, 4)
     assert from_args(run.RunOptions, build_parser().parse_args(["run"])) == run.RunOptions()
     with pytest.raises(SystemExit):
         build_parser().parse_args(["run", "--benign-share", "1.5"])

@@ -126,12 +126,15 @@ def fill(log: Log, n_sft: int, n_pref: int, version: int = 1, start: int = 0,
     return ids
 
 
-def make_loop(tmp_path, tiny_path, log, publisher, **overrides) -> TrainerLoop:
+def make_loop(tmp_path, tiny_path, log, publisher, pipeline=None, clock=None,
+              **overrides) -> TrainerLoop:
     config = TrainerConfig(**{"round_every_examples": 4, "round_every_seconds": 3600,
                               "probe_size": 1, "batch_size": 4, "lr": 1e-3,
-                              "promotion_threshold": 10.0, "max_length": 64, **overrides})
+                              "promotion_threshold": 10.0, "max_length": 64, "gate": False,
+                              "nice": 0, **overrides})
+    extra = {"clock": clock} if clock else {}
     return TrainerLoop(config, tmp_path / "trainer", tiny_path, LogSource(log), publisher,
-                       SFT_TOPIC, PREF_TOPIC)
+                       SFT_TOPIC, PREF_TOPIC, pipeline=pipeline, drain_confirm_s=0, **extra)
 
 
 def trained_ids(trainer_dir: Path) -> tuple[Counter, list[str]]:
@@ -368,13 +371,6 @@ def test_staleness_weight_and_mix_and_gate_rules():
     assert ok
     ok, reasons = promotion_decision({"probe/sft_loss": 2.0}, {"probe/sft_loss": 2.2}, 0.05)
     assert not ok and "probe/sft_loss" in reasons[0]
-    ok, reasons = promotion_decision({"probe/refusal_rate": 0.0}, {"probe/refusal_rate": 0.125},
-                                     0.05,
-                                     refusal_tolerance=0.1)
-    assert not ok and "probe/refusal_rate" in reasons[0]
-    ok, _ = promotion_decision({"probe/refusal_rate": 0.0}, {"probe/refusal_rate": 0.1}, 0.05,
-                               refusal_tolerance=0.1)
-    assert ok
 
 
 def test_probe_holds_the_first_examples_of_each_record_type_and_prompt_kind(tmp_path, tiny_path):
@@ -433,3 +429,151 @@ def test_dpo_epochs_take_the_last_passes_of_a_round():
     policy = Recorder()
     RoundRunner(TrainerConfig(epochs=2, batch_size=4), policy).run(1, sft, prefs, Probe())
     assert policy.steps == ["sft", "sft", "dpo"] * 2  # default: both every epoch, interleaved
+
+
+# --- when a round starts: the pipeline drains first, timers count from a round's first example
+
+
+class Stages:
+    """The worker's backlog as the test sets it."""
+
+    def __init__(self, busy: bool = True):
+        self.busy = busy
+
+    def drained(self) -> bool:
+        return not self.busy
+
+
+class Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_drained_pipeline_starts_a_round_before_k_examples(tmp_path, tiny_path):
+    log, pub, stages = Log(), FakePublisher(), Stages(busy=True)
+    fill(log, 3, 3)  # the probe takes 2: 4 usable, K is 100
+    loop = make_loop(tmp_path, tiny_path, log, pub, pipeline=stages, round_every_examples=100,
+                     round_min_examples=2)
+    loop.resume()
+    for _ in range(3):  # the stages still have work: their outputs would belong in this round
+        loop._fill(0.01)
+        assert loop.round_due() is None
+    stages.busy = False
+    loop._fill(0.01)
+    assert loop.round_due() == "drained"
+    assert loop.run(max_rounds=1, poll_s=0.01) == 1
+    seen, _ = trained_ids(tmp_path / "trainer")
+    assert sum(seen.values()) == 4
+
+
+def test_a_drained_pipeline_waits_for_the_minimum_and_the_last_unread_record(tmp_path, tiny_path):
+    log, pub = Log(), FakePublisher()
+    fill(log, 2, 2)  # 2 usable after the probe
+    loop = make_loop(tmp_path, tiny_path, log, pub, pipeline=Stages(busy=False),
+                     round_every_examples=100, round_min_examples=3)
+    loop.resume()
+    loop._fill(0.01)
+    loop._fill(0.01)
+    assert loop.round_due() is None  # drained, but fewer than round_min_examples
+    fill(log, 1, 0, start=10)
+    loop._fill(0.01)  # read a new record: not caught up yet, so not drained at this look
+    assert loop.round_due() is None
+    loop._fill(0.01)
+    assert loop.round_due() == "drained"
+
+
+def test_the_round_timer_counts_from_the_rounds_first_example(tmp_path, tiny_path):
+    log, pub, clock = Log(), FakePublisher(), Clock()
+    loop = make_loop(tmp_path, tiny_path, log, pub, pipeline=Stages(busy=True), clock=clock,
+                     round_every_examples=100, round_every_seconds=60)
+    loop.resume()
+    clock.now += 500  # a long quiet spell with no examples starts no round
+    loop._fill(0.01)
+    assert loop.round_due() is None
+    fill(log, 2, 2)
+    loop._fill(0.01)
+    clock.now += 59
+    assert loop.round_due() is None  # 59 s after the first example, not 559 s
+    clock.now += 2
+    assert loop.round_due() == "timer"
+
+
+def _gather(loop):
+    loop._fill(0.01)
+    while loop._backlog:
+        loop._fill(0.01)
+
+
+def test_a_rejected_rounds_examples_carry_into_the_next_round_even_after_a_restart(
+        tmp_path, tiny_path):
+    from trainer.rounds import RoundResult
+
+    log, pub = Log(), FakePublisher()
+    first = fill(log, 3, 3)  # the probe takes s0 and p0; 4 examples for round 1
+    loop = make_loop(tmp_path, tiny_path, log, pub, round_every_examples=4)
+    loop.resume()
+    given = []
+
+    def rejecting(round_no, sft, prefs, probe):
+        given.append(sorted(e.prompt_id for e in sft + prefs))
+        return RoundResult(False, {}, ["simulated: the gate said no"])
+
+    loop.runner.run = rejecting
+    loop.run(max_rounds=1)
+    folder = ckpt.latest_round(tmp_path / "trainer")
+    assert not ckpt.load_state(folder).promoted
+    carried = json.loads((folder / "carried.json").read_text())
+    assert len(carried["sft"]) + len(carried["preferences"]) == 4
+    assert log.committed == ckpt.load_state(folder).offsets  # committed: the folder keeps them
+
+    # A restart reloads the carried examples; the next round trains them with the new ones.
+    second = fill(log, 2, 2, start=10)
+    again = make_loop(tmp_path, tiny_path, log, pub, round_every_examples=8)
+    again.resume()
+    assert again._pending.carried == 4
+    again.runner.run = rejecting
+    again.run(max_rounds=1)
+    assert given[1] == sorted(set(first) - {"s0", "p0"} | set(second))
+    metrics = json.loads((ckpt.latest_round(tmp_path / "trainer") / "metrics.json").read_text())
+    assert metrics["data/carried_in"] == 4
+
+    # carry_limit=1: round 1's examples were carried once already; only round 2's go on.
+    carried = json.loads((ckpt.latest_round(tmp_path / "trainer") / "carried.json").read_text())
+    assert sorted(e["prompt_id"] for e in carried["sft"] + carried["preferences"]) == sorted(second)
+
+
+def test_carried_examples_alone_start_no_round(tmp_path, tiny_path):
+    from trainer.rounds import RoundResult
+
+    log, pub = Log(), FakePublisher()
+    fill(log, 3, 3)
+    loop = make_loop(tmp_path, tiny_path, log, pub, pipeline=Stages(busy=False),
+                     round_every_examples=4, round_min_examples=1)
+    loop.resume()
+    loop.runner.run = lambda *args: RoundResult(False, {}, ["no"])
+    loop.run(max_rounds=1, poll_s=0.01)
+    _gather(loop)
+    assert loop._pending.carried == 4 and loop._pending.new == 0
+    assert loop.round_due() is None  # nothing new since the rejection: retraining would repeat it
+
+
+def test_targets_the_pipeline_dropped_are_skipped_and_counted(tmp_path, tiny_path):
+    log, pub = Log(), FakePublisher()
+    fill(log, 3, 3)
+    dropped = SFTRecord(prompt_id="d1", prompt="q", response="", target="dropped",
+                        target_note="no reason in the first 4 sentences", record_id="sft-d1",
+                        raw_response="I can't. I'm a chatbot.")
+    log.produce(SFT_TOPIC, encode(dropped), 0)
+    loop = make_loop(tmp_path, tiny_path, log, pub, round_every_examples=100,
+                     round_every_seconds=0.2)
+    loop.run(max_rounds=1, poll_s=0.05)
+    folder = ckpt.latest_round(tmp_path / "trainer")
+    metrics = json.loads((folder / "metrics.json").read_text())
+    examples = json.loads((folder / "examples.json").read_text())
+    assert metrics["data/targets_dropped"] == 1
+    assert examples["targets_dropped"][0]["reason"] == "no reason in the first 4 sentences"
+    seen, _ = trained_ids(tmp_path / "trainer")
+    assert "d1" not in seen
