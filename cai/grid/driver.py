@@ -257,8 +257,8 @@ def run_grid(options: GridOptions, say=print) -> dict:
             reminder = constitution_mod.load().reminder
             plan.append(("teacher (reminder)", seed,
                          {**options.reference_key(seed), "reminder": reminder},
-                         lambda s=seed: run_reference("teacher (reminder)", base, options, s,
-                                                      reminder, say)))
+                         lambda s=seed, r=reminder: run_reference("teacher (reminder)", base,
+                                                                  options, s, r, say)))
         for cell in cells:
             folder = workroot / folder_name(cell, seed)
             plan.append((cell.name, seed, options.key(), lambda c=cell, s=seed, f=folder:
