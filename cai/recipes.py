@@ -22,15 +22,17 @@ class Recipe:
 
 
 RECIPES: dict[str, Recipe] = {
-    # Context distillation: the policy answers red-team prompts again with the constitution's
-    # reminder after the request, greedily, its answer opened by the constitution's decline
-    # opening so that it writes the reason itself; contrastive pairs (toward vs a careless
-    # style, on red-team and benign prompts) add DPO. As in the grid's winning cell: 48-token
-    # answers, lr 1e-3, SFT given three times the passes of DPO, the pairs last.
+    # Context distillation (docs/strategies.md): the policy answers red-team prompts again with
+    # the constitution's reminder after the request, greedily, its answer opened by the
+    # constitution's decline opening so that it writes the reason itself; the cleaned decline
+    # (agents/targets.py: it ends after the reason) is the SFT target, and is preferred over the
+    # policy's plain answer (DPO). Helpful prompts give their answer as SFT target and a pair
+    # preferring it over the bare decline, so the line between the two is learnt by meaning.
     "context-distillation": Recipe(
-        pipeline={"strategy": "context", "preference": "contrastive",
+        pipeline={"strategy": "context", "preference": "revision-over-initial",
+                  "compare": "initial-vs-final", "helpful_pairs": True,
                   "context_placement": "user-suffix", "context_temperature": 0,
-                  "context_opening": True, "policy_max_new_tokens": 48},
+                  "context_opening": True, "policy_max_new_tokens": 64},
         trainer={"lr": 1e-3, "epochs": 6, "dpo_epochs": 2, "max_length": 256}),
     # The paper's SL-CAI + RL-CAI data: critique -> revise rounds, the judge's soft labels.
     "paper": Recipe(pipeline={"strategy": "critique-revise", "preference": "judge"}),
