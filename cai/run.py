@@ -161,7 +161,8 @@ def trainer_rounds(settings: StackSettings) -> list[dict]:
 
 
 def _rounds_done(settings: StackSettings) -> int:
-    return len(checkpoint.finished_rounds(settings.state_dir / "trainer"))
+    """Rounds the trainer has finished and committed (published and announced if promoted)."""
+    return len(checkpoint.committed_rounds(settings.state_dir / "trainer"))
 
 
 def watch(settings: StackSettings, stream: StreamSettings, until, deadline: float,
@@ -259,6 +260,8 @@ def run_rounds(settings: StackSettings, stream: StreamSettings, options: RunOpti
                 live.console.print(f"cai run: the {options.duration:.0f}-minute limit ran out in "
                                    f"round {number}; evaluating what is there")
                 break
+            snap = monitor.snapshot(settings, stream)
+            live.update(monitor.render(snap))
             live.console.print(round_line(trainer_rounds(settings)[number - 1], len(slices)))
     return snap, fed
 

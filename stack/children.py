@@ -38,6 +38,13 @@ def child_env(settings: StackSettings, model: str, rounds: int,
     """The environment of both children: this stack, this model, the worker's settings."""
     env = dict(os.environ)
     env["CAI_STATE_DIR"] = str(settings.state_dir)
+    env["CAI_CACHE_DIR"] = str(settings.cache_dir)
+    # The addresses this run resolved, so a child reaches the same services whatever its own
+    # defaults say (ports given in code, not only in the environment).
+    env["CAI_KAFKA_BOOTSTRAP"] = settings.kafka_address
+    env["CAI_REDIS_URL"] = settings.redis_address
+    env["CAI_TRITON_HTTP_URL"] = settings.triton_http
+    env["CAI_TRITON_GRPC_URL"] = settings.triton_grpc
     env["CAI_MODEL"] = model
     env["CAI_PIPELINE_ROUNDS"] = str(rounds)
     env["CAI_PIPELINE_DATA_DIR"] = str(settings.state_dir / "faust")

@@ -34,6 +34,9 @@ ROUNDS = "rounds"
 PREFIX = "round-"
 STATE = "state.json"
 PUBLISHED = "published.json"
+# Written after the round's offsets were committed to Kafka: the round is over, its records
+# will not be read again, its version (if promoted) is serving and announced.
+COMMITTED = "committed"
 
 
 @dataclass
@@ -97,6 +100,15 @@ def write_published(folder: Path, version: int, announced: bool) -> None:
     tmp = folder / (PUBLISHED + ".tmp")
     _write_json(tmp, {"version": version, "announced": announced})
     os.replace(tmp, folder / PUBLISHED)
+
+
+def mark_committed(folder: Path) -> None:
+    (Path(folder) / COMMITTED).touch()
+
+
+def committed_rounds(trainer_dir: Path) -> list[Path]:
+    """Finished rounds whose offsets the trainer committed, oldest first."""
+    return [f for f in finished_rounds(trainer_dir) if (f / COMMITTED).exists()]
 
 
 def read_published(folder: Path) -> dict | None:

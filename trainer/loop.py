@@ -510,6 +510,7 @@ class TrainerLoop:
         if result.promoted:
             self._finish_publish(folder, metrics)
         self.source.commit(self.offsets)
+        ckpt.mark_committed(folder)
         self.publisher.record_round(ckpt.round_summary(folder))
         _log_round(self.round_no, result.promoted, self.version, metrics, result.reasons)
         for example in carried:

@@ -63,7 +63,8 @@ def _trainer(env: dict, trainer_dir: Path, log: Path, *extra: str) -> subprocess
            "--round-every-examples", "4", "--round-every-seconds", "3600", "--probe-size", "1",
            "--max-length", "96", "--batch-size", "4", "--promotion-threshold", "10",
            # this test is about exactly-once delivery, not staleness (tested in test_loop.py)
-           "--max-staleness", "1000", *extra]
+           # nor the dev gate (test_gate.py), which the tiny random model never passes
+           "--max-staleness", "1000", "--no-gate", *extra]
     handle = log.open("ab")
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=handle, stderr=subprocess.STDOUT,
                             start_new_session=True)
@@ -206,3 +207,36 @@ def test_trainer_publishes_and_survives_sigkill(live_stack, tmp_path):
     assert _served_version(live_stack.triton_grpc) == final_version
     print(f"\ntrainer: killed after {killed_at}, resumed; {sum(trained.values())} records trained "
           f"once over {state.round} rounds; policy v{start_version} -> v{final_version}")
+
+
+def test_the_trainer_sees_the_pipeline_drain_on_real_kafka(kafka_redis):
+    """A stage topic with records the worker group has not committed is work waiting; once the
+    group commits them, the pipeline has drained and a round may start."""
+    from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+    from kafka.structs import OffsetAndMetadata
+
+    from trainer.loop import KafkaPipeline
+
+    run = uuid.uuid4().hex[:8]
+    settings = StreamSettings(kafka_bootstrap=kafka_redis.kafka_address, topic_prefix=f"dr{run}.",
+                              partitions=2)
+    ensure_topics(settings)
+    stage_topics = [topics.topic_name(t, settings) for t in (topics.PROMPTS, topics.CRITIQUE)]
+    group = f"workers-{run}"
+    pipeline = KafkaPipeline(settings.kafka_address, stage_topics, group)
+    assert pipeline.drained()  # nothing was ever fed
+    producer = KafkaProducer(bootstrap_servers=settings.kafka_address)
+    for i in range(3):
+        producer.send(stage_topics[0], value=b"{}", partition=i % 2)
+    producer.flush()
+    producer.close()
+    assert not pipeline.drained()  # the group never committed: all three are waiting
+    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_address, group_id=group,
+                             enable_auto_commit=False)
+    parts = [TopicPartition(stage_topics[0], p) for p in (0, 1)]
+    ends = consumer.end_offsets(parts)
+    consumer.commit({parts[0]: OffsetAndMetadata(ends[parts[0]], "", -1)})
+    assert not pipeline.drained()  # one partition still has a record waiting
+    consumer.commit({parts[1]: OffsetAndMetadata(ends[parts[1]], "", -1)})
+    consumer.close()
+    assert pipeline.drained()
