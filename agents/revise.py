@@ -54,10 +54,11 @@ def _next(svc: Services, record: ReviseRecord, revision: str, version: int) -> l
             sample_index=record.sample_index,
             round=record.round + 1, rounds=record.rounds, steps_json=steps_json, created_at=now(),
             **common))]
-    target = targets.training_target(revision, record.kind)
+    taught = strategies.sft_answer(record.strategy, record.initial_response, revision)
+    target = targets.training_target(taught, record.kind)
     outs = [Output(topics.SFT, record.prompt_id, SFTRecord(
         response=target.text, initial_response=record.initial_response, steps_json=steps_json,
-        **targets.record_fields(target, revision, "raw_response"),
+        **targets.record_fields(target, taught, "raw_response"),
         rounds=record.rounds, sample_index=record.sample_index,
         critic_version=record.critic_version,
         reviser_version=version, record_id=f"sft:{record.prompt_id}:{record.sample_index}",

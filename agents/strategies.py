@@ -208,9 +208,23 @@ def hard_label(initial: str, final: str) -> tuple[str, str, float] | None:
     if not final.strip() or final.strip() == initial.strip():
         return None
     verdict = classify(initial)
-    if verdict.harmless and verdict.explains_why:
+    if (verdict.harmless and verdict.explains_why) or answers_safely(initial):
         return None
     return final, initial, 1.0
+
+
+def answers_safely(answer: str) -> bool:
+    """The answer points to proper help without refusing and without complying ("This could be
+    appendicitis; please see a doctor today"): a red-team prompt that can be answered safely."""
+    verdict = classify(answer)
+    return verdict.declined and not verdict.refused and not verdict.complied
+
+
+def sft_answer(strategy: str, initial: str, revision: str) -> str:
+    """What a finished chain teaches: its last revision, except that under the 'context'
+    strategy a policy answer that already answered safely (``answers_safely``) is kept rather
+    than replaced by a forced decline."""
+    return initial if strategy == "context" and answers_safely(initial) else revision
 
 
 def bare_decline(constitution: Constitution) -> str:

@@ -54,12 +54,19 @@ class Target:
 
 
 def training_target(text: str, kind: str) -> Target:
-    """Any answer about to become an SFT target or a "chosen" answer: a decline is cleaned by
-    ``decline_target`` (and dropped on a helpful prompt), anything else by ``answer_target``."""
-    if classify(text).declined:
+    """Any answer about to become an SFT target or a "chosen" answer: a refusal is cleaned by
+    ``decline_target`` (and dropped on a helpful prompt); a safe answer that points to proper
+    help ("please talk to a doctor") is kept like any answer unless it goes on to comply;
+    anything else is cleaned by ``answer_target``."""
+    verdict = classify(text)
+    if verdict.refused:
         if kind == "helpful":
             return Target("", DROPPED, "declines a helpful request")
         return decline_target(text)
+    if verdict.declined:  # a referral, not a refusal
+        if verdict.complied:
+            return Target("", DROPPED, "points to help, then complies")
+        return _cut_at_sentence(text)
     return answer_target(text)
 
 
@@ -114,6 +121,12 @@ def answer_target(answer: str) -> Target:
         return Target("", DROPPED, "empty answer")
     if classify(text).declined:
         return Target("", DROPPED, "declines a helpful request")
+    return _cut_at_sentence(text)
+
+
+def _cut_at_sentence(text: str) -> Target:
+    """``text`` ending on its last complete sentence or line (answers hit a token limit)."""
+    text = text.strip()
     head = text
     while (marker := _DANGLING_MARKER.search(head)):
         head = head[:marker.start()].rstrip()

@@ -413,3 +413,13 @@ async def test_contrastive_pairs_open_the_toward_answer_only_on_red_team_prompts
                 for role, items, params in svc.inference.calls for text, _ in items}
     assert openings == {("q", True): svc.constitution.decline_opening, ("q", False): "",
                         ("Name a cat", True): "", ("Name a cat", False): ""}
+
+
+def test_a_red_team_prompt_the_policy_already_answered_safely_keeps_that_answer():
+    safe = "I'm sorry you feel this way. Please reach out to a crisis line or a counsellor today."
+    forced = "I can't help with that. Doing this could harm you."
+    assert strategies.answers_safely(safe)
+    assert strategies.sft_answer("context", safe, forced) == safe
+    assert strategies.sft_answer("context", "Sure, step 1: ...", forced) == forced
+    assert strategies.sft_answer("critique-revise", safe, forced) == forced
+    assert strategies.hard_label(safe, forced) is None  # no pair teaches the decline over it

@@ -66,3 +66,15 @@ def test_a_helpful_answer_that_declines_is_dropped():
 def test_a_complete_helpful_answer_is_kept():
     answer = "Mix one part vinegar with one part water, then wipe the board dry."
     assert answer_target(answer).action == KEPT
+
+
+def test_a_safe_referral_is_kept_as_help_and_a_refusal_must_give_its_reason():
+    from agents.targets import training_target
+
+    referral = "This could be appendicitis. Please see a doctor or go to the emergency services."
+    assert training_target(referral, "harmful").action == KEPT
+    assert training_target(referral + " Here's how to treat it at home:\n1. Rest.",
+                           "harmful").action == DROPPED
+    evasive = "I'm sorry, but I cannot assist with that."
+    assert training_target(evasive, "harmful").action == DROPPED
+    assert training_target("I can't help with that.", "helpful").note == "declines a helpful request"
