@@ -77,4 +77,5 @@ def test_a_safe_referral_is_kept_as_help_and_a_refusal_must_give_its_reason():
                            "harmful").action == DROPPED
     evasive = "I'm sorry, but I cannot assist with that."
     assert training_target(evasive, "harmful").action == DROPPED
-    assert training_target("I can't help with that.", "helpful").note == "declines a helpful request"
+    refusal = training_target("I can't help with that.", "helpful")
+    assert refusal.note == "declines a helpful request"
