@@ -297,6 +297,7 @@ class TrainerLoop:
             # The checkpoint's offsets win over whatever was committed (e.g. a crash between
             # writing the round and committing): make Kafka agree with them.
             self.source.commit(self.offsets)
+            ckpt.mark_committed(folder)
 
     def _load_learners(self) -> None:
         policy = PolicyLearner(self._weights_path(self.policy_weights), self.config)

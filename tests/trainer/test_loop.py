@@ -213,8 +213,9 @@ def test_crash_before_publish_is_repaired_on_restart(tmp_path, tiny_path):
     assert folder.name == "round-000002" and ckpt.read_published(folder) is None
     assert log.committed != ckpt.load_state(folder).offsets  # not committed yet
     again = _finish(tmp_path, tiny_path, log, pub, produced, rounds=0)
-    # The restart published round 2 before reading anything new.
+    # The restart published round 2 before reading anything new, and marked it committed.
     assert pub.published == [(2, "round-000001"), (3, "round-000002")]
+    assert folder in ckpt.committed_rounds(tmp_path / "trainer")
     assert again.version == 3
 
 
