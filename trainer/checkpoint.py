@@ -133,13 +133,18 @@ def round_outcome(summary: dict) -> str:
 
 
 def round_summary(folder: Path) -> dict:
-    """What a report shows of one round: its outcome, the gate's reasons, its data and probe."""
+    """What a report shows of one round: its outcome, the gate's reasons, its data and probe,
+    the policy version serving when it started and, once published, the version it became."""
     state = load_state(folder)
     metrics = load_json(folder, "metrics.json")
     shown = {k: round(v, 4) for k, v in metrics.items()
              if k.startswith(("data/", "probe/", "probe_before/", "loss/", "round/epochs"))}
+    published = read_published(folder)
     return {"round": state.round, "promoted": state.promoted,
-            "reasons": state.extra.get("reasons", []), "metrics": shown}
+            "reasons": state.extra.get("reasons", []), "metrics": shown,
+            "policy_version": state.policy_version,
+            "published_version": published["version"] if published else None,
+            "created_at": state.created_at}
 
 
 def load_state(folder: Path) -> RoundState:
