@@ -1,7 +1,8 @@
 """`cai run`: the main job, end to end, on one machine.
 
 1. set up what is missing and start Kafka, Redis and Triton (models from ``--model``);
-2. start the Faust worker and the trainer as child processes (logs under the state folder);
+2. start the Faust worker, the trainer and the web dashboard as child processes (logs under
+   the state folder), and print the dashboard's address;
 3. feed a built-in mix of harmful and benign *training* prompts (the held-out split is kept
    for evaluation);
 4. show the live monitor until every prompt has been revised, judged and trained on, or the
@@ -62,7 +63,8 @@ class RunOptions:
     eval_max_new_tokens: int = option(96, "tokens per evaluation answer", cli=False)
     report: Path = option(Path("reports/run.json"),
                           "JSON report; a Markdown copy is written beside it")
-    keep: bool = option(False, "leave the stack, worker and trainer running")
+    keep: bool = option(False, "leave the stack, worker, trainer and dashboard running")
+    dashboard: bool = option(True, "serve the web dashboard (`cai dashboard`) during the run")
     seed: int = option(0, "seeds the fed mix and the evaluation sample")
     trainer_overrides: dict[str, Any] = option(
         default_factory=dict, cli=False,
@@ -142,6 +144,45 @@ def start_children(settings: StackSettings, options: RunOptions) -> None:
     children.start(settings, {"worker": children.worker_argv(),
                               "trainer": children.trainer_argv(config_file)},
                    child_env(settings, options))
+
+
+DASHBOARD_ADDRESS = "dashboard.url"
+
+
+def start_dashboard(settings: StackSettings, options: RunOptions) -> str | None:
+    """The dashboard as a child process (port CAI_DASHBOARD_PORT, or a free one when that is
+    taken); returns its address, or None when it could not start (the run goes on)."""
+    import urllib.request
+
+    from cai.dashboard.server import DashboardSettings, free_or_other, url
+    from stack.processes import ServiceError
+
+    proc = children.child(settings, "dashboard")
+    address_file = settings.state_dir / DASHBOARD_ADDRESS
+    if proc.read_pid() is not None and address_file.exists():
+        return address_file.read_text().strip()
+    dashboard = DashboardSettings()
+    port = free_or_other(dashboard.host, dashboard.port)
+    address = url(dashboard.host, port)
+
+    def answers() -> bool:
+        try:
+            with urllib.request.urlopen(address + "healthz", timeout=2) as response:
+                return response.status == 200
+        except OSError:
+            return False
+
+    argv = [*children.CAI, "dashboard", "--port", str(port), "--host", dashboard.host,
+            "--report", str(options.report.resolve()),
+            "--trainer-dir", str((settings.state_dir / "trainer").resolve())]
+    try:
+        proc.start(argv, healthy=answers, timeout_s=60, env=child_env(settings, options),
+                   fix_hint=f"read {proc.log_file}, or run with --no-dashboard")
+    except ServiceError as exc:
+        logger.warning("the dashboard did not start; the run goes on without it: %s", exc)
+        return None
+    address_file.write_text(address)
+    return address
 
 
 def pipeline_done(snap: dict, fed: int, rounds_finished: int) -> bool:
@@ -229,6 +270,9 @@ def run(settings: StackSettings, options: RunOptions) -> dict:
                     "recipe": options.recipe, "recipe_settings": pipeline_env(options.recipe)}
     try:
         start_children(settings, options)
+        address = start_dashboard(settings, options) if options.dashboard else None
+        if address:
+            print(f"cai run: dashboard at {address}", flush=True)
         mix = training_mix(options)
         feed.publish(mix, stream, progress=False)
         print(f"cai run: fed {len(mix)} prompts; worker and trainer logs in {settings.logs_dir}",

@@ -60,7 +60,8 @@ def test_a_run_is_done_after_a_rejected_round_too_and_reports_why(tmp_path):
                            {}, {}, TrainerConfig(), None)
     rounds = run.trainer_rounds(settings)
     assert rounds == [{"round": 1, "promoted": False, "reasons": ["probe/refusal_rate rose"],
-                       "metrics": {"data/sft_helpful": 3.0, "probe/refusal_rate": 0.375}}]
+                       "metrics": {"data/sft_helpful": 3.0, "probe/refusal_rate": 0.375},
+                       "policy_version": 1, "published_version": None, "created_at": 0.0}]
     assert run.pipeline_done(snap, fed=4, rounds_finished=len(rounds))
     snap["topics"]["preferences"]["lag"][topics.TRAINER_GROUP] = 2  # pairs not trained yet
     assert not run.pipeline_done(snap, fed=4, rounds_finished=1)
