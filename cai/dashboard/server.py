@@ -67,11 +67,15 @@ def run(settings: DashboardSettings, options: DashboardOptions, stack: StackSett
     from cai.dashboard.app import create_app
     from cai.dashboard.collector import Collector
     from stack import web_assets
+    from stack.processes import ServiceError
 
     chart_js = web_assets.asset_path(stack, web_assets.CHART_JS, "dist/chart.umd.js")
-    if not chart_js.is_file():
-        logger.warning("Chart.js is missing (%s): the charts stay empty. Fix: run `cai setup`",
-                       chart_js)
+    if not web_assets.ready(stack):
+        # `cai setup` fetches it; a container whose cache volume is new fetches it here, once.
+        try:
+            web_assets.ensure(stack)
+        except ServiceError as exc:
+            logger.warning("Chart.js is missing (%s), so the charts stay empty: %s", chart_js, exc)
     port = free_or_other(settings.host, settings.port)
     if settings.port and port != settings.port:
         logger.warning("dashboard: port %d is in use; serving on %d instead", settings.port, port)

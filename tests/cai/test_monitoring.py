@@ -35,7 +35,7 @@ from streams.settings import StreamSettings
 from tests.cai.conftest import get, get_json
 from tests.cai.test_dashboard_browser import wait_until
 from tests.cai.test_grafana import DEPLOY, queries, referenced_metrics
-from tests.conftest import service_unavailable
+from tests.conftest import poll_until, service_unavailable, stack_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1500)]
 
@@ -67,14 +67,7 @@ class LiveRun:
         return get_json(self.dashboard + "/api/snapshot")
 
     def wait(self, predicate, timeout: float, what: str) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if predicate():
-                return
-            time.sleep(1)
-        tails = "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}"
-                          for p in self.logs if p.exists())
-        raise AssertionError(f"timed out waiting for {what}\n{tails}")
+        poll_until(predicate, timeout, what, self.logs)
 
 
 def _start(argv: list[str], env: dict, log: Path) -> subprocess.Popen:
@@ -99,21 +92,15 @@ def live_run(live_stack, tmp_path_factory):
                             app_id=f"cai-dash-{run}", partitions=2)
     ensure_topics(stream)
     ports = {name: free_port() for name in ("worker", "trainer", "dashboard")}
-    env = {**os.environ, "CAI_STATE_DIR": str(live_stack.state_dir),
-           "CAI_CACHE_DIR": str(live_stack.cache_dir),
-           "CAI_KAFKA_BOOTSTRAP": live_stack.kafka_address,
-           "CAI_REDIS_URL": live_stack.redis_address,
-           "CAI_TRITON_HTTP_URL": live_stack.triton_http,
-           "CAI_TRITON_GRPC_URL": live_stack.triton_grpc,
-           "CAI_TOPIC_PREFIX": stream.topic_prefix, "CAI_APP_ID": stream.app_id,
-           "CAI_PARTITIONS": "2", "CAI_MODEL": "tiny",
-           "CAI_PIPELINE_REDIS_URL": live_stack.redis_address,
-           "CAI_PIPELINE_TRITON_GRPC": live_stack.triton_grpc,
-           "CAI_PIPELINE_BATCH_SIZE": "4", "CAI_PIPELINE_BATCH_WITHIN_S": "0.2",
-           "CAI_PIPELINE_POLICY_MAX_NEW_TOKENS": "12", "CAI_PIPELINE_CRITIQUE_MAX_NEW_TOKENS": "12",
-           "CAI_PIPELINE_REVISION_MAX_NEW_TOKENS": "12",
-           "CAI_PIPELINE_DATA_DIR": str(tmp / "faust"),
-           "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    env = stack_env(live_stack, CAI_TOPIC_PREFIX=stream.topic_prefix, CAI_APP_ID=stream.app_id,
+                    CAI_PARTITIONS="2", CAI_MODEL="tiny",
+                    CAI_PIPELINE_REDIS_URL=live_stack.redis_address,
+                    CAI_PIPELINE_TRITON_GRPC=live_stack.triton_grpc,
+                    CAI_PIPELINE_BATCH_SIZE="4", CAI_PIPELINE_BATCH_WITHIN_S="0.2",
+                    CAI_PIPELINE_POLICY_MAX_NEW_TOKENS="12",
+                    CAI_PIPELINE_CRITIQUE_MAX_NEW_TOKENS="12",
+                    CAI_PIPELINE_REVISION_MAX_NEW_TOKENS="12",
+                    CAI_PIPELINE_DATA_DIR=str(tmp / "faust"))
     trainer_dir, report = tmp / "trainer", tmp / "report.json"
     logs = [tmp / f"{name}.log" for name in ("worker", "trainer", "dashboard")]
     procs = [
