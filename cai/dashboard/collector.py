@@ -123,7 +123,7 @@ class Collector:
         self._thread: threading.Thread | None = None
         self._report: tuple[float, dict | None] = (0.0, None)
         self._rounds: list[dict] = []
-        self._rounds_length = -1
+        self._rounds_seen: tuple = ()
 
     # --- the thread ----------------------------------------------------------------------
     def start(self) -> Collector:
@@ -215,10 +215,11 @@ class Collector:
             store = redis.Redis.from_url(self.stack.redis_address, socket_timeout=2,
                                          decode_responses=True)
             version, *counts = store.mget([REDIS_VERSION_KEY, *keys])
-            length = store.llen(REDIS_ROUNDS_KEY)
-            if length != self._rounds_length:
+            # The history is capped: its length alone stops changing once it is full.
+            seen = (store.llen(REDIS_ROUNDS_KEY), store.lindex(REDIS_ROUNDS_KEY, -1))
+            if seen != self._rounds_seen:
                 self._rounds = [json.loads(r) for r in store.lrange(REDIS_ROUNDS_KEY, 0, -1)]
-                self._rounds_length = length
+                self._rounds_seen = seen
         except redis.RedisError as exc:
             errors.append(f"Redis at {self.stack.redis_address}: {exc}")
             return {"version": None, "counters": {}}
