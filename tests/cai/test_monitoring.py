@@ -138,6 +138,16 @@ def live_run(live_stack, tmp_path_factory):
                 proc.wait(30)
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
+        _forget_rounds(live_stack)
+
+
+def _forget_rounds(stack) -> None:
+    """Drop this trainer's rounds from the stack's shared round history."""
+    import redis
+
+    from trainer.publisher import REDIS_LAST_ROUND_KEY, REDIS_ROUNDS_KEY
+
+    redis.Redis.from_url(stack.redis_address).delete(REDIS_LAST_ROUND_KEY, REDIS_ROUNDS_KEY)
 
 
 def _scrape(address: str) -> str:
@@ -350,6 +360,9 @@ def test_the_dashboard_follows_the_live_run_in_a_browser(browser, live_run, tmp_
     assert "policy v" in _text(browser, "#training .trained-version")
     if os.environ.get("CAI_DASHBOARD_SCREENSHOT"):
         kept = Path(os.environ["CAI_DASHBOARD_SCREENSHOT"])
+        size = browser.get_window_size()
+        browser.set_window_size(size["width"], 1300)  # the lineage page is shorter
         browser.save_screenshot(str(kept.with_name(f"{kept.stem}-lineage{kept.suffix}")))
+        browser.set_window_size(size["width"], size["height"])
     assert first  # the prompt fed above has a lineage too
     assert get(live_run.dashboard + "/lineage/" + first)[0] == 200

@@ -6,7 +6,8 @@
   const COLORS = ["#2563eb", "#d97706", "#059669", "#dc2626", "#7c3aed", "#0891b2", "#be185d",
                   "#4b5563"];
   const HISTORY = 300;  // points of the rate chart (about five minutes)
-  const state = {charts: {}, last: null, received: 0, rates: {labels: [], series: {}}};
+  const state = {charts: {}, last: null, received: 0, rates: {labels: [], series: {}},
+                 expanded: new Set(), rendered: {}};
   window.caiDashboard = state;
 
   const $ = (selector) => document.querySelector(selector);
@@ -22,8 +23,13 @@
   const pairs = (obj, digits) => Object.entries(obj || {})
     .map(([k, v]) => `${esc(k)}=${digits == null ? esc(v) : num(v, digits)}`).join(" ") || "-";
 
+  // Rows are replaced only when they change, so that a click is not lost to a re-render.
   function setRows(table, rows) {
-    $(`#${table} tbody`).innerHTML = rows.join("");
+    const html = rows.join("");
+    if (state.rendered[table] !== html) {
+      $(`#${table} tbody`).innerHTML = html;
+      state.rendered[table] = html;
+    }
   }
 
   // --- charts --------------------------------------------------------------------------
@@ -173,11 +179,15 @@
           .map(([k, v]) => `${k}: ${v}`).join(" · ")
       : "none";
     const wanted = select.value;
-    setRows("dead", dead.rows.filter((r) => !wanted || r.stage === wanted).map((r) =>
-      `<tr class="dead-row" tabindex="0"><td>${time(r.time)}</td><td>${esc(r.stage)}</td>` +
-      `<td>${link(r.prompt_id)}</td><td>${esc(r.topic)}</td><td>${esc(r.reason)}</td>` +
-      `<td>${r.attempts ?? "-"}</td><td>${r.payload_bytes ?? "-"}${r.truncated ? " (cut)" : ""}` +
-      `</td></tr><tr class="payload" hidden><td colspan="7"><pre>${esc(r.payload)}</pre></td></tr>`));
+    setRows("dead", dead.rows.filter((r) => !wanted || r.stage === wanted).map((r) => {
+      const key = `${r.partition}/${r.offset}`;
+      return `<tr class="dead-row" tabindex="0" data-key="${esc(key)}"><td>${time(r.time)}</td>` +
+        `<td>${esc(r.stage)}</td><td>${link(r.prompt_id)}</td><td>${esc(r.topic)}</td>` +
+        `<td>${esc(r.reason)}</td><td>${r.attempts ?? "-"}</td>` +
+        `<td>${r.payload_bytes ?? "-"}${r.truncated ? " (cut)" : ""}</td></tr>` +
+        `<tr class="payload"${state.expanded.has(key) ? "" : " hidden"}><td colspan="7">` +
+        `<pre>${esc(r.payload)}</pre></td></tr>`;
+    }));
   }
 
   function render(snap) {
@@ -226,7 +236,11 @@
   $("#dead-stage").addEventListener("change", () => state.last && renderDead(state.last));
   $("#dead tbody").addEventListener("click", (event) => {
     const row = event.target.closest("tr.dead-row");
-    if (row && !event.target.closest("a")) row.nextElementSibling.hidden ^= true;
+    if (!row || event.target.closest("a")) return;
+    const payload = row.nextElementSibling;
+    payload.hidden = !payload.hidden;
+    if (payload.hidden) state.expanded.delete(row.dataset.key);
+    else state.expanded.add(row.dataset.key);
   });
 
   function setStatus(text, ok) {
