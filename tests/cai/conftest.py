@@ -60,7 +60,7 @@ def get_json(url: str):
 
 
 @pytest.fixture(scope="session")
-def browser(tmp_path_factory):
+def chromium(tmp_path_factory):
     """Headless Chromium driven by chromedriver (selenium); fails under CI=true when missing."""
     missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not shutil.which(p)]
     if missing:
@@ -81,3 +81,10 @@ def browser(tmp_path_factory):
     driver.set_page_load_timeout(60)
     yield driver
     driver.quit()
+
+
+@pytest.fixture
+def browser(chromium):
+    """The session's Chromium, left on a blank page after the test (no page keeps polling)."""
+    yield chromium
+    chromium.get("about:blank")
