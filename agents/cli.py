@@ -19,7 +19,7 @@ from streams.records import KINDS
 from streams.settings import StreamSettings
 
 WORKER_FLAGS = ("worker_id", "rounds", "num_samples", "compare", "constitution", "batch_size",
-                "strategy", "preference")
+                "strategy", "preference", "metrics_port")
 BOOTSTRAP = {StreamSettings: ("kafka_bootstrap",)}
 
 

@@ -22,10 +22,12 @@ import json
 import logging
 import os
 import random
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from agents import metrics
 from agents.services import Services
 from streams import topics
 from streams.records import DeadLetterRecord, RecordError, WireRecord, decode, encode, now
@@ -95,7 +97,14 @@ async def dead_letter(svc: Services, stage: str, reason: str, raw: Any, prompt_i
     logger.warning("dead-letter from %s (%s): %s", stage, prompt_id, reason[:200])
     await persist(lambda: svc.send(topics.DEAD_LETTER, prompt_id or "-", record),
                   "dead-letter send", svc)
-    await persist(lambda: svc.ledger.count(stage, "dead"), "counter", svc)
+    await count(svc, stage, "dead")
+
+
+async def count(svc: Services, stage: str, event: str, n: int = 1) -> None:
+    """Count ``n`` records of ``stage`` as ``event`` (in, out, skipped, dead): in this process's
+    metrics and in the shared Redis counters."""
+    metrics.STAGE_RECORDS.labels(stage, event).inc(n)
+    await persist(lambda: svc.ledger.count(stage, event, n), "counter", svc)
 
 
 async def _attempts(svc: Services, stage: Stage, records: list,
@@ -140,7 +149,16 @@ async def _decode_all(svc: Services, stage: Stage, values: list) -> list:
 
 async def run_batch(svc: Services, stage: Stage, values: list) -> int:
     """Handle one batch from the stage's source topic; returns the number of outputs sent."""
-    await persist(lambda: svc.ledger.count(stage.name, "in", len(values)), "counter", svc)
+    started = time.perf_counter()
+    metrics.BATCH_RECORDS.labels(stage.name).observe(len(values))
+    try:
+        return await _claim_and_deliver(svc, stage, values)
+    finally:
+        metrics.BATCH_SECONDS.labels(stage.name).observe(time.perf_counter() - started)
+
+
+async def _claim_and_deliver(svc: Services, stage: Stage, values: list) -> int:
+    await count(svc, stage.name, "in", len(values))
     records = await _decode_all(svc, stage, values)
 
     mine: list = []
@@ -151,13 +169,15 @@ async def run_batch(svc: Services, stage: Stage, values: list) -> int:
             key = stage.key(record)
             if key in keys or not await persist(lambda k=key: svc.ledger.claim(stage.name, k),
                                                 "claim", svc):
-                await persist(lambda: svc.ledger.count(stage.name, "skipped"), "counter", svc)
+                await count(svc, stage.name, "skipped")
                 continue
             keys.append(key)
             mine.append(record)
+            metrics.CLAIMS_IN_FLIGHT.labels(stage.name).inc()
         return await _process_and_deliver(svc, stage, mine) if mine else 0
     finally:
         holding.cancel()
+        metrics.CLAIMS_IN_FLIGHT.labels(stage.name).dec(len(keys))
 
 
 async def _process_and_deliver(svc: Services, stage: Stage, mine: list) -> int:
@@ -195,7 +215,7 @@ async def _process_and_deliver(svc: Services, stage: Stage, mine: list) -> int:
         return len(outcome)
 
     counts = await asyncio.gather(*(finish(r, o) for r, o in zip(mine, per_record)))
-    await persist(lambda: svc.ledger.count(stage.name, "out", sum(counts)), "counter", svc)
+    await count(svc, stage.name, "out", sum(counts))
     return sum(counts)
 
 

@@ -100,6 +100,9 @@ class PipelineSettings(BaseSettings):
     session_timeout_s: float = Field(10.0, ge=6, description="a dead worker's partitions move "
                                      "after this")
     data_dir: Path = Field(Path(".cai") / "faust", description="Faust's local state")
+    metrics_port: int = Field(9101, ge=0, le=65535,
+                              description="Prometheus /metrics port; 0 turns it off; a busy port "
+                              "(several workers on one host) falls back to a free one")
 
     @model_validator(mode="after")
     def _consistent(self) -> PipelineSettings:

@@ -1,6 +1,6 @@
 """The `cai` command line: each package registers its own subcommands, and this module adds
-the operations' own (``cai run``, ``cai monitor``, ``cai grid``), sets up logging once and runs
-the command. ``python -m cai`` is the same entry point.
+the operations' own (``cai run``, ``cai monitor``, ``cai dashboard``, ``cai grid``), sets up
+logging once and runs the command. ``python -m cai`` is the same entry point.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from agents import cli as agents_cli
 from benchmarks import cli as benchmarks_cli
+from cai.dashboard.server import DashboardOptions, DashboardSettings
 from cai.grid.options import GridCommand, GridError, GridOptions
 from cai.run import RunOptions
 from core import logs
@@ -22,6 +23,7 @@ from serving import cli as serving_cli
 from stack import cli as stack_cli
 from stack.processes import ServiceError
 from streams import cli as streams_cli
+from streams.settings import StreamSettings
 from trainer import cli as trainer_cli
 
 
@@ -54,7 +56,6 @@ def cmd_run(options: RunOptions, settings: StackSettings) -> int:
 
 def cmd_monitor(options: MonitorOptions, settings: StackSettings) -> int:
     from cai import monitor
-    from streams.settings import StreamSettings
 
     stream_settings = StreamSettings()
     if options.once:
@@ -67,6 +68,17 @@ def cmd_monitor(options: MonitorOptions, settings: StackSettings) -> int:
             Console().print(monitor.render(snap))
         return 0
     monitor.run(settings, stream_settings, interval_s=options.interval)
+    return 0
+
+
+def cmd_dashboard(options: DashboardOptions, settings: DashboardSettings, stack: StackSettings,
+                  stream: StreamSettings) -> int:
+    from cai.dashboard import server
+
+    try:
+        server.run(settings, options, stack, stream)
+    except KeyboardInterrupt:
+        pass
     return 0
 
 
@@ -106,6 +118,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                 description="Per-topic rates and consumer lag, prompts in flight per stage, the "
                 "newest example, per-principle statistics, judge order agreement, trainer rounds "
                 "and the serving policy version. Reads Kafka and Redis only.")
+    add_command(sub, "dashboard", cmd_dashboard, options=DashboardOptions,
+                settings={DashboardSettings: ("port", "host"), StackSettings: ("state_dir",),
+                          StreamSettings: ("kafka_bootstrap",)},
+                help="web dashboard of the live loop: streams, latency, versions, learning curve, "
+                "lineage, dead letters",
+                description="Serves the dashboard on 127.0.0.1 (CAI_DASHBOARD_PORT, default 8090) "
+                "with live updates; reads Kafka, Redis and the trainer's round folders. Works "
+                "offline: Chart.js comes from `cai setup`.")
     add_command(sub, "grid", cmd_grid, options=(GridOptions, GridCommand),
                 help="compare revision x preference strategies in-process (same prompts, budget, "
                 "seed) on held-out prompts",

@@ -75,6 +75,33 @@ def newest_example(sft_records: list[dict], preferences: list[dict]) -> dict | N
     return example
 
 
+def judge_stats(preferences: list[dict]) -> dict:
+    """The judge's statistics over the labels it made: how often both orders agreed (with the
+    95% interval), its position bias (how often the answer shown first wins, averaged over both
+    orders: 0.5 is none), the mean soft label, and how many labels each strategy made.
+
+    Only labels the judge made count: contrastive and revision-over-initial labels are set by
+    construction (they carry no per-order probabilities).
+    """
+    from scoring.shares import Share
+
+    judged = [(p, json.loads(p.get("probs_json") or "[]")) for p in preferences]
+    judged = [(p, probs) for p, probs in judged if probs]
+    agree = [bool(p.get("orders_agree")) for p, _ in judged]
+    # Each entry is (P(A better) with A shown first, P(A better) with A shown second).
+    first_wins = [(pair[0] + 1 - pair[1]) / 2 for _, probs in judged for pair in probs
+                  if isinstance(pair, list) and len(pair) == 2]
+    return {
+        "labels": len(judged),
+        "order_agreement": round(sum(agree) / len(agree), 3) if agree else None,
+        "order_agreement_share": Share(sum(agree), len(agree)).as_dict(),
+        "first_position_wins": round(statistics.fmean(first_wins), 3) if first_wins else None,
+        "mean_p_chosen": round(statistics.fmean(float(p.get("p_chosen", 0.5))
+                                                for p, _ in judged), 3) if judged else None,
+        "preferences_by_strategy": dict(Counter(p.get("strategy", "judge") for p in preferences)),
+    }
+
+
 def snapshot(stack_settings: StackSettings, stream_settings: StreamSettings,
              window: int = 200) -> dict:
     """Everything the monitor shows, as one JSON-serialisable dict."""
@@ -88,10 +115,6 @@ def snapshot(stack_settings: StackSettings, stream_settings: StreamSettings,
         versions = reader.tail(topics.topic_name(topics.POLICY_VERSIONS, stream_settings), 20)
     finally:
         reader.close()
-    # Only labels the judge made count for its statistics: contrastive and revision-over-initial
-    # labels are set by construction (they carry no per-order probabilities).
-    judged = [p for p in prefs if json.loads(p.get("probs_json") or "[]")]
-    agree = [bool(p.get("orders_agree")) for p in judged]
     trainer_rounds = []
     for event in versions:
         metrics = json.loads(event.get("metrics_json") or "{}")
@@ -106,14 +129,7 @@ def snapshot(stack_settings: StackSettings, stream_settings: StreamSettings,
                       for short in STAGE_TOPICS},
         "newest_example": newest_example(sft, prefs),
         "principles": principle_stats(sft, prefs),
-        "judge": {
-            "labels": len(judged),
-            "order_agreement": round(sum(agree) / len(agree), 3) if agree else None,
-            "mean_p_chosen": round(
-                statistics.fmean(float(p.get("p_chosen", 0.5)) for p in judged), 3)
-            if judged else None,
-            "preferences_by_strategy": dict(Counter(p.get("strategy", "judge") for p in prefs)),
-        },
+        "judge": judge_stats(prefs),
         # How the pipeline cleaned the training targets (agents/targets.py), in the recent window.
         "targets": {"sft": dict(Counter(r.get("target") or "unchecked" for r in sft)),
                     "preferences": dict(Counter(p.get("target") or "unchecked" for p in prefs))},

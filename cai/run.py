@@ -2,7 +2,8 @@
 
 1. set up what is missing and start Kafka, Redis and Triton, loading only the roles the recipe
    calls;
-2. start the Faust worker and the trainer as child processes (logs under the state folder);
+2. start the Faust worker, the trainer and the web dashboard as child processes (logs
+   under the state folder), and print the dashboard's address;
 3. run ``--rounds`` training rounds. Each round feeds fresh prompts from the training split
    (harmful and benign mixed), which the policy version serving at that moment answers; the
    trainer starts the round once the pipeline has drained, gates it on the dev split and, if it
@@ -71,7 +72,8 @@ class RunOptions:
         128, "tokens per evaluation answer: enough to see a decline that goes on to comply")
     report: Path = option(Path("reports/run.json"),
                           "JSON report; a Markdown copy and a PNG of the curve go beside it")
-    keep: bool = option(False, "leave the stack, worker and trainer running")
+    keep: bool = option(False, "leave the stack, worker, trainer and dashboard running")
+    dashboard: bool = option(True, "serve the web dashboard (`cai dashboard`) during the run")
     seed: int = option(0, "seeds the fed mix and the evaluation sample")
     trainer_overrides: dict[str, Any] = option(
         default_factory=dict, cli=False,
@@ -139,6 +141,45 @@ def start_children(settings: StackSettings, options: RunOptions) -> None:
     children.start(settings, {"worker": children.worker_argv(),
                               "trainer": children.trainer_argv(config_file)},
                    child_env(settings, options))
+
+
+DASHBOARD_ADDRESS = "dashboard.url"
+
+
+def start_dashboard(settings: StackSettings, options: RunOptions) -> str | None:
+    """The dashboard as a child process (port CAI_DASHBOARD_PORT, or a free one when that is
+    taken); returns its address, or None when it could not start (the run goes on)."""
+    import urllib.request
+
+    from cai.dashboard.server import DashboardSettings, free_or_other, url
+    from stack.processes import ServiceError
+
+    proc = children.child(settings, "dashboard")
+    address_file = settings.state_dir / DASHBOARD_ADDRESS
+    if proc.read_pid() is not None and address_file.exists():
+        return address_file.read_text().strip()
+    dashboard = DashboardSettings()
+    port = free_or_other(dashboard.host, dashboard.port)
+    address = url(dashboard.host, port)
+
+    def answers() -> bool:
+        try:
+            with urllib.request.urlopen(address + "healthz", timeout=2) as response:
+                return response.status == 200
+        except OSError:
+            return False
+
+    argv = [*children.CAI, "dashboard", "--port", str(port), "--host", dashboard.host,
+            "--report", str(options.report.resolve()),
+            "--trainer-dir", str((settings.state_dir / "trainer").resolve())]
+    try:
+        proc.start(argv, healthy=answers, timeout_s=60, env=child_env(settings, options),
+                   fix_hint=f"read {proc.log_file}, or run with --no-dashboard")
+    except ServiceError as exc:
+        logger.warning("the dashboard did not start; the run goes on without it: %s", exc)
+        return None
+    address_file.write_text(address)
+    return address
 
 
 def pipeline_done(snap: dict, fed: int, rounds_finished: int, rounds_wanted: int = 1) -> bool:
@@ -287,6 +328,9 @@ def run(settings: StackSettings, options: RunOptions) -> dict:
                     "trainer_config": trainer_config(options).to_dict()}
     try:
         start_children(settings, options)
+        address = start_dashboard(settings, options) if options.dashboard else None
+        if address:
+            print(f"cai run: dashboard at {address}", flush=True)
         print(f"cai run: worker and trainer logs in {settings.logs_dir}", flush=True)
         snap, fed = run_rounds(settings, stream, options, started + options.duration * 60)
         report["trainer_rounds"] = trainer_rounds(settings)

@@ -4,7 +4,9 @@ Agents and the trainer call ``InferenceClient.generate`` / ``judge`` instead of 
 Triton directly. Each prompt is its own Triton request, sent concurrently, so Triton's
 dynamic batcher forms the batches and one bad prompt fails alone. While the server is
 unavailable (starting, restarting, connection refused) a call is retried with exponential
-backoff; every error names the role, the URL and what failed.
+backoff; every error names the role, the URL and what failed. Each call is timed per role in
+the process's Prometheus metrics (``cai_triton_request_seconds``, retries included), and the
+model version that answered is kept (``cai_triton_model_version``).
 
 Example::
 
@@ -20,13 +22,24 @@ import asyncio
 import dataclasses
 import logging
 import random
+import time
 
 import numpy as np
+from prometheus_client import Counter, Gauge, Histogram
 
 from serving import protocol
 from serving.requests import Generation, GenerationParams, JudgeResult
 
 logger = logging.getLogger(__name__)
+
+REQUEST_SECONDS = Histogram(
+    "cai_triton_request_seconds", "Seconds per Triton request of a role, retries included",
+    ["role"], buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+                       300.0))
+REQUEST_FAILURES = Counter("cai_triton_request_failures",
+                           "Triton requests of a role that failed after their retries", ["role"])
+MODEL_VERSION = Gauge("cai_triton_model_version",
+                      "Model version that answered the latest request of a role", ["role"])
 
 RETRYABLE = ("UNAVAILABLE", "Connection refused", "failed to connect", "Socket closed",
              "connection reset", "is not ready", "Request for unknown model")
@@ -67,6 +80,19 @@ class InferenceClient:
         return self._client
 
     async def _infer_one(self, role: str, payload: bytes) -> dict:
+        started = time.perf_counter()
+        try:
+            answer = await self._infer_with_retries(role, payload)
+        except InferenceError:
+            REQUEST_FAILURES.labels(role).inc()
+            raise
+        finally:
+            REQUEST_SECONDS.labels(role).observe(time.perf_counter() - started)
+        if "model_version" in answer:
+            MODEL_VERSION.labels(role).set(answer["model_version"])
+        return answer
+
+    async def _infer_with_retries(self, role: str, payload: bytes) -> dict:
         import tritonclient.grpc.aio as grpcclient
         from tritonclient.utils import InferenceServerException
 

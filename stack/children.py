@@ -1,4 +1,5 @@
-"""The worker and the trainer as background child processes of `cai run` and `cai bench`.
+"""The worker and the trainer (and for `cai run` the dashboard) as background child processes
+of `cai run` and `cai bench`.
 
 Each runs ``python -m cai worker`` / ``python -m cai trainer`` with its log under the state
 folder and a PID file, like the services (``stack/processes.py``), so a second `cai run`
@@ -17,6 +18,7 @@ from core.settings import StackSettings
 from stack.processes import ManagedProcess
 
 CHILDREN = ("worker", "trainer")
+OPTIONAL = ("dashboard",)  # stopped with the others; the run goes on without it
 CAI = (sys.executable, "-m", "cai")
 
 
@@ -64,7 +66,7 @@ def start(settings: StackSettings, argvs: dict[str, list[str]], env: dict[str, s
 
 
 def stop(settings: StackSettings) -> None:
-    for name in CHILDREN:
+    for name in CHILDREN + OPTIONAL:
         child(settings, name).stop(grace_s=30)
 
 

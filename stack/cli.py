@@ -14,6 +14,8 @@ class SetupOptions:
     models: list[str] = option(default_factory=lambda: ["tiny", "smollm2"], metavar="SPEC",
                                help="models to prepare")
     skip_models: bool = option(False, "prepare no model")
+    test_tools: bool = option(False, "also install what the browser and Prometheus tests need: "
+                                     "Debian's chromium, chromium-driver and prometheus")
 
 
 @dataclass
@@ -29,7 +31,7 @@ def cmd_setup(options: SetupOptions, settings: StackSettings) -> int:
     from stack import setup_machine
 
     models = () if options.skip_models else tuple(options.models)
-    setup_machine.run(settings, with_models=models)
+    setup_machine.run(settings, with_models=models, test_tools=options.test_tools)
     print("setup: done")
     return 0
 

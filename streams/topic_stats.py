@@ -1,7 +1,8 @@
-"""Read-only views of the live topics: end offsets, recent rates, consumer lag, newest records.
+"""Read-only views of the live topics: end offsets, recent rates, consumer lag, newest records,
+and a follower that receives new records as they arrive.
 
-Used by ``cai monitor``, ``cai run`` and ``cai bench``. Everything here reads through a consumer
-with no group, so watching never moves anybody's offsets.
+Used by ``cai monitor``, ``cai run``, ``cai bench`` and the dashboard. Everything here reads
+through consumers with no group, so watching never moves anybody's offsets.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ class TopicReader:
         recent = sum(ends[tp] - (since[tp].offset if since.get(tp) else ends[tp]) for tp in parts)
         lag = {}
         for group in groups:
-            committed = self._committed(group)
+            committed = self.committed(group)
             if not any(tp in committed for tp in parts):
                 continue
             lag[group] = sum(max(0, ends[tp] - committed.get(tp, 0)) for tp in parts)
@@ -71,10 +72,11 @@ class TopicReader:
             return 0
         ends = self._consumer.end_offsets(parts)
         begins = self._consumer.beginning_offsets(parts)
-        committed = self._committed(group)
+        committed = self.committed(group)
         return sum(max(0, ends[tp] - committed.get(tp, begins[tp])) for tp in parts)
 
-    def _committed(self, group: str) -> dict:
+    def committed(self, group: str) -> dict:
+        """{TopicPartition: offset} the consumer ``group`` has committed ({} when unknown)."""
         try:
             # kafka-python 3 answers {group: {tp: meta}}; 2.x had list_consumer_group_offsets.
             if hasattr(self._admin, "list_group_offsets"):
@@ -104,14 +106,76 @@ class TopicReader:
         while len(records) < want and time.monotonic() < deadline:
             batch = self._consumer.poll(timeout_ms=500)
             for messages in batch.values():
-                for message in messages:
-                    try:
-                        data = json.loads(message.value)
-                    except (ValueError, TypeError):
-                        data = {"undecodable": True}
-                    if isinstance(data, dict):
-                        data.pop("__faust", None)
-                        data["_timestamp"] = message.timestamp / 1000
-                        records.append(data)
+                records += filter(None, map(message_record, messages))
         records.sort(key=lambda r: r.get("_timestamp", 0))
         return records[-count:]
+
+
+def message_record(message) -> dict | None:
+    """A consumed message as a JSON dict with its Kafka timestamp (seconds) in ``_timestamp``;
+    ``{"undecodable": True, ...}`` for bytes that are not JSON, None for a JSON non-object."""
+    try:
+        data = json.loads(message.value)
+    except (ValueError, TypeError):
+        data = {"undecodable": True}
+    if not isinstance(data, dict):
+        return None
+    data.pop("__faust", None)
+    data["_timestamp"] = message.timestamp / 1000
+    return data
+
+
+class TopicFollower:
+    """Receives the records of some topics as they arrive, starting ``window`` records before
+    the end of each partition; also reads their end offsets. Topics and partitions that appear
+    later are picked up by ``refresh_assignment``."""
+
+    def __init__(self, bootstrap: str, topics: dict[str, str], window: int) -> None:
+        from kafka import KafkaConsumer
+
+        self.topics = topics  # full name -> short name
+        self.window = window
+        self._consumer = KafkaConsumer(
+            bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None,
+            request_timeout_ms=15000, client_id="cai-dashboard", fetch_max_wait_ms=100,
+            max_partition_fetch_bytes=16 * 1024 * 1024, fetch_max_bytes=64 * 1024 * 1024)
+        self._assigned: list = []
+
+    def refresh_assignment(self) -> bool:
+        """Follow partitions that exist now and were not followed yet; True if any were new."""
+        from kafka import TopicPartition
+
+        self._consumer.topics()  # refresh the cluster metadata: topics created since the start
+        found = [TopicPartition(topic, p) for topic in self.topics
+                 for p in sorted(self._consumer.partitions_for_topic(topic) or ())]
+        new = [tp for tp in found if tp not in self._assigned]
+        if not new:
+            return False
+        self._consumer.assign(found)
+        ends = self._consumer.end_offsets(new)
+        begins = self._consumer.beginning_offsets(new)
+        for tp in new:
+            self._consumer.seek(tp, max(begins[tp], ends[tp] - self.window))
+        self._assigned = found
+        return True
+
+    def poll(self, timeout_s: float) -> list[tuple[str, dict]]:
+        """(short topic name, record) of what arrived, in partition order."""
+        if not self._assigned:
+            time.sleep(timeout_s)
+            return []
+        out = []
+        for messages in self._consumer.poll(timeout_ms=int(timeout_s * 1000)).values():
+            for message in messages:
+                record = message_record(message)
+                if record is not None:
+                    record["_partition"], record["_offset"] = message.partition, message.offset
+                    out.append((self.topics[message.topic], record))
+        return out
+
+    def end_offsets(self) -> dict:
+        """{TopicPartition: end offset} of every followed partition."""
+        return self._consumer.end_offsets(self._assigned) if self._assigned else {}
+
+    def close(self) -> None:
+        self._consumer.close()

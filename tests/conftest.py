@@ -7,6 +7,9 @@ integration tests that need it are skipped with the reason.
 from __future__ import annotations
 
 import os
+import time
+from collections.abc import Iterable
+from pathlib import Path
 
 import pytest
 import torch
@@ -25,6 +28,30 @@ def service_unavailable(reason: str) -> None:
     if IN_CI:
         pytest.fail(f"required service unavailable under CI=true: {reason}", pytrace=False)
     pytest.skip(reason)
+
+
+def poll_until(predicate, timeout: float, what: str, logs: Iterable[Path] = (),
+               poll_s: float = 1.0) -> None:
+    """Poll ``predicate`` until it is true; after ``timeout`` seconds fail with the tails of the
+    child processes' ``logs``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(poll_s)
+    tails = "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}"
+                      for p in logs if p.exists())
+    raise AssertionError(f"timed out waiting for {what}\n{tails}")
+
+
+def stack_env(stack: StackSettings, **extra: str) -> dict[str, str]:
+    """The environment of a `cai` child process on ``stack``: its folders, every service's
+    address, one torch thread; ``extra`` on top."""
+    return {**os.environ, "CAI_STATE_DIR": str(stack.state_dir),
+            "CAI_CACHE_DIR": str(stack.cache_dir), "CAI_KAFKA_BOOTSTRAP": stack.kafka_address,
+            "CAI_REDIS_URL": stack.redis_address, "CAI_TRITON_HTTP_URL": stack.triton_http,
+            "CAI_TRITON_GRPC_URL": stack.triton_grpc, "PYTHONUNBUFFERED": "1",
+            "OMP_NUM_THREADS": "1", **extra}
 
 
 def fresh_stack_settings(state_dir) -> StackSettings:

@@ -7,6 +7,7 @@
 Every TrainerConfig field is a flag (``cai trainer -h`` lists them with their help text), built
 from the field (``core.options``); ``cai run`` hands its recipe over as a ``--config`` file.
 Checkpoints go to ``<state_dir>/trainer/rounds/`` unless ``--trainer-dir`` says otherwise.
+Prometheus metrics (``trainer/metrics.py``) are served on ``--metrics-port`` (default 9102).
 SIGTERM/SIGINT stop after the current round; SIGKILL is safe too (see trainer/loop.py).
 """
 
@@ -25,6 +26,7 @@ from pathlib import Path
 from core.options import add_arguments, from_args, given, option
 from core.settings import StackSettings
 from trainer.config import TrainerConfig
+from trainer.settings import TrainerSettings
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +48,9 @@ def build_config(config_file: Path | None, overrides: dict) -> TrainerConfig:
     return dataclasses.replace(base or TrainerConfig(), **overrides)
 
 
-def cmd_trainer(command: TrainerCommand, stack: StackSettings, overrides: dict) -> int:
+def cmd_trainer(command: TrainerCommand, stack: StackSettings, overrides: dict,
+                settings: TrainerSettings | None = None) -> int:
+    from core.metrics import serve as serve_metrics
     from core.settings import ModelSettings
     from serving.models import resolve
     from streams.settings import StreamSettings
@@ -83,6 +87,7 @@ def cmd_trainer(command: TrainerCommand, stack: StackSettings, overrides: dict) 
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
+    serve_metrics((settings or TrainerSettings()).metrics_port, "trainer")
     logger.info("trainer: %s; base model %s; checkpoints in %s", config, base_model, trainer_dir)
     try:
         rounds = loop.run(max_rounds=command.max_rounds, stop=stop)
@@ -101,7 +106,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "the dev split, publish to Triton.")
     add_arguments(parser, TrainerCommand)
     add_arguments(parser, StackSettings, only=("state_dir",))
+    add_arguments(parser, TrainerSettings)
     add_arguments(parser.add_argument_group("hyper-parameters"), TrainerConfig)
     parser.set_defaults(func=lambda args: cmd_trainer(
         from_args(TrainerCommand, args), StackSettings(**given(StackSettings, args)),
-        given(TrainerConfig, args)))
+        given(TrainerConfig, args), TrainerSettings(**given(TrainerSettings, args))))

@@ -39,6 +39,7 @@ from typing import Protocol
 
 from streams import topics as topics_mod
 from trainer import checkpoint as ckpt
+from trainer import metrics as trainer_metrics
 from trainer.config import TrainerConfig
 from trainer.data import (
     BadRecord,
@@ -290,6 +291,7 @@ class TrainerLoop:
                 self._finish_publish(folder, ckpt.load_json(folder, "metrics.json"))
             logger.info("resuming after round %d (%s): policy v%d, offsets %s", state.round,
                         folder.name, self.version, self.offsets)
+        trainer_metrics.SERVING_VERSION.set(self.version)
         self._load_learners()
         positions = self.source.start(self.offsets)
         self.offsets = positions
@@ -452,6 +454,7 @@ class TrainerLoop:
         return done
 
     def run_round(self) -> Path:
+        started = time.monotonic()
         pending, self._pending = self._pending, _Pending(clock=self.clock)
         self.round_no += 1
         version_before = self.version
@@ -512,7 +515,11 @@ class TrainerLoop:
             self._finish_publish(folder, metrics)
         self.source.commit(self.offsets)
         ckpt.mark_committed(folder)
-        self.publisher.record_round(ckpt.round_summary(folder))
+        summary = ckpt.round_summary(folder)
+        self.publisher.record_round(summary)
+        trainer_metrics.observe_round(summary, metrics, time.monotonic() - started, time.time(),
+                                      probe_records=len(pending.probe_added))
+        trainer_metrics.SERVING_VERSION.set(self.version)
         _log_round(self.round_no, result.promoted, self.version, metrics, result.reasons)
         for example in carried:
             self._pending.add(example, carried=True)

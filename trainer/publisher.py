@@ -22,6 +22,10 @@ logger = logging.getLogger(__name__)
 # The trainer's newest finished round (promoted or rejected, and why), as JSON: live state for
 # `cai monitor`; rebuildable from the round folders.
 REDIS_LAST_ROUND_KEY = "cai:trainer:last_round"
+# Every finished round's summary, oldest first, capped: the dashboard's policy-version timeline
+# and learning curve.
+REDIS_ROUNDS_KEY = "cai:trainer:rounds"
+ROUNDS_KEPT = 500
 
 
 class StackPublisher:
@@ -56,12 +60,18 @@ class StackPublisher:
                     topic_name(POLICY_VERSIONS, self.streams))
 
     def record_round(self, summary: dict) -> None:
-        """Store the round's outcome for the monitor; a Redis failure only costs the live view."""
+        """Store the round's outcome for the monitor and append it to the round history (the
+        newest ``ROUNDS_KEPT``); a Redis failure only costs the live view."""
         import redis
 
+        text = json.dumps(summary, sort_keys=True)
         try:
-            redis.Redis.from_url(self.stack.redis_address, socket_timeout=5).set(
-                REDIS_LAST_ROUND_KEY, json.dumps(summary, sort_keys=True))
+            store = redis.Redis.from_url(self.stack.redis_address, socket_timeout=5)
+            with store.pipeline(transaction=True) as pipe:
+                pipe.set(REDIS_LAST_ROUND_KEY, text)
+                pipe.rpush(REDIS_ROUNDS_KEY, text)
+                pipe.ltrim(REDIS_ROUNDS_KEY, -ROUNDS_KEPT, -1)
+                pipe.execute()
         except redis.RedisError as exc:
             logger.warning("could not record round %s in Redis: %s", summary.get("round"), exc)
 

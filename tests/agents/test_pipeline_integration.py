@@ -26,6 +26,7 @@ from streams import topics
 from streams.admin import ensure_topics
 from streams.records import DeadLetterRecord, decode
 from streams.settings import StreamSettings
+from tests.conftest import poll_until
 
 pytestmark = pytest.mark.integration
 
@@ -54,17 +55,6 @@ def _group_members(settings: StreamSettings) -> int:
         return 0
     finally:
         admin.close()
-
-
-def _wait(predicate, timeout: float, what: str, logs: list[Path]) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(1)
-    tails = "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}"
-                      for p in logs if p.exists())
-    raise AssertionError(f"timed out waiting for {what}\n{tails}")
 
 
 def _raw_send(settings: StreamSettings, values: list[bytes]) -> None:
@@ -98,7 +88,8 @@ def test_two_workers_sigkill_restart_and_dead_letters(live_stack, tmp_path):
     logs = [tmp_path / "w1.log", tmp_path / "w2.log"]
     workers = {"w1": _worker(env, "w1", logs[0]), "w2": _worker(env, "w2", logs[1])}
     try:
-        _wait(lambda: _group_members(settings) == 2, 120, "two workers in the group", logs)
+        poll_until(lambda: _group_members(settings) == 2, 120, "two workers in the group",
+                   logs)
 
         bad = [b"{this is not json", json.dumps({"prompt_id": 42, "prompt": "wrong type"}).encode(),
                b"\xff\xfe\xfd invalid utf-8",

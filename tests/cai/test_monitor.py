@@ -11,7 +11,7 @@ from cai import monitor
 from serving.publish import REDIS_VERSION_KEY
 from streams import admin, records, topics
 from streams.settings import StreamSettings
-from trainer.publisher import REDIS_LAST_ROUND_KEY, StackPublisher
+from trainer.publisher import REDIS_LAST_ROUND_KEY, REDIS_ROUNDS_KEY, StackPublisher
 
 
 def test_principle_stats_counts_unchanged_revisions_and_margins():
@@ -79,13 +79,15 @@ def test_snapshot_sees_flows_examples_and_versions(kafka_redis):
     StackPublisher(kafka_redis, stream).record_round(rejected)
     try:
         snap = monitor.snapshot(kafka_redis, stream)
+        history = [json.loads(r) for r in store.lrange(REDIS_ROUNDS_KEY, 0, -1)]
     finally:  # the pointer is shared with the other tests on this stack
-        store.delete(REDIS_LAST_ROUND_KEY)
+        store.delete(REDIS_LAST_ROUND_KEY, REDIS_ROUNDS_KEY)
         if previous is None:
             store.delete(REDIS_VERSION_KEY)
         else:
             store.set(REDIS_VERSION_KEY, previous)
     assert snap["trainer"]["last_round"] == rejected
+    assert history[-1] == rejected  # the round history the dashboard's timeline reads
     console = Console(record=True, width=200)
     console.print(monitor.render(snap))
     shown = console.export_text()

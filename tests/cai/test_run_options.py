@@ -1,6 +1,6 @@
 """`cai run`'s rounds, recipe and report: fresh prompts per round, the recipe reaching the worker
 as CAI_PIPELINE_* settings (the environment wins) and the trainer as a config file, and the
-report's rows per served version."""
+report's rows per served version; the run serves the dashboard beside them."""
 
 from __future__ import annotations
 
@@ -174,3 +174,24 @@ def test_the_run_options_are_the_flags():
     assert from_args(run.RunOptions, build_parser().parse_args(["run"])) == run.RunOptions()
     with pytest.raises(SystemExit):
         build_parser().parse_args(["run", "--benign-share", "1.5"])
+
+
+def test_a_run_serves_the_dashboard_once_and_stops_it_with_the_others(tmp_path, monkeypatch):
+    from stack import children
+    from stack.processes import free_port
+    from tests.cai.conftest import get, get_json
+
+    # Nothing listens at these addresses: the dashboard serves anyway and names what is missing.
+    monkeypatch.setenv("CAI_KAFKA_BOOTSTRAP", f"127.0.0.1:{free_port()}")
+    monkeypatch.setenv("CAI_REDIS_URL", f"redis://127.0.0.1:{free_port()}/0")
+    monkeypatch.setenv("CAI_DASHBOARD_PORT", "0")
+    settings = StackSettings(state_dir=tmp_path)
+    options = run.RunOptions(model="tiny", report=tmp_path / "run.json")
+    try:
+        address = run.start_dashboard(settings, options)
+        assert address and get(address + "healthz") == (200, "ok")
+        assert run.start_dashboard(settings, options) == address  # a resumed run finds it
+        assert get_json(address + "api/snapshot")["errors"]
+    finally:
+        children.stop(settings)
+    assert children.child(settings, "dashboard").read_pid() is None

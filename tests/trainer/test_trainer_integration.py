@@ -26,6 +26,7 @@ from streams import topics
 from streams.admin import ensure_topics
 from streams.records import PolicyVersionRecord, PreferenceRecord, SFTRecord, decode, encode
 from streams.settings import StreamSettings
+from tests.conftest import poll_until, stack_env
 from trainer import checkpoint as ckpt
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1200)]
@@ -68,15 +69,6 @@ def _trainer(env: dict, trainer_dir: Path, log: Path, *extra: str) -> subprocess
     handle = log.open("ab")
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=handle, stderr=subprocess.STDOUT,
                             start_new_session=True)
-
-
-def _wait(predicate, timeout: float, what: str, log: Path) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}\n{log.read_text(errors='replace')[-4000:]}")
 
 
 def _accounted(trainer_dir: Path) -> tuple[Counter, list[str]]:
@@ -149,14 +141,7 @@ def test_trainer_publishes_and_survives_sigkill(live_stack, tmp_path):
     settings = StreamSettings(kafka_bootstrap=live_stack.kafka_address, topic_prefix=f"tr{run}.",
                               partitions=2)
     ensure_topics(settings)
-    env = {**os.environ, "CAI_STATE_DIR": str(live_stack.state_dir),
-           "CAI_CACHE_DIR": str(live_stack.cache_dir),
-           "CAI_KAFKA_BOOTSTRAP": live_stack.kafka_address,
-           "CAI_REDIS_URL": live_stack.redis_address,
-           "CAI_TRITON_HTTP_URL": live_stack.triton_http,
-           "CAI_TRITON_GRPC_URL": live_stack.triton_grpc,
-           "CAI_TOPIC_PREFIX": settings.topic_prefix, "PYTHONUNBUFFERED": "1",
-           "OMP_NUM_THREADS": "1"}
+    env = stack_env(live_stack, CAI_TOPIC_PREFIX=settings.topic_prefix)
     trainer_dir, log = tmp_path / "trainer", tmp_path / "trainer.log"
     start_version = _redis_version(live_stack)
 
@@ -177,7 +162,7 @@ def test_trainer_publishes_and_survives_sigkill(live_stack, tmp_path):
     produced += _produce(settings, new_version, 100, 12)
     proc = _trainer(env, trainer_dir, log)
     try:
-        _wait(lambda: ckpt.round_dir(trainer_dir, 3).exists(), 600, "round 3", log)
+        poll_until(lambda: ckpt.round_dir(trainer_dir, 3).exists(), 600, "round 3", [log], 0.5)
         time.sleep(0.5)  # round 3 is being published, or round 4 training
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
@@ -188,7 +173,7 @@ def test_trainer_publishes_and_survives_sigkill(live_stack, tmp_path):
             trained, probe = _accounted(trainer_dir)
             return set(trained) | set(probe) == set(produced)
 
-        _wait(all_accounted, 600, "every record trained once", log)
+        poll_until(all_accounted, 600, "every record trained once", [log], 0.5)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=120) == 0, log.read_text()[-4000:]
     finally:
