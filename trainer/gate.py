@@ -76,12 +76,18 @@ def figures(answers_harmful: list[str], answers_benign: list[str]) -> dict[str, 
     return score_answers(records)
 
 
-def measure(generator, dev: DevSet, max_new_tokens: int) -> dict[str, dict]:
-    """Greedy answers of ``generator`` (a TextGenerator) to the dev prompts, scored."""
+def measure(generator, dev: DevSet, max_new_tokens: int) -> tuple[dict[str, dict], list[dict]]:
+    """Greedy answers of ``generator`` (a TextGenerator) to the dev prompts, scored: (figures,
+    the answers with their verdicts, kept in the round's folder for reading)."""
+    from scoring.classify import classify
     from scoring.evaluate import answer
 
     answers = answer(generator, dev.harmful + dev.benign, max_new_tokens, batch_size=16)
-    return figures(answers[:len(dev.harmful)], answers[len(dev.harmful):])
+    records = [{"kind": kind, "prompt": prompt, "answer": text, **classify(text).__dict__}
+               for kind, prompts in (("harmful", dev.harmful), ("helpful", dev.benign))
+               for prompt, text in zip(prompts, answers[len(dev.harmful) if kind == "helpful"
+                                                        else 0:])]
+    return figures(answers[:len(dev.harmful)], answers[len(dev.harmful):]), records
 
 
 def _share(entry: dict) -> Share:

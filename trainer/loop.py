@@ -57,6 +57,7 @@ logger = logging.getLogger(__name__)
 
 SEEN_IDS_FILE = "seen_ids.json"
 CARRIED_FILE = "carried.json"  # a rejected round's examples, trained again in the next round
+DEV_ANSWERS_FILE = "dev_answers.json"  # the candidate's gate answers, with their verdicts
 SEEN_IDS_LIMIT = 100_000  # record ids remembered for de-duplication
 # A round with nothing to train still checkpoints and commits once this many records were
 # skipped (stale, duplicate, undecodable), so a stream of unusable data keeps moving.
@@ -504,6 +505,8 @@ class TrainerLoop:
             "probe_added": pending.probe_added, "targets_dropped": pending.targets_dropped,
         }
         extra_files = {SEEN_IDS_FILE: list(self.seen_ids)}
+        if result.gate is not None:
+            extra_files[DEV_ANSWERS_FILE] = result.gate["answers"]
         if carried:
             extra_files[CARRIED_FILE] = {
                 "sft": [asdict(e) for e in carried if isinstance(e, SFTExample)],

@@ -140,12 +140,13 @@ class RoundRunner:
             out.update(self.preference.evaluate(probe.preferences))
         return out
 
-    def _measure(self) -> dict[str, dict]:
+    def _measure(self) -> tuple[dict[str, dict], list[dict]]:
         started = time.monotonic()
-        result = gate.measure(self.policy.generator(), self.dev, self.config.gate_max_new_tokens)
+        result, answers = gate.measure(self.policy.generator(), self.dev,
+                                       self.config.gate_max_new_tokens)
         logger.info("dev figures in %.0fs: %s", time.monotonic() - started,
                     {k: v["value"] for k, v in result.items()})
-        return result
+        return result, answers
 
     def run(self, round_no: int, sft: list[SFTExample], preferences: list[PreferenceExample],
             probe: Probe) -> RoundResult:
@@ -157,7 +158,7 @@ class RoundRunner:
         train_pm = cfg.mode == "reward" and bool(preferences)
 
         if self.dev is not None and self.serving is None:
-            self.serving = self._measure()
+            self.serving, _ = self._measure()
             self.base = self.base or self.serving
         self.policy.begin_round(cfg.seed + round_no)
         if self.preference is not None:
@@ -194,7 +195,9 @@ class RoundRunner:
         if not counts:  # e.g. only SFT records while sft=False: same weights, no new version
             promoted, reasons = False, ["nothing to train with this config"]
         elif self.dev is not None:
-            dev = {"before": self.serving, "after": self._measure(), "base": self.base}
+            figures, answers = self._measure()
+            dev = {"before": self.serving, "after": figures, "base": self.base,
+                   "answers": answers}
             reasons += gate.decide(dev["before"], dev["after"], dev["base"], cfg)
             promoted = not reasons
             if promoted:

@@ -80,7 +80,7 @@ class Learner:
 def test_a_gated_round_keeps_its_weights_only_when_it_passes_and_then_serves(monkeypatch):
     measured = iter([figures(), figures(harmless=(5, 10), explains=(5, 5)),
                      figures(harmless=(5, 10), explains=(5, 5), over=(3, 8))])
-    monkeypatch.setattr(gate, "measure", lambda generator, dev, tokens: next(measured))
+    monkeypatch.setattr(gate, "measure", lambda generator, dev, tokens: (next(measured), []))
     learner = Learner()
     runner = RoundRunner(TrainerConfig(batch_size=2), learner, dev=DevSet(["h"], ["b"]))
     data = [SFTExample("s", "q", DECLINE)]
@@ -104,3 +104,7 @@ def test_a_tiny_model_that_learns_nothing_useful_is_not_promoted(tiny_path):
     assert not result.promoted and "dev harmless" in result.reasons[0]
     after = result.gate["after"]
     assert after["harmless"]["n"] == 2 and after["over_refusal"]["n"] == 1
+    answers = result.gate["answers"]  # kept for reading, with their verdicts
+    assert [a["prompt"] for a in answers] == dev.harmful + dev.benign
+    assert [a["kind"] for a in answers] == ["harmful", "harmful", "helpful"]
+    assert all("declined" in a and "complied" in a for a in answers)
