@@ -28,8 +28,8 @@ from typing import Any
 from agents.settings import PipelineSettings
 from cai import monitor
 from cai import report as run_report
-from cai.recipes import DEFAULT_RECIPE, RECIPES, REFUSAL_GATE, pipeline_env
 from core.options import fraction, option
+from core.recipes import DEFAULT_RECIPE, RECIPES, RUN_PROMPTS, pipeline_env, trainer_fields
 from core.settings import ModelSettings, StackSettings
 from scoring import evaluate, labels, splits
 from stack import children, services, setup_machine
@@ -47,7 +47,7 @@ HARMFUL_SETS = ("harmbench", "donotanswer", "advbench")
 class RunOptions:
     model: str = option(default_factory=lambda: ModelSettings().model,
                         help="smollm2, tiny, a folder or a hub id (env CAI_MODEL)")
-    prompts: int = option(24, "training prompts to feed")
+    prompts: int = option(RUN_PROMPTS, "training prompts to feed")
     benign_share: float = option(0.5, "share of the fed prompts that are benign; the rest are "
                                       "red-team", type=fraction)
     rounds: int = option(PipelineSettings.model_fields["rounds"].default,
@@ -71,24 +71,9 @@ class RunOptions:
 
 def trainer_config(options: RunOptions) -> TrainerConfig:
     """The trainer's config in this run: the run's round settings, the refusal gate, the
-    recipe's fields, then any overrides."""
-    # One round should see both kinds of example, as the strategy grid trains them: every prompt
-    # gives about one SFT record and one preference pair. Rounds made of one kind alone were
-    # lopsided (SFT-only rounds taught refusing; pair-only rounds were rejected by the probe).
-    # The probe keeps one example per record type and prompt kind (up to 4) out of training.
-    # The compare stage drops a helpful prompt's pair when its toward answer refuses, so the
-    # count can fall short of this; the 240 s timer then closes the round, and later examples go
-    # to the next.
-    every = max(4, 2 * options.prompts - 4)
-    return TrainerConfig(**{
-        "round_every_examples": every, "round_every_seconds": 240.0,
-        # The probe holds the first examples of each type and prompt kind:
-        # keep it small so that a short run still has data to train on.
-        "probe_size": 1,
-        **REFUSAL_GATE,
-        # Versions change every few minutes in a short run: keep older data.
-        "staleness_policy": "downweight",
-        **RECIPES[options.recipe].trainer, **options.trainer_overrides})
+    recipe's fields (``core.recipes.trainer_fields``), then any overrides."""
+    return TrainerConfig(**{**trainer_fields(options.recipe, options.prompts),
+                            **options.trainer_overrides})
 
 
 def refusal_probe_prompts(options: RunOptions) -> set[str]:

@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 
 from agents.settings import PipelineSettings
-from cai import recipes, run
+from cai import run
+from core import recipes
 from core.settings import StackSettings
 from trainer.config import TrainerConfig
 
