@@ -96,6 +96,8 @@ class PipelineSettings(BaseSettings):
     session_timeout_s: float = Field(10.0, ge=6, description="a dead worker's partitions move "
                                      "after this")
     data_dir: Path = Field(Path(".cai") / "faust", description="Faust's local state")
+    metrics_port: int | None = Field(
+        9101, ge=0, le=65535, description="serve Prometheus metrics on this port (0 = off)")
 
     @model_validator(mode="after")
     def _consistent(self) -> PipelineSettings:

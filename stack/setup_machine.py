@@ -33,7 +33,7 @@ def ensure_redis() -> str:
 
 
 def backend_dir(settings: StackSettings) -> Path:
-    return settings.cache_dir / "triton-backends"
+    return triton_server.backend_dir(settings.cache_dir)
 
 
 def run(settings: StackSettings, with_models: tuple[str, ...] = ("tiny", "smollm2")) -> None:

@@ -124,3 +124,24 @@ def test_the_run_options_are_the_flags():
     assert from_args(run.RunOptions, build_parser().parse_args(["run"])) == run.RunOptions()
     with pytest.raises(SystemExit):
         build_parser().parse_args(["run", "--benign-share", "1.5"])
+
+
+def test_the_worker_takes_a_recipe_where_nothing_else_set_the_field(monkeypatch):
+    monkeypatch.setenv("CAI_PIPELINE_POLICY_MAX_NEW_TOKENS", "20")
+    settings = recipes.over_settings(PipelineSettings(rounds=3), "context-distillation")
+    assert (settings.strategy, settings.preference) == ("context", "contrastive")
+    assert settings.policy_max_new_tokens == 20 and settings.rounds == 3
+
+
+def test_cai_trainer_recipe_gives_the_config_of_cai_run_and_flags_go_on_top(tmp_path):
+    from cai.cli import build_parser
+    from core.options import given
+    from trainer.cli import build_config
+
+    options = run.RunOptions()
+    args = build_parser().parse_args(["trainer", "--recipe", options.recipe, "--lr", "0.5"])
+    assert build_config(args.config, given(TrainerConfig, args), args.recipe) == TrainerConfig(
+        **{**run.trainer_config(options).__dict__, "lr": 0.5})
+    config_file = tmp_path / "c.json"
+    config_file.write_text('{"epochs": 9}')
+    assert build_config(config_file, {}, options.recipe).epochs == 9
