@@ -23,6 +23,7 @@ from agents.delivery import register_agent
 from agents.idempotency import namespace_for
 from agents.services import Services, connect
 from agents.settings import PipelineSettings
+from core.settings import KafkaAuth
 from streams import topics
 from streams.settings import StreamSettings
 
@@ -58,6 +59,16 @@ def _broker(address: str) -> list[str]:
     return [f"kafka://{host.strip()}" for host in address.split(",") if host.strip()]
 
 
+def _credentials() -> faust.SASLCredentials | None:
+    """SASL credentials from env CAI_KAFKA_SASL_* (core.settings.KafkaAuth); None: plaintext."""
+    auth = KafkaAuth()
+    if not auth.enabled:
+        return None
+    return faust.SASLCredentials(username=auth.username,
+                                 password=auth.password.get_secret_value(),
+                                 mechanism=auth.mechanism)
+
+
 def create_app(stream_settings: StreamSettings | None = None,
                settings: PipelineSettings | None = None,
                services: Services | None = None) -> Pipeline:
@@ -66,6 +77,7 @@ def create_app(stream_settings: StreamSettings | None = None,
     app = faust.App(
         stream_settings.app_id,
         broker=_broker(stream_settings.kafka_address),
+        broker_credentials=_credentials(),
         value_serializer="raw",
         key_serializer="raw",
         processing_guarantee="at_least_once",

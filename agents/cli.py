@@ -14,6 +14,7 @@ from pathlib import Path
 
 from agents.settings import PipelineSettings
 from core.options import add_command, option
+from core.recipes import RECIPES, over_settings
 from scoring.prompt_sets import BUILTIN
 from streams.records import KINDS
 from streams.settings import StreamSettings
@@ -26,6 +27,9 @@ BOOTSTRAP = {StreamSettings: ("kafka_bootstrap",)}
 @dataclass
 class WorkerOptions:
     faust_loglevel: str = option("WARNING", "log level of Faust's own worker")
+    recipe: str | None = option(None, "take a recipe's worker settings (core/recipes.py) where "
+                                "no CAI_PIPELINE_* variable or flag sets them",
+                                choices=sorted(RECIPES))
 
 
 @dataclass
@@ -57,6 +61,8 @@ class ExportOptions:
 def cmd_worker(options: WorkerOptions, stream: StreamSettings, settings: PipelineSettings) -> int:
     from agents import worker
 
+    if options.recipe:
+        settings = over_settings(settings, options.recipe)
     worker.run(stream, settings, loglevel=options.faust_loglevel)
     return 0
 

@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass, field
 from typing import IO
 
+from core.settings import kafka_client_options
 from streams import topics
 from streams.records import PreferenceRecord, RecordError, SFTRecord, WireRecord, decode, to_dict
 from streams.settings import StreamSettings
@@ -53,7 +54,7 @@ def read(kind: str, settings: StreamSettings, wait_for: int | None = None, timeo
     name = topics.topic_name(short, settings)
     consumer = KafkaConsumer(bootstrap_servers=settings.kafka_address, group_id=None,
                              enable_auto_commit=False, client_id="cai-export",
-                             max_partition_fetch_bytes=16 * 1024 * 1024)
+                             max_partition_fetch_bytes=16 * 1024 * 1024, **kafka_client_options())
     result, seen = ExportResult(), set()
     deadline = time.monotonic() + timeout_s
     try:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import random
 
+from core.settings import kafka_client_options
 from scoring.prompt_sets import Prompt
 from streams import topics
 from streams.records import PromptRecord, encode, now
@@ -24,7 +25,8 @@ def publish(items: list[Prompt], settings: StreamSettings, progress: bool = True
     from kafka import KafkaProducer
 
     producer = KafkaProducer(bootstrap_servers=settings.kafka_address, acks="all", linger_ms=20,
-                             max_request_size=16 * 1024 * 1024, client_id="cai-feed")
+                             max_request_size=16 * 1024 * 1024, client_id="cai-feed",
+                             **kafka_client_options())
     name = topics.topic_name(topics.PROMPTS, settings)
     try:
         futures = []

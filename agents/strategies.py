@@ -36,6 +36,7 @@ the policy version that is serving: each new version makes the next round's data
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -88,6 +89,15 @@ def roles_called(settings: PipelineSettings) -> tuple[str, ...]:
             or (settings.preference == "contrastive" and settings.contrastive_label == "judge")):
         called.add("judge")
     return tuple(role for role in ("policy", "critic", "reviser", "judge") if role in called)
+
+
+def recipe_roles(name: str) -> tuple[str, ...]:
+    """The model roles recipe ``name``'s pipeline calls, with the environment's CAI_PIPELINE_*
+    settings applied as the worker applies them."""
+    from core.recipes import RECIPES, env_name
+
+    fields = {k: v for k, v in RECIPES[name].pipeline.items() if env_name(k) not in os.environ}
+    return roles_called(PipelineSettings(**fields))
 
 
 def chain_rounds(strategy: str, rounds: int) -> int:

@@ -12,6 +12,7 @@ import logging
 from agents.app import create_app
 from agents.settings import PipelineSettings
 from core.metrics import serve as serve_metrics
+from core.settings import StackSettings
 from streams.admin import ensure_topics
 from streams.settings import StreamSettings
 
@@ -26,7 +27,7 @@ def run(stream_settings: StreamSettings, settings: PipelineSettings,
     (settings.data_dir / settings.worker_id).mkdir(parents=True, exist_ok=True)
     pipeline = create_app(stream_settings, settings)
     pipeline.svc()  # load the constitution now: a bad file fails before joining the group
-    serve_metrics(settings.metrics_port, f"worker {settings.worker_id}")
+    serve_metrics(settings.metrics_port, f"worker {settings.worker_id}", StackSettings().host)
     logger.info("worker %s joining group %s at %s", settings.worker_id, stream_settings.app_id,
                 stream_settings.kafka_address)
     worker = faust.Worker(pipeline.app, loglevel=loglevel, override_logging=False, quiet=True)

@@ -31,10 +31,11 @@ from pathlib import Path
 from typing import Any
 
 from agents.settings import PipelineSettings
+from agents.strategies import recipe_roles
 from cai import monitor
 from cai import report as run_report
-from cai.recipes import DEFAULT_RECIPE, RECIPES, pipeline_env, roles
 from core.options import fraction, option
+from core.recipes import DEFAULT_RECIPE, RECIPES, RUN_PROMPTS, pipeline_env, trainer_fields
 from core.settings import ModelSettings, StackSettings
 from scoring import evaluate, labels, splits
 from stack import children, services, setup_machine
@@ -54,7 +55,7 @@ class RunOptions:
                         help="smollm2, tiny, a folder or a hub id (env CAI_MODEL)")
     rounds: int = option(3, "training rounds; each feeds fresh prompts, which the policy serving "
                             "at that moment answers, and trains on them once they are through")
-    prompts: int = option(24, "training prompts fed per round")
+    prompts: int = option(RUN_PROMPTS, "training prompts fed per round")
     benign_share: float = option(0.5, "share of the fed prompts that are benign; the rest are "
                                       "red-team", type=fraction)
     revisions: int = option(PipelineSettings.model_fields["rounds"].default,
@@ -81,16 +82,10 @@ class RunOptions:
 
 
 def trainer_config(options: RunOptions) -> TrainerConfig:
-    """The trainer's config in this run: the recipe's fields, then any overrides."""
-    return TrainerConfig(**{
-        # A round waits for the pipeline to drain (cai run feeds a round's prompts at once);
-        # K and T only guard against a pipeline that never drains.
-        "round_every_examples": 4 * options.prompts, "round_every_seconds": 900.0,
-        "round_min_examples": max(1, options.prompts // 3),
-        # The dev gate decides promotion; no examples are held back from the stream for a probe.
-        "probe_size": 0,
-        "seed": options.seed,
-        **RECIPES[options.recipe].trainer, **options.trainer_overrides})
+    """The trainer's config in this run: the recipe's round settings and fields
+    (``core.recipes.trainer_fields``), the run's seed, then any overrides."""
+    return TrainerConfig(**{**trainer_fields(options.recipe, options.prompts),
+                            "seed": options.seed, **options.trainer_overrides})
 
 
 def training_mix(options: RunOptions) -> list[list]:
@@ -314,7 +309,7 @@ def run(settings: StackSettings, options: RunOptions) -> dict:
     started = time.monotonic()
     claim_state(settings, options)
     models = ModelSettings(model=options.model)
-    called = roles(options.recipe)
+    called = recipe_roles(options.recipe)
     print(f"cai run: model {options.model}, recipe {options.recipe} (roles {', '.join(called)}), "
           f"{options.rounds} rounds of {options.prompts} prompts, up to {options.duration:.0f} "
           "min", flush=True)

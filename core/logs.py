@@ -17,3 +17,6 @@ def setup(verbose: bool = False) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for name in NOISY:
         logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.WARNING)
+    # kafka-python warns on every SASL/PLAIN connection without TLS; the README says when that
+    # is fine (loopback, the compose network) and the warning would drown every command's output.
+    logging.getLogger("kafka.net.sasl.plain").setLevel(logging.ERROR)

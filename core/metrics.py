@@ -4,7 +4,8 @@ The worker (``agents/metrics.py``) and the trainer (``trainer/metrics.py``) defi
 metrics in ``prometheus_client``'s default registry and call ``serve`` from their entry points;
 names follow Prometheus conventions (``cai_<what>_total`` for counters, base units such as
 ``_seconds``). Port 0 turns the endpoint off. A busy port is not an error: several workers on
-one host all ask for the same port, so the later ones log a warning and take a free one.
+one host all ask for the same port, so the later ones log a warning and take a free one. The
+entry points bind the stack's host (``CAI_HOST``, 127.0.0.1 unless docker-compose says 0.0.0.0).
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ import logging
 
 logger = logging.getLogger(__name__)
 
-# Bind every interface by default: Prometheus scrapes from another container under compose.
-DEFAULT_HOST = "0.0.0.0"
+# Loopback by default; docker-compose sets CAI_HOST=0.0.0.0 so Prometheus and the healthchecks
+# reach the endpoint from other containers, and publishes no metrics port on the host.
+DEFAULT_HOST = "127.0.0.1"
 
 
 def serve(port: int, what: str, host: str = DEFAULT_HOST) -> int | None:

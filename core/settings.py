@@ -1,6 +1,6 @@
 """Settings every package shares (env prefix ``CAI_``): where the stack lives and how to reach
-it (``StackSettings``), and which model serves each of the four roles (``ModelSettings``,
-``ROLES``).
+it (``StackSettings``), the Kafka clients' credentials (``KafkaAuth``, env ``CAI_KAFKA_SASL_*``),
+which model serves each of the four roles and on which device (``ModelSettings``, ``ROLES``).
 
 Every address can point at an external deployment (for example docker-compose):
 set ``CAI_KAFKA_BOOTSTRAP``, ``CAI_REDIS_URL`` or ``CAI_TRITON_HTTP_URL`` /
@@ -10,12 +10,15 @@ set ``CAI_KAFKA_BOOTSTRAP``, ``CAI_REDIS_URL`` or ``CAI_TRITON_HTTP_URL`` /
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 KAFKA_VERSION = "3.9.1"
 ROLES = ("policy", "critic", "reviser", "judge")
+DEVICES = ("cpu", "cuda", "auto")
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 
 
 class StackSettings(BaseSettings):
@@ -97,8 +100,58 @@ class ModelSettings(BaseSettings):
     critic_model: str | None = None
     reviser_model: str | None = None
     judge_model: str | None = None
+    device: Literal[DEVICES] = Field(
+        "cpu", description="Where the serving engine, Triton's instances and the trainer run: "
+        "cpu, cuda, or auto (cuda when torch sees a GPU).")
 
     def for_role(self, role: str) -> str:
         if role not in ROLES:
             raise ValueError(f"unknown role {role!r}; expected one of {', '.join(ROLES)}")
         return getattr(self, f"{role}_model") or self.model
+
+
+def resolve_device(device: str) -> str:
+    """``cpu`` or ``cuda`` for a ``ModelSettings.device`` value (``auto`` asks torch)."""
+    if device not in DEVICES:
+        raise ValueError(f"unknown device {device!r}; expected one of {', '.join(DEVICES)}")
+    if device != "auto":
+        return device
+    import torch  # only where a model runs: the worker never resolves a device
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+class KafkaAuth(BaseSettings):
+    """SASL credentials of every Kafka client (faust/aiokafka and kafka-python), env
+    ``CAI_KAFKA_SASL_USERNAME``, ``_PASSWORD``, ``_MECHANISM``. No username: plaintext without
+    authentication, as the local stack's broker expects."""
+
+    model_config = SettingsConfigDict(env_prefix="CAI_KAFKA_SASL_", extra="ignore")
+
+    username: str | None = Field(None, description="SASL user; unset = no authentication.")
+    password: SecretStr | None = Field(None, description="SASL password.")
+    mechanism: Literal[SASL_MECHANISMS] = Field("PLAIN", description="SASL mechanism.")
+
+    @model_validator(mode="after")
+    def _password_with_user(self) -> KafkaAuth:
+        if self.username and self.password is None:
+            raise ValueError("CAI_KAFKA_SASL_USERNAME is set without CAI_KAFKA_SASL_PASSWORD; "
+                             "set both (or neither, for a broker without authentication)")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.username)
+
+    def kafka_python(self) -> dict[str, Any]:
+        """Keyword arguments for kafka-python's clients (empty without credentials)."""
+        if not self.enabled:
+            return {}
+        return {"security_protocol": "SASL_PLAINTEXT", "sasl_mechanism": self.mechanism,
+                "sasl_plain_username": self.username,
+                "sasl_plain_password": self.password.get_secret_value()}
+
+
+def kafka_client_options() -> dict[str, Any]:
+    """kafka-python keyword arguments for the configured credentials (env CAI_KAFKA_SASL_*)."""
+    return KafkaAuth().kafka_python()

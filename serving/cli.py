@@ -1,9 +1,11 @@
 """Serving subcommands: ``cai publish CHECKPOINT``, ``cai rollback VERSION``, ``cai serve-status``
-and ``cai repository render DIRECTORY``.
+and ``cai repository render|serve DIRECTORY``.
 
 The first three act on the running stack described by ``StackSettings`` (env ``CAI_*``, or
-``--state-dir``): the Triton model repository, Triton's HTTP endpoint and Redis. ``repository``
-writes a model repository for the configured models (the Triton container runs it at start).
+``--state-dir``): the Triton model repository, Triton's HTTP endpoint and Redis. ``repository
+render`` writes a model repository for the configured models; ``repository serve`` then runs the
+nvidia-pytriton wheel's ``tritonserver`` on it in the foreground (the docker-compose Triton
+service), on ``CAI_HOST`` and the ``CAI_TRITON_*_PORT`` ports.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ class StatusOptions:
 @dataclass
 class RepositoryOptions:
     action: str | None = option(None, "what to do", positional=True, required=True,
-                                choices=("render",))
+                                choices=("render", "serve"))
     directory: Path | None = option(None, "model repository folder to write", positional=True,
                                     required=True)
 
@@ -100,7 +102,17 @@ def cmd_repository(options: RepositoryOptions, settings: StackSettings,
     from serving.repository import render_repository
 
     target = render_repository(options.directory, models, settings.cache_dir)
-    print(f"rendered the model repository in {target}")
+    print(f"rendered the model repository in {target}", flush=True)
+    if options.action == "serve":
+        import os
+
+        from serving import triton_server
+
+        backends = triton_server.build_backend_dir(triton_server.backend_dir(settings.cache_dir))
+        argv = triton_server.command(target, backends, settings.triton_http_port,
+                                     settings.triton_grpc_port, settings.triton_metrics_port,
+                                     host=settings.host)
+        os.execve(argv[0], argv, triton_server.server_env())  # Triton becomes this process
     return 0
 
 
@@ -118,8 +130,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_command(sub, "serve-status", cmd_status, options=StatusOptions, settings=state,
                 help="what Triton serves per role and the Redis policy pointer")
     add_command(sub, "repository", cmd_repository, options=RepositoryOptions,
-                settings={StackSettings: (), ModelSettings: ("model",)},
-                help="render the Triton model repository from settings",
+                settings={StackSettings: (), ModelSettings: ("model", "device")},
+                help="render the Triton model repository from settings (and serve it)",
                 description="Write config.pbtxt and model.py for policy, critic, reviser and judge "
-                "into DIRECTORY, using CAI_MODEL / CAI_<ROLE>_MODEL (used by the Triton "
-                "container).")
+                "into DIRECTORY, using CAI_MODEL / CAI_<ROLE>_MODEL and CAI_DEVICE; `serve` then "
+                "runs tritonserver on it in the foreground (the docker-compose Triton service).")

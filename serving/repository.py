@@ -2,7 +2,8 @@
 
 Layout, one folder per role::
 
-    <repo>/<role>/config.pbtxt          python backend, dynamic batching, CPU instances, knobs
+    <repo>/<role>/config.pbtxt          python backend, dynamic batching, CPU or GPU instances
+                                        (CAI_DEVICE), knobs
     <repo>/<role>/<version>/model.py    a copy of serving/triton_model.py
     <repo>/<role>/<version>/source.json {"model": <folder or hub id>, ...}: the weights it serves
     <repo>/policy/<version>/weights/    a published checkpoint (versions >= 2, see publish.py)
@@ -20,13 +21,14 @@ import logging
 import os
 from pathlib import Path
 
-from core.settings import ROLES, ModelSettings, StackSettings
+from core.settings import ROLES, ModelSettings, StackSettings, resolve_device
 from serving.models import resolve
 
 logger = logging.getLogger(__name__)
 
 MODEL_FILE = Path(__file__).with_name("triton_model.py")
 SOURCE_FILE = "source.json"
+INSTANCE_KINDS = {"cpu": "KIND_CPU", "cuda": "KIND_GPU"}
 WEIGHTS_DIR = "weights"
 
 
@@ -41,8 +43,8 @@ def _write_if_changed(path: Path, text: str) -> None:
 def config_pbtxt(role: str, spec: str, threads: int = 1, instances: int = 1,
                  max_batch_size: int = 16, batching: bool = True, max_queue_delay_us: int = 10_000,
                  dtype: str = "float32", prefix_min_tokens: int = 32,
-                 share_cores: bool = True) -> str:
-    """The config.pbtxt text of one role."""
+                 share_cores: bool = True, device: str = "cpu") -> str:
+    """The config.pbtxt text of one role; ``device`` ``cuda`` gives GPU instances."""
     batching_block = (
         f"dynamic_batching {{\n  max_queue_delay_microseconds: {max_queue_delay_us}\n}}\n"
         if batching else ""
@@ -61,7 +63,7 @@ def config_pbtxt(role: str, spec: str, threads: int = 1, instances: int = 1,
         f'output [ {{ name: "response" data_type: TYPE_STRING dims: [ 1 ] }} ]\n'
         "version_policy: { latest: { num_versions: 1 } }\n"
         f"{batching_block}"
-        f"instance_group [ {{ count: {instances} kind: KIND_CPU }} ]\n"
+        f"instance_group [ {{ count: {instances} kind: {INSTANCE_KINDS[device]} }} ]\n"
         f"{params_block}"
     )
 
@@ -137,6 +139,7 @@ def render_repository(
              "batching": batching, "max_queue_delay_us": max_queue_delay_us, "dtype": dtype,
              "prefix_min_tokens": prefix_min_tokens, "share_cores": share_cores}
     knobs = ServingSettings(**{k: v for k, v in given.items() if v is not None}).model_dump()
+    knobs["device"] = resolve_device(models.device)  # CAI_DEVICE: KIND_CPU or KIND_GPU
     repo_dir = Path(repo_dir)
     for role in roles:
         spec = models.for_role(role)

@@ -76,16 +76,16 @@ def _sample_nucleus(probs: torch.Tensor, top_p: float, generator: torch.Generato
     """
     cumulative = torch.cumsum(probs, dim=0)
     for _ in range(MAX_NUCLEUS_DRAWS if top_p < 1.0 else 1):
-        u = torch.rand((), generator=generator) * cumulative[-1]
+        u = torch.rand((), generator=generator, device="cpu") * cumulative[-1]
         token = int(torch.searchsorted(cumulative, u, right=True).clamp(max=len(probs) - 1))
         if top_p >= 1.0 or float(probs[probs > probs[token]].sum()) < top_p:
             return token
     # Very small top_p: fall back to an explicit sort (rarely reached).
     values, order = torch.sort(probs, descending=True)
     mass = torch.cumsum(values, dim=0)
-    cut = int(torch.searchsorted(mass, torch.tensor(top_p))) + 1
+    cut = int(torch.searchsorted(mass, torch.tensor(top_p, device="cpu"))) + 1
     mass = mass[:cut]
-    u = torch.rand((), generator=generator) * mass[-1]
+    u = torch.rand((), generator=generator, device="cpu") * mass[-1]
     return int(order[int(torch.searchsorted(mass, u, right=True).clamp(max=cut - 1))])
 
 
@@ -100,13 +100,18 @@ class TextGenerator:
 
     def __init__(self, source: str | Path, threads: int | None = None, dtype: str = "float32",
                  max_context: int | None = None, prefix_min_tokens: int = 32,
-                 prefix_cache_entries: int = 4) -> None:
+                 prefix_cache_entries: int = 4, device: str = "cpu") -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         if threads:
             torch.set_num_threads(int(threads))
+        if device != "cpu":
+            # Every tensor the engine makes (prefill, cache, masks) then lands on the GPU; one
+            # engine per process, as Triton runs each instance in its own process.
+            torch.set_default_device(device)
         started = time.monotonic()
-        model = AutoModelForCausalLM.from_pretrained(str(source), dtype=getattr(torch, dtype))
+        model = AutoModelForCausalLM.from_pretrained(
+            str(source), dtype=getattr(torch, dtype)).to(device)
         self._attach(str(source), model, AutoTokenizer.from_pretrained(str(source)), max_context,
                      prefix_min_tokens, prefix_cache_entries)
         logger.info("loaded %s in %.1fs (threads=%s)", self.source, time.monotonic() - started,
@@ -255,9 +260,9 @@ class TextGenerator:
 
     def _choose(self, logits: torch.Tensor, rows: list[_Row]) -> list[tuple[int, float]]:
         """Pick each row's next token with its own temperature/top-p/generator; with its logprob."""
-        logits = logits.float()
+        logits = logits.float().cpu()  # sampling runs on the CPU, with each row's CPU generator
         logprobs = torch.log_softmax(logits, dim=-1)
-        temps = torch.tensor([max(r.temperature, 1e-6) for r in rows])[:, None]
+        temps = torch.tensor([max(r.temperature, 1e-6) for r in rows], device="cpu")[:, None]
         probs = torch.softmax(logits / temps, dim=-1)
         chosen: list[tuple[int, float]] = []
         for b, row in enumerate(rows):

@@ -49,9 +49,12 @@ class TritonPythonModel:
         version_dir = Path(args["model_repository"]) / args["model_version"]
         source = read_version_source(version_dir)
         threads = int(params.get("threads") or 1)
+        # config.pbtxt's instance kind (serving/repository.py, from CAI_DEVICE) decides the device.
+        device = (f"cuda:{args.get('model_instance_device_id', 0)}"
+                  if args.get("model_instance_kind") == "GPU" else "cpu")
         self.generator = TextGenerator(
             source, threads=threads, dtype=params.get("dtype") or "float32",
-            prefix_min_tokens=int(params.get("prefix_min_tokens") or 32))
+            prefix_min_tokens=int(params.get("prefix_min_tokens") or 32), device=device)
         if params.get("share_cores", "true") == "true":
             try:
                 self.generator.core_share = CoreShare(min_threads=threads)
@@ -59,7 +62,7 @@ class TritonPythonModel:
                 logger.warning("%s: cores are not shared (%s); each batch uses %d threads",
                                self.role, exc, threads)
         self._metrics = self._make_metrics()
-        logger.info("%s v%d serving %s", self.role, self.version, source)
+        logger.info("%s v%d serving %s on %s", self.role, self.version, source, device)
 
     def _make_metrics(self) -> dict:
         # pb_utils.MetricFamily exists in the python backend since Triton 23.05 (2.34).

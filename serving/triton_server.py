@@ -1,4 +1,4 @@
-"""Run the ``tritonserver`` binary shipped in the ``nvidia-pytriton`` wheel, on the CPU.
+"""Run the ``tritonserver`` binary shipped in the ``nvidia-pytriton`` wheel (CPU, or GPU instances).
 
 Only the python backend ships in the wheel. Its stub must link the venv's libpython,
 so the venv's ``bin`` goes first on PATH and ``LD_LIBRARY_PATH`` points at the
@@ -35,6 +35,11 @@ def binary() -> Path:
         raise TritonNotInstalled(f"triton: {path} is missing. Fix: reinstall "
                                  "nvidia-pytriton==0.7.0.")
     return path
+
+
+def backend_dir(cache_dir: Path) -> Path:
+    """Where the backend folder of links lives: prepared once per cache folder."""
+    return Path(cache_dir) / "triton-backends"
 
 
 def build_backend_dir(target: Path) -> Path:

@@ -13,7 +13,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.settings import ROLES, ModelSettings, StackSettings
+from core.settings import ROLES, ModelSettings, StackSettings, kafka_client_options
 from serving import triton_server
 from stack import kafka, redis_service
 from stack.processes import ManagedProcess, ServiceError, port_in_use, rss_mib
@@ -55,7 +55,7 @@ def kafka_healthy(settings: StackSettings) -> bool:
 
         admin = KafkaAdminClient(
             bootstrap_servers=settings.kafka_address, request_timeout_ms=3000,
-            client_id="cai-health",
+            client_id="cai-health", **kafka_client_options(),
         )
         try:
             admin.list_topics()

@@ -56,7 +56,7 @@ def ensure_test_tools() -> str:
 
 
 def backend_dir(settings: StackSettings) -> Path:
-    return settings.cache_dir / "triton-backends"
+    return triton_server.backend_dir(settings.cache_dir)
 
 
 def run(settings: StackSettings, with_models: tuple[str, ...] = ("tiny", "smollm2"),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 
+from core.settings import kafka_client_options
 from streams.settings import StreamSettings
 from streams.topics import TopicSpec, all_topics
 
@@ -28,7 +29,7 @@ def ensure_topics(settings: StreamSettings, timeout_s: float = 30.0) -> dict[str
     specs = all_topics(settings)
     admin = KafkaAdminClient(
         bootstrap_servers=settings.kafka_address, client_id="cai-admin",
-        request_timeout_ms=int(timeout_s * 1000),
+        request_timeout_ms=int(timeout_s * 1000), **kafka_client_options(),
     )
     try:
         existing = set(admin.list_topics())

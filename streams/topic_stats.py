@@ -12,6 +12,8 @@ import logging
 import time
 from dataclasses import dataclass
 
+from core.settings import kafka_client_options
+
 logger = logging.getLogger(__name__)
 
 
@@ -33,10 +35,12 @@ class TopicReader:
             bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None,
             consumer_timeout_ms=1000, request_timeout_ms=15000, client_id="cai-monitor",
             max_partition_fetch_bytes=16 * 1024 * 1024, fetch_max_bytes=64 * 1024 * 1024,
+            **kafka_client_options(),
         )
         from kafka.admin import KafkaAdminClient
 
-        self._admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="cai-monitor-admin")
+        self._admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="cai-monitor-admin",
+                                        **kafka_client_options())
 
     def close(self) -> None:
         self._consumer.close()

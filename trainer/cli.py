@@ -3,6 +3,7 @@
     cai trainer                      # defaults: DPO + SFT, LoRA, K=32 examples, T=300 s
     cai trainer --mode reward --round-every-examples 16 --max-rounds 3
     cai trainer --config trainer.json --lr 5e-5   # flags override the JSON file
+    cai trainer --recipe context-distillation     # the trainer fields `cai run` gives it
 
 Every TrainerConfig field is a flag (``cai trainer -h`` lists them with their help text), built
 from the field (``core.options``); ``cai run`` hands its recipe over as a ``--config`` file.
@@ -24,7 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core.options import add_arguments, from_args, given, option
-from core.settings import StackSettings
+from core.recipes import RECIPES, trainer_fields
+from core.settings import ModelSettings, StackSettings, resolve_device
 from trainer.config import TrainerConfig
 from trainer.settings import TrainerSettings
 
@@ -34,6 +36,9 @@ logger = logging.getLogger(__name__)
 @dataclass
 class TrainerCommand:
     config: Path | None = option(None, "JSON file with TrainerConfig fields")
+    recipe: str | None = option(
+        None, "start from the TrainerConfig fields `cai run` uses for this recipe "
+        "(core/recipes.py); --config and flags go on top", choices=sorted(RECIPES))
     trainer_dir: Path | None = option(
         None, "checkpoints and round records (default <state_dir>/trainer)")
     max_rounds: int | None = option(
@@ -42,16 +47,18 @@ class TrainerCommand:
         3, "promoted rounds whose weights stay on disk (older ones keep only their json records)")
 
 
-def build_config(config_file: Path | None, overrides: dict) -> TrainerConfig:
-    """The ``--config`` file's fields (or the defaults) with the flags given on top."""
-    base = TrainerConfig.from_dict(json.loads(config_file.read_text())) if config_file else None
-    return dataclasses.replace(base or TrainerConfig(), **overrides)
+def build_config(config_file: Path | None, overrides: dict,
+                 recipe: str | None = None) -> TrainerConfig:
+    """The recipe's fields, then the ``--config`` file's (or the defaults), then the flags."""
+    fields = trainer_fields(recipe) if recipe else {}
+    if config_file:
+        fields.update(json.loads(config_file.read_text()))
+    return dataclasses.replace(TrainerConfig.from_dict(fields), **overrides)
 
 
 def cmd_trainer(command: TrainerCommand, stack: StackSettings, overrides: dict,
                 settings: TrainerSettings | None = None) -> int:
     from core.metrics import serve as serve_metrics
-    from core.settings import ModelSettings
     from serving.models import resolve
     from streams.settings import StreamSettings
     from streams.topics import COMPARE, CRITIQUE, PREFERENCES, PROMPTS, REVISE, SFT, topic_name
@@ -60,7 +67,7 @@ def cmd_trainer(command: TrainerCommand, stack: StackSettings, overrides: dict,
     from trainer.publisher import StackPublisher
 
     try:
-        config = build_config(command.config, overrides)
+        config = build_config(command.config, overrides, command.recipe)
         load_dev_set(config)  # a bad gate-prompt file fails now, not after loading the model
     except (ValueError, OSError) as exc:
         raise SystemExit(f"cai trainer: bad configuration: {exc}") from None
@@ -68,7 +75,13 @@ def cmd_trainer(command: TrainerCommand, stack: StackSettings, overrides: dict,
         # Serving first: when a round and the stages want the same cores, the stages win.
         os.nice(config.nice)
     streams = StreamSettings(kafka_bootstrap=stack.kafka_address)
-    base_model = resolve(config.model or ModelSettings().for_role("policy"), stack.cache_dir)
+    models = ModelSettings()
+    device = resolve_device(models.device)
+    if device != "cpu":
+        import torch
+
+        torch.set_default_device(device)  # the policy, its batches and the probe's generator
+    base_model = resolve(config.model or models.for_role("policy"), stack.cache_dir)
     trainer_dir = command.trainer_dir or stack.state_dir / "trainer"
     sft_topic, pref_topic = topic_name(SFT, streams), topic_name(PREFERENCES, streams)
     loop = TrainerLoop(
@@ -87,8 +100,9 @@ def cmd_trainer(command: TrainerCommand, stack: StackSettings, overrides: dict,
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
-    serve_metrics((settings or TrainerSettings()).metrics_port, "trainer")
-    logger.info("trainer: %s; base model %s; checkpoints in %s", config, base_model, trainer_dir)
+    serve_metrics((settings or TrainerSettings()).metrics_port, "trainer", stack.host)
+    logger.info("trainer: %s; base model %s on %s; checkpoints in %s", config, base_model, device,
+                trainer_dir)
     try:
         rounds = loop.run(max_rounds=command.max_rounds, stop=stop)
     finally:

@@ -37,6 +37,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from core.settings import kafka_client_options
 from streams import topics as topics_mod
 from trainer import checkpoint as ckpt
 from trainer import metrics as trainer_metrics
@@ -153,7 +154,8 @@ class KafkaSource:
 
         self._consumer = KafkaConsumer(
             bootstrap_servers=self.bootstrap, group_id=self.group_id, enable_auto_commit=False,
-            auto_offset_reset="earliest", client_id=topics_mod.TRAINER_GROUP)
+            auto_offset_reset="earliest", client_id=topics_mod.TRAINER_GROUP,
+            **kafka_client_options())
         partitions = self._partitions()
         self._consumer.assign(partitions)
         for tp in partitions:

@@ -13,7 +13,7 @@ import json
 import logging
 from pathlib import Path
 
-from core.settings import StackSettings
+from core.settings import StackSettings, kafka_client_options
 from streams.settings import StreamSettings
 
 logger = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ class StackPublisher:
         record = stamp(PolicyVersionRecord(version=version, checkpoint=str(checkpoint_dir),
                                            metrics_json=json.dumps(metrics, sort_keys=True)))
         producer = KafkaProducer(bootstrap_servers=self.streams.kafka_address, acks="all",
-                                 client_id="cai-trainer")
+                                 client_id="cai-trainer", **kafka_client_options())
         try:
             producer.send(topic_name(POLICY_VERSIONS, self.streams), key=str(version).encode(),
                           value=encode(record)).get(timeout=30)

@@ -72,7 +72,9 @@ class PolicyLearner:
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+        # On torch's default device: `cai trainer` sets it from CAI_DEVICE (cpu unless asked).
+        self.model = AutoModelForCausalLM.from_pretrained(
+            model_path, dtype=torch.float32).to(torch.get_default_device())
         self._ref = None
         self._optimizer = None
         self._params: list[torch.nn.Parameter] = []
@@ -198,7 +200,7 @@ class PreferenceLearner:
 
     def __init__(self, model_path: str | Path, config: TrainerConfig):
         self.config = config
-        self.pm = PreferenceModel.from_pretrained(model_path)
+        self.pm = PreferenceModel.from_pretrained(model_path).to(torch.get_default_device())
         self.tokenizer = self.pm.tokenizer
         self._snapshot = None
         self._optimizer = None

@@ -123,7 +123,7 @@ class LocalPublisher:
 def pipeline_settings(cell: Cell, options: GridOptions, seed: int):
     """The PipelineSettings a worker would run this cell with."""
     from agents.settings import PipelineSettings
-    from cai.recipes import RECIPES
+    from core.recipes import RECIPES
 
     return PipelineSettings(**{**RECIPES[cell.recipe].pipeline, **cell.pipeline,
                                "rounds": options.revisions, "seed": seed,
@@ -203,8 +203,8 @@ def run_reference(name: str, source: str, options: GridOptions, seed: int,
     """A row without training: the base policy, optionally with the constitution's reminder
     after each request (the 'teacher' that context distillation copies)."""
     from agents.strategies import with_reminder
-    from cai.recipes import DEFAULT_RECIPE
     from cai.run import evaluation_sets
+    from core.recipes import DEFAULT_RECIPE
     from scoring import evaluate
 
     cpu0, wall0 = time.process_time(), time.monotonic()

@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from agents.settings import PipelineSettings
-from cai.recipes import DEFAULT_RECIPE, RECIPES
 from cai.run import RunOptions
 from core.options import integers, option
+from core.recipes import DEFAULT_RECIPE, RECIPES
 from trainer.config import TrainerConfig
 
 _RUN_DEFAULTS = RunOptions.__dataclass_fields__

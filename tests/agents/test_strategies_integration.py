@@ -20,7 +20,7 @@ import pytest
 from agents import export
 from agents.constitution import load
 from agents.feed import publish
-from cai.recipes import DEFAULT_RECIPE, RECIPES, worker_env
+from core.recipes import DEFAULT_RECIPE, RECIPES, worker_env
 from scoring.prompt_sets import BENIGN, Prompt
 from streams.admin import ensure_topics
 from streams.settings import StreamSettings

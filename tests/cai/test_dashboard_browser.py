@@ -57,7 +57,7 @@ def test_the_learning_curve_and_the_timeline_render(browser, site):
     held_out = sets["held-out (report)"]
     assert held_out[0] == pytest.approx(9.38) and held_out[1] is None
     rejected = browser.find_element("css selector", '#rounds tr[data-round="2"]').text
-    assert "rejected" in rejected and "refusal_rate rose" in rejected
+    assert "rejected" in rejected and "dev over-refusal 0.600" in rejected
     assert "over_refusal: 10.0% → 60.0%" in rejected
     assert browser.find_element("css selector", "#status-text").text == "live"
     errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]

@@ -33,8 +33,8 @@ def test_cells_are_recipes_with_fields_changed_and_checked_with_the_fix_in_the_m
 
 
 def test_a_cell_runs_what_cai_run_runs():
-    from cai.recipes import RECIPES
     from cai.run import trainer_config
+    from core.recipes import RECIPES
 
     options = GridOptions(rounds=2, prompts=6, seeds=[3])
     cell = Cell.parse("context-distillation:lr=5e-4,context_opening=false")

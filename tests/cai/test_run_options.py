@@ -7,8 +7,10 @@ from __future__ import annotations
 import pytest
 
 from agents.settings import PipelineSettings
-from cai import recipes, run
+from cai import run
+from core import recipes
 from core.settings import StackSettings
+from trainer.config import TrainerConfig
 
 
 def _settings_seen_by_worker(env: dict[str, str], monkeypatch) -> PipelineSettings:
@@ -47,10 +49,12 @@ def test_paper_recipe_and_environment_override(monkeypatch, tmp_path):
 
 def test_only_the_roles_a_recipe_calls_are_loaded(monkeypatch):
     _clear_recipe_env(monkeypatch)
-    assert recipes.roles("context-distillation") == ("policy",)
-    assert recipes.roles("paper") == ("policy", "critic", "reviser", "judge")
+    from agents.strategies import recipe_roles
+
+    assert recipe_roles("context-distillation") == ("policy",)
+    assert recipe_roles("paper") == ("policy", "critic", "reviser", "judge")
     monkeypatch.setenv("CAI_PIPELINE_PREFERENCE", "judge")  # the environment's judge is loaded
-    assert recipes.roles("context-distillation") == ("policy", "judge")
+    assert recipe_roles("context-distillation") == ("policy", "judge")
 
 
 def test_each_round_feeds_fresh_training_prompts_half_benign():
@@ -195,3 +199,24 @@ def test_a_run_serves_the_dashboard_once_and_stops_it_with_the_others(tmp_path, 
     finally:
         children.stop(settings)
     assert children.child(settings, "dashboard").read_pid() is None
+
+
+def test_the_worker_takes_a_recipe_where_nothing_else_set_the_field(monkeypatch):
+    monkeypatch.setenv("CAI_PIPELINE_POLICY_MAX_NEW_TOKENS", "20")
+    settings = recipes.over_settings(PipelineSettings(rounds=3), "context-distillation")
+    assert (settings.strategy, settings.preference) == ("context", "revision-over-initial")
+    assert settings.policy_max_new_tokens == 20 and settings.rounds == 3
+
+
+def test_cai_trainer_recipe_gives_the_config_of_cai_run_and_flags_go_on_top(tmp_path):
+    from cai.cli import build_parser
+    from core.options import given
+    from trainer.cli import build_config
+
+    options = run.RunOptions()
+    args = build_parser().parse_args(["trainer", "--recipe", options.recipe, "--lr", "0.5"])
+    assert build_config(args.config, given(TrainerConfig, args), args.recipe) == TrainerConfig(
+        **{**run.trainer_config(options).__dict__, "lr": 0.5})
+    config_file = tmp_path / "c.json"
+    config_file.write_text('{"epochs": 9}')
+    assert build_config(config_file, {}, options.recipe).epochs == 9

@@ -141,3 +141,12 @@ def test_a_new_base_model_is_refused_under_versions_trained_from_another(tmp_pat
         render_repository(tmp_path, ModelSettings(model="smollm2"), cache_dir, roles=("policy",))
     render_repository(tmp_path, ModelSettings(model="tiny"), cache_dir,
                       roles=("policy",))  # going on is fine
+
+
+def test_the_device_sets_the_instance_kind(tmp_path, cache_dir, monkeypatch):
+    from serving.repository import config_pbtxt
+
+    assert "kind: KIND_GPU" in config_pbtxt("policy", "tiny", device="cuda")
+    monkeypatch.setenv("CAI_DEVICE", "cuda")
+    render_repository(tmp_path, ModelSettings(model="tiny"), cache_dir, roles=("policy",))
+    assert "count: 1 kind: KIND_GPU" in (tmp_path / "policy" / "config.pbtxt").read_text()

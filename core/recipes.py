@@ -3,8 +3,11 @@
 A recipe is typed: ``pipeline`` holds ``PipelineSettings`` fields for the worker
 (docs/results-log.md), ``trainer`` holds ``TrainerConfig`` fields. `cai run` hands the worker
 its fields as ``CAI_PIPELINE_*`` variables (``pipeline_env``; a variable already set in the
-environment wins over the recipe's value) and the trainer a config file built from its fields
-(``cai/run.py``). `cai run` uses DEFAULT_RECIPE, the best row of the SmolLM2 strategy grid.
+environment wins over the recipe's value) and the trainer a config file built from
+``trainer_fields``. docker-compose passes the same recipe by name: ``cai worker --recipe NAME``
+(``over_settings``) and ``cai trainer --recipe NAME`` (``trainer_fields``). `cai run` uses
+DEFAULT_RECIPE, the best row of the SmolLM2 strategy grid. Plain data: this module sits on the
+ground floor so that the worker, the trainer and `cai run` all read it.
 """
 
 from __future__ import annotations
@@ -38,6 +41,28 @@ RECIPES: dict[str, Recipe] = {
     "paper": Recipe(pipeline={"strategy": "critique-revise", "preference": "judge"}),
 }
 DEFAULT_RECIPE = "context-distillation"
+# Prompts `cai run` feeds per round by default; the trainer's round settings follow from it.
+RUN_PROMPTS = 24
+
+
+def trainer_fields(name: str, prompts: int = RUN_PROMPTS) -> dict[str, Any]:
+    """``TrainerConfig`` fields of a live run of recipe ``name`` feeding ``prompts`` prompts a
+    round: the round settings, then the recipe's own fields."""
+    return {
+        # A round waits for the pipeline to drain (cai run feeds a round's prompts at once);
+        # K and T only guard against a pipeline that never drains.
+        "round_every_examples": 4 * prompts, "round_every_seconds": 900.0,
+        "round_min_examples": max(1, prompts // 3),
+        # The dev gate decides promotion; no examples are held back from the stream for a probe.
+        "probe_size": 0,
+        **RECIPES[name].trainer}
+
+
+def over_settings(settings, name: str):
+    """``settings`` (a pydantic-settings object) with recipe ``name``'s pipeline fields for every
+    field that neither the environment nor a flag set."""
+    chosen = {k: getattr(settings, k) for k in settings.model_fields_set}
+    return type(settings)(**{**RECIPES[name].pipeline, **chosen})
 
 
 def env_name(field_name: str) -> str:
@@ -53,15 +78,6 @@ def env_value(value: Any) -> str:
 def worker_env(pipeline: dict[str, Any]) -> dict[str, str]:
     """``PipelineSettings`` fields as the worker's ``CAI_PIPELINE_*`` variables."""
     return {env_name(k): env_value(v) for k, v in pipeline.items()}
-
-
-def roles(name: str) -> tuple[str, ...]:
-    """The model roles the recipe's pipeline calls (settings from the environment applied)."""
-    from agents.settings import PipelineSettings
-    from agents.strategies import roles_called
-
-    fields = {k: v for k, v in RECIPES[name].pipeline.items() if env_name(k) not in os.environ}
-    return roles_called(PipelineSettings(**fields))
 
 
 def pipeline_env(name: str) -> dict[str, str]:
