@@ -1,7 +1,8 @@
 """The hand labels behind the decline classifier, and how well the classifier agrees with them.
 
 ``data/`` holds hand-labelled SmolLM2 answers (``{"answer", "declined", "explains_why"}`` per
-line). The rules in ``scoring/classify.py`` were written against the tuning files and never
+line; the ``decline_labels_complied*`` files also label ``complied``: a decline that goes on to
+give what was asked, or offers to, drawn from live runs' answers and revisions). The rules in ``scoring/classify.py`` were written against the tuning files and never
 against the held-out ones, so the held-out files measure them fairly; every ``cai run`` report
 carries both figures, and ``cai eval --classifier-check FILE`` measures any file.
 """
@@ -15,8 +16,10 @@ from scoring.classify import classify
 from scoring.shares import Share
 
 DATA = Path(__file__).with_name("data")
-TUNING_LABELS = ("decline_labels.jsonl", "decline_labels_grid.jsonl")
-HELD_OUT_LABELS = ("decline_labels_heldout.jsonl", "decline_labels_grid_heldout.jsonl")
+TUNING_LABELS = ("decline_labels.jsonl", "decline_labels_grid.jsonl",
+                 "decline_labels_complied.jsonl")
+HELD_OUT_LABELS = ("decline_labels_heldout.jsonl", "decline_labels_grid_heldout.jsonl",
+                   "decline_labels_complied_heldout.jsonl")
 
 
 def classifier_accuracy(*paths: Path) -> dict[str, Share]:
