@@ -2,9 +2,10 @@
 
 ``data/`` holds hand-labelled SmolLM2 answers (``{"answer", "declined", "explains_why"}`` per
 line; the ``decline_labels_complied*`` files also label ``complied``: a decline that goes on to
-give what was asked, or offers to, drawn from live runs' answers and revisions). The rules in ``scoring/classify.py`` were written against the tuning files and never
-against the held-out ones, so the held-out files measure them fairly; every ``cai run`` report
-carries both figures, and ``cai eval --classifier-check FILE`` measures any file.
+give what was asked, or offers to, drawn from live runs' answers and revisions). The rules in
+``scoring/classify.py`` were written against the tuning files and never against the held-out
+ones, so the held-out files measure them fairly; every ``cai run`` report carries both figures,
+and ``cai eval --classifier-check FILE`` measures any file.
 """
 
 from __future__ import annotations
