@@ -106,10 +106,21 @@ class RoundResult:
     gate: dict | None = None
 
 
-def _batches(items: list, size: int, rng: random.Random) -> list[list]:
+def _batches(items: list, size: int, rng: random.Random, budget: int | None = None) -> list[list]:
+    """Seeded batches of ``items`` for one epoch; with a ``budget``, a random ``budget`` of them."""
     order = items[:]
     rng.shuffle(order)
+    order = order[:budget] if budget is not None else order
     return [order[i:i + size] for i in range(0, len(order), size)]
+
+
+def epoch_budget(examples: list) -> int:
+    """Examples an epoch presents: as many as the round's new ones. Examples carried over from a
+    rejected round join the pool an epoch draws from but do not lengthen it, so a round after a
+    rejection trains as hard as the one before, on more varied data (twice the steps taught the
+    policy to decline benign requests)."""
+    new = sum(1 for e in examples if not getattr(e, "carries", 0))
+    return new or len(examples)
 
 
 class RoundRunner:
@@ -178,14 +189,14 @@ class RoundRunner:
         epochs = max(cfg.epochs, pair_epochs)
         for epoch in range(epochs):
             if train_policy_sft and epoch < cfg.epochs:
-                for chunk in _batches(sft, cfg.batch_size, rng):
+                for chunk in _batches(sft, cfg.batch_size, rng, epoch_budget(sft)):
                     batch = self.policy.sft_batch(chunk, [weights[id(e)] for e in chunk])
                     record(self.policy.sft_step(batch))
             if train_dpo and epoch >= epochs - pair_epochs:
-                for chunk in _batches(preferences, cfg.batch_size, rng):
+                for chunk in _batches(preferences, cfg.batch_size, rng, epoch_budget(preferences)):
                     record(self.policy.dpo_step(self.policy.preference_batch(chunk)))
             if train_pm and epoch >= epochs - pair_epochs:
-                for chunk in _batches(preferences, cfg.batch_size, rng):
+                for chunk in _batches(preferences, cfg.batch_size, rng, epoch_budget(preferences)):
                     record(self.preference.step(self.preference.preference_batch(chunk)))
         train_s = time.monotonic() - started
 
