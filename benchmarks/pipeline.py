@@ -32,6 +32,7 @@ from dataclasses import dataclass, replace
 
 from agents import prompts as templates
 from agents.constitution import Constitution
+from benchmarks.latency import percentiles, stage_latencies
 from core.options import option
 from core.settings import ModelSettings, StackSettings
 from serving.inference import Inference
@@ -39,7 +40,7 @@ from serving.requests import GenerationParams
 
 logger = logging.getLogger(__name__)
 
-MODES = ("pipeline", "raw", "sequential", "sequential-cached")
+MODES = ("null", "pipeline", "raw", "sequential", "sequential-cached")
 
 
 @dataclass
@@ -51,6 +52,8 @@ class BenchOptions:
     threads: int | None = option(None, "torch threads for the in-process modes (default: every "
                                        "core, which the Triton instances share too)")
     timeout: float = option(1800.0, "seconds to wait for the pipeline")
+    null_prompts: int = option(3000, "null mode: prompts fed at once for the pipeline's ceiling")
+    idle_prompts: int = option(30, "null mode: prompts fed one at a time for the idle hop cost")
     keep: bool = option(False, "leave the stack and worker running")
 
 
@@ -141,48 +144,6 @@ def run_sequential(inference: Inference, constitution, work: Workload, seed: int
     started = time.monotonic()
     tokens = asyncio.run(one_by_one())
     return ModeResult(name, time.monotonic() - started, tokens, len(work.prompts))
-
-
-def percentiles(values: list[float]) -> dict:
-    if not values:
-        return {}
-    ordered = sorted(values)
-
-    def pick(q: float) -> float:
-        return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 3)
-
-    return {"p50": pick(0.5), "p90": pick(0.9), "p99": pick(0.99), "n": len(values)}
-
-
-def stage_latencies(by_topic: dict[str, list[dict]], ids: set[str]) -> dict[str, list[float]]:
-    """Seconds from a record entering a stage's topic to that stage's output, per stage."""
-    def stamp(records, key):
-        return {key(r): r["_timestamp"] for r in records if r.get("prompt_id") in ids}
-
-    prompts = stamp(by_topic["prompts"], lambda r: r["prompt_id"])
-    critique = stamp(by_topic["critique"], lambda r: (r["prompt_id"], r.get("round", 1)))
-    revise = stamp(by_topic["revise"], lambda r: (r["prompt_id"], r.get("round", 1)))
-    sft = stamp(by_topic["sft"], lambda r: r["prompt_id"])
-    compare = stamp(by_topic["compare"], lambda r: r["prompt_id"])
-    prefs = stamp(by_topic["preferences"], lambda r: r["prompt_id"])
-    out: dict[str, list[float]] = {"policy": [], "critique": [], "revise": [], "compare": [],
-                                   "end_to_end": []}
-    for pid, t in prompts.items():
-        if (pid, 1) in critique:
-            out["policy"].append(critique[(pid, 1)] - t)
-        if pid in prefs:
-            out["end_to_end"].append(prefs[pid] - t)
-    for (pid, rnd), t in critique.items():
-        if (pid, rnd) in revise:
-            out["critique"].append(revise[(pid, rnd)] - t)
-    for (pid, rnd), t in revise.items():
-        nxt = critique.get((pid, rnd + 1)) or sft.get(pid)
-        if nxt:
-            out["revise"].append(nxt - t)
-    for pid, t in compare.items():
-        if pid in prefs:
-            out["compare"].append(prefs[pid] - t)
-    return out
 
 
 def _triton_stats(stack_settings) -> dict[str, dict]:
@@ -300,6 +261,17 @@ def run_bench(options: BenchOptions, settings: StackSettings, models: ModelSetti
     constitution = load(pipeline.constitution)
     results: dict = {"model": models.model, "prompts": len(texts), "rounds": options.rounds,
                      "modes": {}}
+    if "null" in options.modes:
+        from benchmarks.null_pipeline import run_null
+
+        setup_machine.run(settings, with_models=())
+        try:
+            results["null_models"] = run_null(settings, models.model, texts,
+                                              options.null_prompts, options.idle_prompts,
+                                              options.timeout)
+        finally:
+            if "pipeline" not in options.modes and not options.keep:
+                services.down(settings)
     if "pipeline" in options.modes:
         setup_machine.run(settings, with_models=(models.model,))
         services.up(settings, models)
