@@ -227,7 +227,17 @@ def main(args: DpoBenchOptions) -> int:
     if args.impl:
         child(args)
         return 0
+    try:
+        report = compare(args)
+    except RuntimeError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    print(json.dumps(report, indent=2))
+    return 0
 
+
+def compare(args: DpoBenchOptions) -> dict:
+    """Both sides, each in a child process (``cai bench-dpo --impl``); returns the comparison."""
     from core.settings import StackSettings
     from serving.models import resolve
 
@@ -246,9 +256,7 @@ def main(args: DpoBenchOptions) -> int:
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
         line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
         if proc.returncode != 0 or line is None:
-            print(f"{impl} failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}",
-                  file=sys.stderr)
-            return 1
+            raise RuntimeError(f"{impl} failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
         summary = _summary(json.loads(line[len("RESULT "):]))
         summary["runs_median_step_s"] = results.get(impl, {}).get("runs_median_step_s", []) + [
             summary["median_step_s"]]
@@ -269,6 +277,4 @@ def main(args: DpoBenchOptions) -> int:
             ours["step_rss_growth_mb"] / trl["step_rss_growth_mb"]
             if trl["step_rss_growth_mb"] > 0 else None),
     }
-    print(json.dumps(report, indent=2))
-    return 0
-
+    return report

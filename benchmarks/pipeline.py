@@ -40,7 +40,7 @@ from serving.requests import GenerationParams
 
 logger = logging.getLogger(__name__)
 
-MODES = ("null", "pipeline", "raw", "sequential", "sequential-cached")
+MODES = ("null", "pipeline", "raw", "sequential", "sequential-cached", "hot-swap", "dpo")
 
 
 @dataclass
@@ -55,6 +55,9 @@ class BenchOptions:
     null_prompts: int = option(3000, "null mode: prompts fed at once for the pipeline's ceiling")
     idle_prompts: int = option(30, "null mode: prompts fed one at a time for the idle hop cost")
     keep: bool = option(False, "leave the stack and worker running")
+    swap_clients: int = option(16, "hot-swap mode: clients generating while the policy swaps")
+    trl_path: str | None = option(None, "dpo mode: folder holding trl (see cai bench-dpo); "
+                                        "without it the mode is skipped")
 
 
 @dataclass
@@ -308,11 +311,51 @@ def run_bench(options: BenchOptions, settings: StackSettings, models: ModelSetti
         plain.generator("policy")
         results["modes"]["sequential"] = run_sequential(
             plain, constitution, work, name="sequential loop, chain-tool style").as_dict()
+    if "hot-swap" in options.modes:
+        from benchmarks.serving import ServingBenchOptions
+        from benchmarks.serving import run as run_serving
+
+        swap = run_serving(ServingBenchOptions(
+            model=models.model, concurrency=[options.swap_clients], swap_only=True,
+            skip_reload=True))
+        results["hot_swap"] = swap["swap"]
+    if "dpo" in options.modes and options.trl_path:
+        from benchmarks.dpo import DpoBenchOptions, compare
+
+        results["dpo"] = compare(DpoBenchOptions(model=models.model, trl_path=options.trl_path))
+    elif "dpo" in options.modes:
+        logger.warning("dpo mode skipped: --trl-path is not set")
     modes = results["modes"]
     if "pipeline" in modes:
         for other in ("raw", "sequential", "sequential-cached"):
             if other in modes and modes[other]["tokens_per_s"]:
                 results[f"pipeline_vs_{other}"] = round(
                     modes["pipeline"]["tokens_per_s"] / modes[other]["tokens_per_s"], 3)
+    results["table"] = summary_table(results)
     return results
+
+
+def summary_table(results: dict) -> dict:
+    """The headline figures of a run, one entry per row of the performance table."""
+    table: dict = {}
+    swap = results.get("hot_swap", {}).get("under_load")
+    if swap:
+        table["hot_swap_under_load"] = {"clients": swap["clients"], "seconds": swap["publish_s"],
+                                        "first_new_answer_s": swap["first_answer_s"],
+                                        "failed": swap["failed"]}
+    null = results.get("null_models")
+    if null:
+        idle = null["hop_ms_idle"]
+        table["null_hop_ms_idle"] = {stage: {"p50": row["p50"], "p99": row["p99"]}
+                                     for stage, row in idle.items()}
+        table["null_ceiling_prompts_per_s"] = null["prompts_per_s"]
+    for other in ("raw", "sequential"):
+        if f"pipeline_vs_{other}" in results:
+            table[f"pipeline_vs_{other}"] = results[f"pipeline_vs_{other}"]
+    dpo = results.get("dpo")
+    if dpo:
+        table["dpo_vs_trl"] = {"time": round(dpo["ratio_step_time_ours_over_trl"], 3),
+                               "peak_memory": round(dpo["ratio_peak_rss_ours_over_trl"], 3),
+                               "step_memory_growth": dpo["ratio_step_rss_growth_ours_over_trl"]}
+    return table
 

@@ -51,6 +51,7 @@ class ServingBenchOptions:
     repeats: int = option(3, "paired measurements per setting")
     skip_unbatched: bool = option(False, "do not measure without batching")
     skip_swap: bool = option(False, "do not measure hot-swap time")
+    swap_only: bool = option(False, "measure only the hot swap (at the highest concurrency)")
     skip_reload: bool = option(False, "do not measure the swap by Triton model reload (the way "
                                       "before in-place swaps) next to the in-place one")
     json: Path | None = option(None, "also write the figures to this file")
@@ -242,8 +243,10 @@ def run(args) -> dict:
                     "max_new_tokens": args.max_new_tokens,
                     "threads": args.threads, "batch": args.batch, "temperature": args.temperature,
                     "repeats": args.repeats}
-    generator = TextGenerator(source, threads=args.threads)
-    generator.generate([GenRequest(prompts[0], max_new_tokens=2)])  # warm-up
+    generator = None
+    if not args.swap_only:  # the in-process side of the throughput pairs
+        generator = TextGenerator(source, threads=args.threads)
+        generator.generate([GenRequest(prompts[0], max_new_tokens=2)])  # warm-up
 
     state = Path(tempfile.mkdtemp(prefix="cai-bench-"))
     settings = StackSettings(state_dir=state, redis_port=free_port(), triton_http_port=free_port(),
@@ -253,12 +256,12 @@ def run(args) -> dict:
         stack.up(settings, models, services=("redis", "triton"))
         configure_policy(settings, models, args, batching=True)
         report["batched"] = []
-        for concurrency in args.concurrency:
+        for concurrency in [] if args.swap_only else args.concurrency:
             result = paired(generator, settings, prompts, concurrency, args)
             report["batched"].append(result)
             print(f"dynamic batching: {result}", flush=True)
         top = max(args.concurrency)
-        if not args.skip_unbatched:
+        if not args.skip_unbatched and not args.swap_only:
             configure_policy(settings, models, args, batching=False)
             report["unbatched"] = paired(generator, settings, prompts, top, args)
             print(f"no batching:      {report['unbatched']}", flush=True)
