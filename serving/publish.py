@@ -58,6 +58,12 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
 
 
+def serving_version(redis_value: str | bytes | None) -> int:
+    """The serving policy version from the value of ``REDIS_VERSION_KEY``: the base model (v1)
+    serves until a version is published, so an unset key means 1."""
+    return int(redis_value) if redis_value else 1
+
+
 class PublishError(RuntimeError):
     """Publishing or rolling back failed; the message says what and how to fix it."""
 
