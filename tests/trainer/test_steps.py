@@ -184,3 +184,21 @@ def test_the_precomputed_reference_is_the_round_start_policy_and_ends_with_the_r
     learner.begin_round(seed=1)
     assert "ref_logps" not in learner.preference_batch(PREFS[:3])  # a new round, a new reference
     learner.end_round(keep=False)
+
+
+def test_pairs_that_do_not_start_alike_train_on_the_padded_rows(tiny_path):
+    from trainer.data import Tokenised, split_pair
+
+    one, other = Tokenised([5, 6, 7], [-100, 6, 7]), Tokenised([9, 6, 8], [-100, 6, 8])
+    assert split_pair(one, other) is None
+    shared = split_pair(one, Tokenised([5, 4], [-100, 4]))
+    assert shared.prefix == [5] and shared.rejected.input_ids == [4]
+    learner = PolicyLearner(tiny_path, TrainerConfig(lora=True, lr=1e-2, max_length=24))
+    learner.begin_round(seed=0)
+    # The prompt is cut from the left to fit, by a different amount for a longer answer.
+    prompt = " ".join(f"topic{i}" for i in range(40))
+    long = PreferenceExample("p", prompt, "No.", "Sure " * 12, p_chosen=0.9)
+    batch = learner.preference_batch([long])
+    assert "pairs" not in batch
+    assert learner.dpo_step(batch)["loss/dpo"] == pytest.approx(0.693147, abs=1e-4)
+    learner.end_round(keep=False)
