@@ -17,6 +17,7 @@ Failures never stop the stream:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
@@ -28,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from agents import metrics
+from agents.batching import take_batches
 from agents.services import Services
 from streams import topics
 from streams.records import DeadLetterRecord, RecordError, WireRecord, decode, encode, now
@@ -81,6 +83,16 @@ async def persist(factory: Callable[[], Awaitable[Any]], what: str, svc: Service
             attempt += 1
             logger.error("%s failed (%s); retry %d in %.1fs", what, exc, attempt, delay)
             await asyncio.sleep(delay)
+
+
+@contextlib.contextmanager
+def phase(stage: str, name: str):
+    """Time a phase of a batch (``metrics.PHASES``) into ``cai_stage_phase_seconds``."""
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        metrics.PHASE_SECONDS.labels(stage, name).observe(time.perf_counter() - started)
 
 
 def _delay(svc: Services, attempt: int) -> float:
@@ -158,65 +170,72 @@ async def run_batch(svc: Services, stage: Stage, values: list) -> int:
 
 
 async def _claim_and_deliver(svc: Services, stage: Stage, values: list) -> int:
-    await count(svc, stage.name, "in", len(values))
-    records = await _decode_all(svc, stage, values)
-
-    mine: list = []
-    keys: list[str] = []   # renewed while we wait for other claims and while we work
+    with phase(stage.name, "decode"):
+        records = await _decode_all(svc, stage, values)
+    unique: dict[str, Any] = {}
+    for record in records:  # a key twice in one batch: the second is a duplicate
+        unique.setdefault(stage.key(record), record)
+    with phase(stage.name, "claim"):
+        owned = await persist(lambda: svc.ledger.claim_many(
+            stage.name, list(unique), counts={"in": len(values)}), "claim", svc)
+    metrics.STAGE_RECORDS.labels(stage.name, "in").inc(len(values))
+    keys = [key for key, mine in zip(unique, owned) if mine]  # renewed while we work
+    skipped = len(records) - len(keys)
+    metrics.CLAIMS_IN_FLIGHT.labels(stage.name).inc(len(keys))
     holding = asyncio.ensure_future(svc.ledger.hold(stage.name, keys))
     try:
-        for record in records:
-            key = stage.key(record)
-            if key in keys or not await persist(lambda k=key: svc.ledger.claim(stage.name, k),
-                                                "claim", svc):
-                await count(svc, stage.name, "skipped")
-                continue
-            keys.append(key)
-            mine.append(record)
-            metrics.CLAIMS_IN_FLIGHT.labels(stage.name).inc()
-        return await _process_and_deliver(svc, stage, mine) if mine else 0
+        return await _process_and_deliver(svc, stage, [unique[k] for k in keys], skipped)
     finally:
         holding.cancel()
         metrics.CLAIMS_IN_FLIGHT.labels(stage.name).dec(len(keys))
 
 
-async def _process_and_deliver(svc: Services, stage: Stage, mine: list) -> int:
+async def _process_and_deliver(svc: Services, stage: Stage, mine: list, skipped: int) -> int:
+    per_record: list[list[Output] | Exception] = []
+    if mine:
+        with phase(stage.name, "process"):
+            per_record = await _outcomes(svc, stage, mine)
+    with phase(stage.name, "send"):
+        for record, outcome in zip(mine, per_record):
+            if isinstance(outcome, Exception):
+                await dead_letter(svc, stage.name, f"{type(outcome).__name__}: {outcome}",
+                                  record, prompt_id=getattr(record, "prompt_id", "-"),
+                                  round_=getattr(record, "round", 0),
+                                  attempts=svc.settings.max_attempts, source=stage.source)
+        outputs = [o for outcome in per_record if not isinstance(outcome, Exception)
+                   for o in outcome]
+        # Every output of the batch at once; each waits for the broker's ack.
+        await asyncio.gather(*(
+            persist(lambda o=o: svc.send(o.topic, o.key, o.record), f"send to {o.topic}", svc)
+            for o in outputs))
+    # Only after every ack: the whole batch is marked done, with its counters, in one round
+    # trip. A crash between the acks and this mark repeats the batch's outputs on replay (same
+    # record ids; the next stage and the trainer drop them).
+    with phase(stage.name, "done"):
+        await persist(lambda: svc.ledger.done_many(
+            stage.name, [stage.key(r) for r in mine],
+            counts={"out": len(outputs), "skipped": skipped}), "mark done", svc)
+    metrics.STAGE_RECORDS.labels(stage.name, "out").inc(len(outputs))
+    metrics.STAGE_RECORDS.labels(stage.name, "skipped").inc(skipped)
+    return len(outputs)
+
+
+async def _outcomes(svc: Services, stage: Stage, mine: list) -> list[list[Output] | Exception]:
+    """Each record's outputs, or the exception that sends it to dead-letter."""
     result = await _attempts(svc, stage, mine, svc.settings.max_attempts)
-    per_record: list[list[Output] | Exception]
     if not isinstance(result, Exception):
-        per_record = list(result)
-    elif len(mine) > 1 and not getattr(result, "retryable", False):
+        return list(result)
+    if len(mine) > 1 and not getattr(result, "retryable", False):
         # One bad record must not sink its batch: try each alone once more. (Not when the
         # server itself was unreachable: each record alone would only wait out the same outage.)
         logger.warning("%s: batch of %d failed (%s); retrying one by one", stage.name, len(mine),
                        result)
-        per_record = []
+        per_record: list[list[Output] | Exception] = []
         for record in mine:
             single = await _attempts(svc, stage, [record], 1)
             per_record.append(single if isinstance(single, Exception) else single[0])
-    else:
-        per_record = [result] * len(mine)
-
-    async def finish(record, outcome) -> int:
-        """Send one record's outputs, wait for the broker's acks, then mark the record done."""
-        if isinstance(outcome, Exception):
-            await dead_letter(svc, stage.name, f"{type(outcome).__name__}: {outcome}", record,
-                              prompt_id=getattr(record, "prompt_id", "-"),
-                              round_=getattr(record, "round", 0),
-                              attempts=svc.settings.max_attempts,
-                              source=stage.source)
-            outcome = []
-        await asyncio.gather(*(
-            persist(lambda o=o: svc.send(o.topic, o.key, o.record), f"send to {o.topic}", svc)
-            for o in outcome))
-        # The done mark follows its own record's acks at once: the window in which a crash
-        # can repeat an output is one Redis round trip.
-        await persist(lambda: svc.ledger.done(stage.name, stage.key(record)), "mark done", svc)
-        return len(outcome)
-
-    counts = await asyncio.gather(*(finish(r, o) for r, o in zip(mine, per_record)))
-    await count(svc, stage.name, "out", sum(counts))
-    return sum(counts)
+        return per_record
+    return [result] * len(mine)
 
 
 def _exit_process(stage: str, exc: BaseException) -> None:
@@ -251,14 +270,15 @@ async def handle(svc: Services, stage: Stage, values: list) -> int:
 def register_agent(app, svc_ref: Callable[[], Services], source_topic, stage: Stage):
     """Add one Faust agent that feeds batches of ``source_topic`` to ``stage``.
 
-    Batches (``stream.take``) let Triton's dynamic batching pay off; ``svc_ref()`` returns
-    the running Services, which exist only once the worker has started.
+    Batches (``agents.batching.take_batches``) let Triton's dynamic batching pay off;
+    ``svc_ref()`` returns the running Services, which exist only once the worker has started.
     """
 
     @app.agent(source_topic, name=f"cai-{stage.name}")
     async def stage_agent(stream):
         settings = svc_ref().settings
-        async for batch in stream.take(settings.batch_size, within=settings.batch_within_s):
+        async for batch in take_batches(stream, settings.batch_size, settings.batch_within_s,
+                                        settings.batch_idle_s):
             await handle(svc_ref(), stage, batch)
 
     return stage_agent

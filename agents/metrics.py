@@ -6,7 +6,10 @@
 * ``cai_stage_batch_seconds{stage}``: time to handle one batch (decode, claim, model calls,
   send, mark done);
 * ``cai_stage_batch_records{stage}``: records per batch;
-* ``cai_stage_claims_in_flight{stage}``: records this worker has claimed and not yet finished.
+* ``cai_stage_claims_in_flight{stage}``: records this worker has claimed and not yet finished;
+* ``cai_stage_phase_seconds{stage, phase}``: where a batch's time goes: ``decode`` (records from
+  bytes), ``claim`` and ``done`` (Redis), ``process`` (the model calls), ``send`` (Kafka, until
+  the broker's acks), ``count`` (Redis counters). ``cai bench --null-models`` reads it.
 
 The model calls per role (``cai_triton_request_seconds``) are timed by ``serving/client.py``.
 """
@@ -28,3 +31,8 @@ BATCH_RECORDS = Histogram("cai_stage_batch_records", "Records per batch of a sta
                           buckets=(1, 2, 4, 8, 16, 32, 64, 128))
 CLAIMS_IN_FLIGHT = Gauge("cai_stage_claims_in_flight",
                          "Records this worker has claimed and not finished", ["stage"])
+PHASES = ("decode", "claim", "process", "send", "done", "count")
+PHASE_SECONDS = Histogram("cai_stage_phase_seconds", "Seconds one batch of a stage spent in a "
+                          "phase: decode, claim, process, send, done, count", ["stage", "phase"],
+                          buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                                   0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0))

@@ -210,6 +210,8 @@ class RoundRunner:
         if self.preference is not None:
             self.preference.begin_round(cfg.seed + round_no)
         before = self._evaluate(probe)
+        if train_dpo:  # the reference is the round-start policy: one pass per pair per round
+            self.policy.precompute_reference(preferences)
 
         sums: dict[str, float] = defaultdict(float)
         counts: dict[str, int] = defaultdict(int)

@@ -67,6 +67,69 @@ class FakeRedis:
         self.data[key] = str(int(self.data.get(key, "0")) + n)
         return int(self.data[key])
 
+    def pipeline(self, transaction: bool = True) -> FakePipeline:
+        return FakePipeline(self)
+
+    def register_script(self, lua: str) -> FakeScript:
+        from agents.idempotency import CLAIM_MANY
+
+        assert lua == CLAIM_MANY, "the fake knows the ledger's claim script only"
+        return FakeScript(self._claim_many)
+
+    async def _claim_many(self, keys, args) -> list[int]:
+        """agents.idempotency.CLAIM_MANY, in Python."""
+        worker, lease_ms = args
+        out = []
+        for seen, claim in zip(keys[::2], keys[1::2]):
+            if self._alive(seen):
+                out.append(0)
+            elif await self.set(claim, worker, nx=True, px=lease_ms):
+                out.append(1)
+            elif self.data.get(claim) == worker:
+                await self.pexpire(claim, lease_ms)
+                out.append(1)
+            else:
+                out.append(2)
+        return out
+
+
+class FakePipeline:
+    """Queues the fake's commands; ``execute`` runs them in order (one 'round trip')."""
+
+    def __init__(self, redis: FakeRedis) -> None:
+        self.redis = redis
+        self.calls: list = []
+
+    async def __aenter__(self) -> FakePipeline:  # noqa: PYI034
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        self.calls = []
+
+    def __getattr__(self, name: str):
+        method = getattr(self.redis, name)
+
+        def queue(*args, **kwargs):
+            self.calls.append((method, args, kwargs))
+            return self
+        return queue
+
+    async def execute(self) -> list:
+        self.redis._maybe_fail()
+        calls, self.calls = self.calls, []
+        return [await method(*args, **kwargs) for method, args, kwargs in calls]
+
+
+class FakeScript:
+    def __init__(self, run) -> None:
+        self.run = run
+
+    async def __call__(self, keys=(), args=(), client=None):
+        if isinstance(client, FakePipeline):
+            client.calls.append((self.run, (list(keys), list(args)), {}))
+            return client
+        return await self.run(list(keys), list(args))
+
 
 @dataclass
 class FakeInference:

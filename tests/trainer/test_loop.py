@@ -412,6 +412,7 @@ def test_dpo_epochs_take_the_last_passes_of_a_round():
         def evaluate(self, sft, prefs): return {}
         def sft_batch(self, chunk, weights): return chunk
         def preference_batch(self, chunk): return chunk
+        def precompute_reference(self, examples): self.steps.append("ref")
 
         def sft_step(self, batch):
             self.steps.append("sft")
@@ -426,10 +427,10 @@ def test_dpo_epochs_take_the_last_passes_of_a_round():
     policy = Recorder()
     RoundRunner(TrainerConfig(epochs=3, dpo_epochs=1, batch_size=4),
                 policy).run(1, sft, prefs, Probe())
-    assert policy.steps == ["sft"] * 6 + ["dpo"]
+    assert policy.steps == ["ref"] + ["sft"] * 6 + ["dpo"]  # the reference once, up front
     policy = Recorder()
     RoundRunner(TrainerConfig(epochs=2, batch_size=4), policy).run(1, sft, prefs, Probe())
-    assert policy.steps == ["sft", "sft", "dpo"] * 2  # default: both every epoch, interleaved
+    assert policy.steps == ["ref"] + ["sft", "sft", "dpo"] * 2  # both every epoch, interleaved
 
 
 # --- when a round starts: the pipeline drains first, timers count from a round's first example
