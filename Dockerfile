@@ -10,8 +10,11 @@ FROM ${BASE_IMAGE}
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \
     VIRTUAL_ENV=/opt/venv PATH=/opt/venv/bin:$PATH
+# pip first: a base's own pip can be old (Debian's 23.0), and its resolver backtracks for an hour
+# over this project's dependencies where a current one resolves them at once.
 RUN python3 -c 'import sys; assert sys.version_info[:2] == (3, 11), sys.version' \
  && python3 -m venv /opt/venv \
+ && /opt/venv/bin/pip install --upgrade "pip>=25" \
  && useradd --system --uid 10001 --user-group --home-dir /home/cai --create-home cai
 # Extra CA certificates for the build, e.g. of a TLS-intercepting proxy in front of PyPI: put
 # PEM files named *.crt into deploy/ca-certificates/ (git ignores them); none are needed otherwise.
