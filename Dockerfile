@@ -10,11 +10,8 @@ FROM ${BASE_IMAGE}
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \
     VIRTUAL_ENV=/opt/venv PATH=/opt/venv/bin:$PATH
-# pip first: a base's own pip can be old (Debian's 23.0), and its resolver backtracks for an hour
-# over this project's dependencies where a current one resolves them at once.
 RUN python3 -c 'import sys; assert sys.version_info[:2] == (3, 11), sys.version' \
  && python3 -m venv /opt/venv \
- && /opt/venv/bin/pip install --upgrade "pip>=25" \
  && useradd --system --uid 10001 --user-group --home-dir /home/cai --create-home cai
 # Extra CA certificates for the build, e.g. of a TLS-intercepting proxy in front of PyPI: put
 # PEM files named *.crt into deploy/ca-certificates/ (git ignores them); none are needed otherwise.
@@ -25,7 +22,10 @@ WORKDIR /app
 # Dependencies first, from pyproject.toml alone: this layer is rebuilt only when they change.
 COPY pyproject.toml ./
 COPY deploy/no-deps.txt deploy/
-RUN if [ -n "$TORCH_INDEX_URL" ]; then pip install --index-url "$TORCH_INDEX_URL" torch; fi \
+# pip first: a base's own pip can be old (Debian's 23.0), and its resolver backtracked for most
+# of an hour over these dependencies, which a current pip resolves at once.
+RUN pip install --upgrade "pip>=25" \
+ && if [ -n "$TORCH_INDEX_URL" ]; then pip install --index-url "$TORCH_INDEX_URL" torch; fi \
  && python -c "import tomllib; print(*tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies'], sep='\n')" > /tmp/requirements.txt \
  && pip install -r /tmp/requirements.txt \
  && pip install --no-deps -r deploy/no-deps.txt \
