@@ -398,37 +398,41 @@ def test_probe_holds_the_first_examples_of_each_record_type_and_prompt_kind(tmp_
     assert set(seen) | set(held) == set(produced)
 
 
+class RecordingLearner:
+    """Stands in for PolicyLearner: records which kind of step ran, in order, and the prompt ids
+    of the SFT examples it trained on."""
+
+    def __init__(self):
+        self.steps = []
+        self.seen = []
+
+    def begin_round(self, seed): pass
+    def end_round(self, keep): pass
+    def evaluate(self, sft, prefs): return {}
+    def sft_batch(self, chunk, weights): return chunk
+    def preference_batch(self, chunk): return chunk
+    def precompute_reference(self, examples): self.steps.append("ref")
+
+    def sft_step(self, batch):
+        self.steps.append("sft")
+        self.seen += [e.prompt_id for e in batch]
+        return {"loss/sft": 1.0}
+
+    def dpo_step(self, batch):
+        self.steps.append("dpo")
+        return {"loss/dpo": 1.0}
+
+
 def test_dpo_epochs_take_the_last_passes_of_a_round():
     from trainer.rounds import RoundRunner
 
-    class Recorder:
-        """Stands in for PolicyLearner: records which kind of step ran, in order."""
-
-        def __init__(self):
-            self.steps = []
-
-        def begin_round(self, seed): pass
-        def end_round(self, keep): pass
-        def evaluate(self, sft, prefs): return {}
-        def sft_batch(self, chunk, weights): return chunk
-        def preference_batch(self, chunk): return chunk
-        def precompute_reference(self, examples): self.steps.append("ref")
-
-        def sft_step(self, batch):
-            self.steps.append("sft")
-            return {"loss/sft": 1.0}
-
-        def dpo_step(self, batch):
-            self.steps.append("dpo")
-            return {"loss/dpo": 1.0}
-
     sft = [SFTExample(f"s{i}", "q", "r") for i in range(8)]
     prefs = [PreferenceExample(f"p{i}", "q", "c", "r") for i in range(4)]
-    policy = Recorder()
+    policy = RecordingLearner()
     RoundRunner(TrainerConfig(epochs=3, dpo_epochs=1, batch_size=4),
                 policy).run(1, sft, prefs, Probe())
     assert policy.steps == ["ref"] + ["sft"] * 6 + ["dpo"]  # the reference once, up front
-    policy = Recorder()
+    policy = RecordingLearner()
     RoundRunner(TrainerConfig(epochs=2, batch_size=4), policy).run(1, sft, prefs, Probe())
     assert policy.steps == ["ref"] + ["sft", "sft", "dpo"] * 2  # both every epoch, interleaved
 
@@ -584,23 +588,10 @@ def test_targets_the_pipeline_dropped_are_skipped_and_counted(tmp_path, tiny_pat
 def test_carried_examples_join_the_pool_but_do_not_lengthen_the_round():
     from trainer.rounds import RoundRunner, epoch_budget
 
-    class Counter_:
-        def __init__(self):
-            self.seen = []
-
-        def begin_round(self, seed): pass
-        def end_round(self, keep): pass
-        def evaluate(self, sft, prefs): return {}
-        def sft_batch(self, chunk, weights): return chunk
-
-        def sft_step(self, batch):
-            self.seen += [e.prompt_id for e in batch]
-            return {"loss/sft": 1.0}
-
     new = [SFTExample(f"n{i}", "q", "r") for i in range(4)]
     carried = [SFTExample(f"c{i}", "q", "r", carries=1) for i in range(4)]
     assert epoch_budget(new + carried) == 4 and epoch_budget(carried) == 4
-    learner = Counter_()
+    learner = RecordingLearner()
     RoundRunner(TrainerConfig(epochs=6, batch_size=2), learner).run(1, new + carried, [], Probe())
     assert len(learner.seen) == 6 * 4  # six epochs of four, not of eight
     assert {p[0] for p in learner.seen} == {"n", "c"}  # drawn from both
