@@ -20,6 +20,7 @@ from core.options import option
 
 MODES = ("dpo", "reward")
 STALENESS_POLICIES = ("drop", "downweight")
+LR_SCHEDULES = ("constant", "linear")
 CONFIG_FILE = "trainer_config.json"
 
 
@@ -50,6 +51,10 @@ class TrainerConfig:
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
         help="module names that get LoRA adapters")
     lr: float = option(1e-4, "AdamW learning rate")
+    lr_schedule: str = option(
+        "constant", "learning rate over a round's steps: 'constant', or 'linear' (from lr down to "
+        "0 at the round's last step, so a round ends on small steps instead of a full-size one)",
+        choices=LR_SCHEDULES)
     weight_decay: float = option(0.0, "AdamW weight decay")
     batch_size: int = option(4, "examples (or preference pairs) per step")
     epochs: int = option(1, "passes over a round's new examples")
@@ -137,6 +142,9 @@ class TrainerConfig:
         if self.mode not in MODES:
             raise ValueError(f"mode={self.mode!r} is not valid; set mode to one of "
                              f"{', '.join(MODES)}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule={self.lr_schedule!r} is not valid; "
+                             f"set it to one of {', '.join(LR_SCHEDULES)}")
         if self.staleness_policy not in STALENESS_POLICIES:
             raise ValueError(
                 f"staleness_policy={self.staleness_policy!r} is not valid; "

@@ -123,6 +123,18 @@ def epoch_budget(examples: list) -> int:
     return new or len(examples)
 
 
+def scheduled_lr(config: TrainerConfig, step: int, total: int) -> float:
+    """The learning rate of a round's ``step``-th step (0-based) of ``total``: constant, or
+    falling linearly so that the first step uses ``lr`` and the last one ``lr / total``."""
+    if config.lr_schedule == "constant" or total <= 0:
+        return config.lr
+    return config.lr * (total - step) / total
+
+
+def _steps(items: list, size: int) -> int:
+    return -(-epoch_budget(items) // size) if items else 0
+
+
 class RoundRunner:
     """Runs rounds on a policy learner and, in reward mode, a preference learner.
 
@@ -212,17 +224,30 @@ class RoundRunner:
         pair_epochs = cfg.epochs if cfg.dpo_epochs is None else cfg.dpo_epochs
         epochs = max(cfg.epochs, pair_epochs)
         checks = self._check_epochs(epochs)
+        pair_steps = pair_epochs * _steps(preferences, cfg.batch_size)
+        total_steps = (cfg.epochs * _steps(sft, cfg.batch_size) * train_policy_sft
+                       + pair_steps * (train_dpo or train_pm))
+        step = 0
+
+        def next_lr(learner) -> None:
+            nonlocal step
+            learner.set_lr(scheduled_lr(cfg, step, total_steps))
+            step += 1
+
         candidates: list[dict] = []  # the gate's look at each checked epoch
         for epoch in range(epochs):
             if train_policy_sft and epoch < cfg.epochs:
                 for chunk in _batches(sft, cfg.batch_size, rng, epoch_budget(sft)):
                     batch = self.policy.sft_batch(chunk, [weights[id(e)] for e in chunk])
+                    next_lr(self.policy)
                     record(self.policy.sft_step(batch))
             if train_dpo and epoch >= epochs - pair_epochs:
                 for chunk in _batches(preferences, cfg.batch_size, rng, epoch_budget(preferences)):
+                    next_lr(self.policy)
                     record(self.policy.dpo_step(self.policy.preference_batch(chunk)))
             if train_pm and epoch >= epochs - pair_epochs:
                 for chunk in _batches(preferences, cfg.batch_size, rng, epoch_budget(preferences)):
+                    next_lr(self.preference)
                     record(self.preference.step(self.preference.preference_batch(chunk)))
             if counts and epoch + 1 in checks and epoch + 1 < epochs:
                 candidates.append(self._gate_check(epoch + 1, keep_state=True))

@@ -73,6 +73,11 @@ def _clip_and_apply(optimizer, params, max_grad_norm: float) -> float:
     return float(norm)
 
 
+def _set_lr(optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
 def _pair_key(example: PreferenceExample) -> tuple[str, str, str]:
     return (example.prompt, example.chosen, example.rejected)
 
@@ -139,6 +144,10 @@ class PolicyLearner:
                 p.copy_(state[name])
 
     # --- steps ---------------------------------------------------------------------------
+    def set_lr(self, lr: float) -> None:
+        """The learning rate of the next steps (the round's schedule sets it before each)."""
+        _set_lr(self._optimizer, lr)
+
     @torch.no_grad()
     def reference_logps(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """The reference policy's log-probabilities of the batch's rows (chosen, then rejected):
@@ -307,6 +316,9 @@ class PreferenceLearner:
 
     def preference_batch(self, examples: list[PreferenceExample]):
         return preference_batch(self.tokenizer, examples, self.config.max_length)
+
+    def set_lr(self, lr: float) -> None:
+        _set_lr(self._optimizer, lr)
 
     def step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
         self.pm.train()

@@ -73,6 +73,7 @@ class Learner:
     def end_round(self, keep): self.kept.append(keep)
     def evaluate(self, sft, prefs): return {}
     def sft_batch(self, chunk, weights): return chunk
+    def set_lr(self, lr): pass
     def sft_step(self, batch): return {"loss/sft": 1.0}
     def generator(self): return "generator"
 

@@ -405,8 +405,10 @@ class RecordingLearner:
     def __init__(self):
         self.steps = []
         self.seen = []
+        self.lrs = []
 
     def begin_round(self, seed): pass
+    def set_lr(self, lr): self.lrs.append(lr)
     def end_round(self, keep): pass
     def evaluate(self, sft, prefs): return {}
     def sft_batch(self, chunk, weights): return chunk
@@ -435,6 +437,23 @@ def test_dpo_epochs_take_the_last_passes_of_a_round():
     policy = RecordingLearner()
     RoundRunner(TrainerConfig(epochs=2, batch_size=4), policy).run(1, sft, prefs, Probe())
     assert policy.steps == ["ref"] + ["sft", "sft", "dpo"] * 2  # both every epoch, interleaved
+
+
+def test_a_linear_schedule_falls_over_every_step_of_the_round_and_constant_does_not():
+    from trainer.rounds import RoundRunner
+
+    sft = [SFTExample(f"s{i}", "q", "r") for i in range(8)]
+    prefs = [PreferenceExample(f"p{i}", "q", "c", "r") for i in range(4)]
+    policy = RecordingLearner()
+    RoundRunner(TrainerConfig(lr=1e-3, lr_schedule="linear", epochs=3, dpo_epochs=1,
+                              batch_size=4), policy).run(1, sft, prefs, Probe())
+    assert len(policy.lrs) == 7  # 6 SFT steps and 1 DPO step, each set before it runs
+    assert policy.lrs[0] == pytest.approx(1e-3) and policy.lrs[-1] == pytest.approx(1e-3 / 7)
+    assert all(a > b for a, b in zip(policy.lrs, policy.lrs[1:]))
+    policy = RecordingLearner()
+    RoundRunner(TrainerConfig(lr=1e-3, epochs=3, dpo_epochs=1, batch_size=4),
+                policy).run(1, sft, prefs, Probe())
+    assert policy.lrs == [1e-3] * 7
 
 
 # --- when a round starts: the pipeline drains first, timers count from a round's first example
