@@ -31,12 +31,17 @@ RECIPES: dict[str, Recipe] = {
     # (agents/targets.py: it ends after the reason) is the SFT target, and is preferred over the
     # policy's plain answer (DPO). Helpful prompts give their answer as SFT target and a pair
     # preferring it over the bare decline, so the line between the two is learnt by meaning.
+    # The trainer interleaves SFT and DPO in every epoch at a falling learning rate and checks
+    # the dev gate after each epoch, keeping the best passing one: one round on the same data
+    # otherwise swung between declining few prompts and most benign ones from epoch to epoch
+    # (docs/results-log.md, 2026-11-28).
     "context-distillation": Recipe(
         pipeline={"strategy": "context", "preference": "revision-over-initial",
                   "compare": "initial-vs-final", "helpful_pairs": True,
                   "context_placement": "user-suffix", "context_temperature": 0,
                   "context_opening": True, "policy_max_new_tokens": 64},
-        trainer={"lr": 1e-3, "epochs": 6, "dpo_epochs": 2, "max_length": 256}),
+        trainer={"lr": 1e-3, "lr_schedule": "linear", "epochs": 6, "max_length": 256,
+                 "gate_every_epochs": 1}),
     # The paper's SL-CAI + RL-CAI data: critique -> revise rounds, the judge's soft labels.
     "paper": Recipe(pipeline={"strategy": "critique-revise", "preference": "judge"}),
 }

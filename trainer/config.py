@@ -127,6 +127,10 @@ class TrainerConfig:
         0, "also run the gate after every this many epochs and keep the checked epoch that passes "
         "with the most harmless dev answers (0: only after the last epoch); a round that would "
         "over-train is then cut back instead of rejected")
+    gate_stop_early: bool = option(
+        True, "with gate_every_epochs, end the round at the first checked epoch that fails the "
+        "gate after an earlier checked epoch passed, and keep the passing one (saves the "
+        "remaining epochs and checks)")
     gate_min_harmless_gain: int = option(
         1, "dev prompts the candidate must decline harmlessly beyond the serving policy")
     gate_explains_tolerance: float = option(

@@ -183,6 +183,12 @@ class RoundRunner:
         return {"epoch": epoch, "figures": figures, "answers": answers, "reasons": reasons,
                 "state": self.policy.trainable_state() if keep_state and not reasons else None}
 
+    def _stop_early(self, candidates: list[dict]) -> bool:
+        """Whether the round ends at the newest check: it failed after an earlier one passed
+        (``gate_stop_early``). Trained on, the policy had moved past the passing epoch."""
+        return (self.config.gate_stop_early and bool(candidates[-1]["reasons"])
+                and any(not c["reasons"] for c in candidates[:-1]))
+
     @staticmethod
     def _choose(candidates: list[dict]) -> dict:
         """The checked epoch the round keeps: of those that pass the gate the one that declines
@@ -251,6 +257,11 @@ class RoundRunner:
                     record(self.preference.step(self.preference.preference_batch(chunk)))
             if counts and epoch + 1 in checks and epoch + 1 < epochs:
                 candidates.append(self._gate_check(epoch + 1, keep_state=True))
+                if self._stop_early(candidates):
+                    logger.info("epoch %d failed the dev gate after an earlier epoch passed: the "
+                                "round stops here and keeps the passing epoch", epoch + 1)
+                    break
+        trained_epochs = epoch + 1  # fewer than epochs when the round stopped early
         train_s = time.monotonic() - started
 
         after = self._evaluate(probe)
@@ -259,7 +270,8 @@ class RoundRunner:
         if not counts:  # e.g. only SFT records while sft=False: same weights, no new version
             promoted, reasons = False, ["nothing to train with this config"]
         elif self.dev is not None:
-            candidates.append(self._gate_check(epochs, keep_state=False))
+            if trained_epochs == epochs:
+                candidates.append(self._gate_check(epochs, keep_state=False))
             chosen = self._choose(candidates)
             dev = {"before": self.serving, "after": chosen["figures"], "base": self.base,
                    "answers": chosen["answers"], "epoch": chosen["epoch"],
@@ -288,6 +300,7 @@ class RoundRunner:
             "data/preferences": float(len(preferences)),
             "round/promoted": float(promoted),
             "round/epochs": float(epochs),
+            "round/epochs_trained": float(trained_epochs),
             "round/epochs_kept": float(dev["epoch"] if dev is not None else epochs),
             "time/train_s": train_s,
             "time/round_s": time.monotonic() - started,

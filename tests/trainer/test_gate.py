@@ -111,26 +111,28 @@ def test_a_tiny_model_that_learns_nothing_useful_is_not_promoted(tiny_path):
     assert all("declined" in a and "complied" in a for a in answers)
 
 
+class StatefulLearner(Learner):
+    """Counts its steps as its weights, so a test sees which epoch's weights were kept."""
+
+    def __init__(self):
+        super().__init__()
+        self.weights, self.loaded = 0, None
+
+    def sft_step(self, batch):
+        self.weights += 1
+        return {"loss/sft": 1.0}
+
+    def trainable_state(self): return {"w": self.weights}
+    def load_trainable_state(self, state): self.loaded = state
+
+
 def test_checked_epochs_keep_the_best_one_that_passes(monkeypatch):
     """Epoch 2 passes, epoch 4 over-refuses: the round keeps epoch 2's weights and is promoted."""
     measured = iter([figures(),                                              # serving policy
                      figures(harmless=(5, 10), explains=(5, 5)),             # after epoch 2
                      figures(harmless=(8, 10), explains=(8, 8), over=(3, 8))])  # after epoch 4
     monkeypatch.setattr(gate, "measure", lambda generator, dev, tokens: (next(measured), []))
-
-    class Stateful(Learner):
-        def __init__(self):
-            super().__init__()
-            self.weights, self.loaded = 0, None
-
-        def sft_step(self, batch):
-            self.weights += 1
-            return {"loss/sft": 1.0}
-
-        def trainable_state(self): return {"w": self.weights}
-        def load_trainable_state(self, state): self.loaded = state
-
-    learner = Stateful()
+    learner = StatefulLearner()
     config = TrainerConfig(batch_size=1, epochs=4, gate_every_epochs=2)
     result = RoundRunner(config, learner, dev=DevSet(["h"], ["b"])).run(
         1, [SFTExample("s", "q", DECLINE)], [], Probe())
@@ -149,3 +151,22 @@ def test_without_epoch_checks_the_gate_looks_once(monkeypatch):
                 serving=figures(), base=figures()).run(1, [SFTExample("s", "q", DECLINE)], [],
                                                        Probe())
     assert len(calls) == 1
+
+
+@pytest.mark.parametrize("stop_early, trained", [(True, 3), (False, 6)])
+def test_a_round_stops_at_the_first_failing_check_after_a_passing_one(monkeypatch, stop_early,
+                                                                      trained):
+    """Epoch 1 gains nothing, epoch 2 passes, epoch 3 over-refuses: with gate_stop_early the
+    round trains no further and keeps epoch 2; without it, it trains all 6 and still keeps 2."""
+    over = figures(harmless=(8, 10), explains=(8, 8), over=(3, 8))
+    measured = iter([figures(), figures(), figures(harmless=(5, 10), explains=(5, 5))]
+                    + [over] * 4)
+    monkeypatch.setattr(gate, "measure", lambda generator, dev, tokens: (next(measured), []))
+    learner = StatefulLearner()
+    config = TrainerConfig(batch_size=1, epochs=6, gate_every_epochs=1,
+                           gate_stop_early=stop_early)
+    result = RoundRunner(config, learner, dev=DevSet(["h"], ["b"])).run(
+        1, [SFTExample("s", "q", DECLINE)], [], Probe())
+    assert learner.weights == trained and result.metrics["round/epochs_trained"] == trained
+    assert [c["epoch"] for c in result.gate["checked"]] == list(range(1, trained + 1))
+    assert result.promoted and result.gate["epoch"] == 2 and learner.loaded == {"w": 2}
