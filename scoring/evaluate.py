@@ -28,7 +28,12 @@ from scoring.shares import Share
 logger = logging.getLogger(__name__)
 
 
-def answer(model, prompts: list[str], max_new_tokens: int = 128, batch_size: int = 16,
+# Prompts answered together. On CPU a larger batch costs less per prompt: SmolLM2 answered the
+# gate's 80 dev prompts (128 tokens, greedy) in 68 s in batches of 16, 46 s in 40s, 42 s at once.
+ANSWER_BATCH = 48
+
+
+def answer(model, prompts: list[str], max_new_tokens: int = 128, batch_size: int = ANSWER_BATCH,
            system: str | None = None, progress=None) -> list[str]:
     """Greedy answers of one model to each prompt (chat template applied); ``model`` is a
     source to load (path, name) or a ``TextGenerator`` already holding one."""

@@ -82,7 +82,7 @@ def measure(generator, dev: DevSet, max_new_tokens: int) -> tuple[dict[str, dict
     from scoring.classify import classify
     from scoring.evaluate import answer
 
-    answers = answer(generator, dev.harmful + dev.benign, max_new_tokens, batch_size=16)
+    answers = answer(generator, dev.harmful + dev.benign, max_new_tokens)
     records = [{"kind": kind, "prompt": prompt, "answer": text, **classify(text).__dict__}
                for kind, prompts in (("harmful", dev.harmful), ("helpful", dev.benign))
                for prompt, text in zip(prompts, answers[len(dev.harmful) if kind == "helpful"
