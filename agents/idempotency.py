@@ -28,6 +28,7 @@ import time
 logger = logging.getLogger(__name__)
 
 PREFIX = "cai:"
+DEAD_MARK = "dead:"  # a done mark's value when the record went to dead-letter
 
 
 def seen_key(stage: str, key: str) -> str:
@@ -62,9 +63,16 @@ class Ledger:
     async def is_done(self, stage: str, key: str) -> bool:
         return bool(await self.redis.exists(seen_key(self.namespace + stage, key)))
 
-    async def claim(self, stage: str, key: str, wait_s: float | None = None) -> bool:
-        """True: the caller owns the work. False: it is already done (skip it)."""
+    async def claim(self, stage: str, key: str, wait_s: float | None = None,
+                    take_over_s: float | None = None) -> bool:
+        """True: the caller owns the work. False: it is already done (skip it).
+
+        Another worker's live claim is waited for; after ``wait_s`` a ``TimeoutError`` is
+        raised, after ``take_over_s`` the claim is taken over (its holder renews it but never
+        finishes: it is stuck). Taking over can repeat an output; repeats share a record id.
+        """
         deadline = None if wait_s is None else time.monotonic() + wait_s
+        take_over = None if take_over_s is None else time.monotonic() + take_over_s
         ckey = claim_key(self.namespace + stage, key)
         while True:
             if await self.is_done(stage, key):
@@ -77,6 +85,11 @@ class Ledger:
                 return True
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"{ckey} is held by {holder}")
+            if take_over is not None and time.monotonic() > take_over:
+                logger.warning("%s held by %s for more than %.0fs: taking it over", ckey, holder,
+                               take_over_s)
+                await self.redis.set(ckey, self.worker_id, px=self.lease_ms)
+                return True
             logger.info("%s is being processed by %s; waiting", ckey, holder)
             await asyncio.sleep(self.poll_s)
 
@@ -96,10 +109,13 @@ class Ledger:
             except Exception as exc:  # noqa: BLE001 - a missed renewal only shortens the lease
                 logger.warning("could not renew claims of %s: %s", stage, exc)
 
-    async def done(self, stage: str, key: str) -> bool:
-        """Mark done after the outputs were acknowledged. False if it was already marked."""
+    async def done(self, stage: str, key: str, dead: bool = False) -> bool:
+        """Mark done after the outputs were acknowledged. False if it was already marked.
+        ``dead``: it went to dead-letter instead (the mark says ``dead:<worker>``, so ``cai
+        dead-letter replay`` may clear it; a record done for real is never redriven)."""
         done_key = seen_key(self.namespace + stage, key)
-        first = await self.redis.set(done_key, self.worker_id, nx=True, ex=self.ttl_s)
+        mark = f"{DEAD_MARK}{self.worker_id}" if dead else self.worker_id
+        first = await self.redis.set(done_key, mark, nx=True, ex=self.ttl_s)
         await self.redis.delete(claim_key(self.namespace + stage, key))
         if not first:
             logger.warning("%s was already done: a duplicate output was emitted", done_key)

@@ -6,7 +6,8 @@
 * ``cai_stage_batch_seconds{stage}``: time to handle one batch (decode, claim, model calls,
   send, mark done);
 * ``cai_stage_batch_records{stage}``: records per batch;
-* ``cai_stage_claims_in_flight{stage}``: records this worker has claimed and not yet finished.
+* ``cai_stage_claims_in_flight{stage}``: records this worker has claimed and not yet finished;
+* ``cai_stage_parked_batches{stage}``: batches waiting out an outage (Triton down or hung).
 
 The model calls per role (``cai_triton_request_seconds``) are timed by ``serving/client.py``.
 """
@@ -28,3 +29,6 @@ BATCH_RECORDS = Histogram("cai_stage_batch_records", "Records per batch of a sta
                           buckets=(1, 2, 4, 8, 16, 32, 64, 128))
 CLAIMS_IN_FLIGHT = Gauge("cai_stage_claims_in_flight",
                          "Records this worker has claimed and not finished", ["stage"])
+PARKED = Gauge("cai_stage_parked_batches",
+               "Batches of a stage waiting out an outage (retried until the service is back)",
+               ["stage"])

@@ -195,6 +195,8 @@ class _Pending:
     bad: list[dict] = field(default_factory=list)
     probe_added: list[str] = field(default_factory=list)
     targets_dropped: list[dict] = field(default_factory=list)
+    # Undecodable records' dead letters, sent before the round's offsets are committed.
+    dead_letters: list = field(default_factory=list)
     carried: int = 0  # examples carried over from a rejected round
     downweighted: int = 0
     first_at: float | None = None  # clock time of the first usable example
@@ -356,9 +358,11 @@ class TrainerLoop:
         except DroppedTarget as exc:
             pending.targets_dropped.append({"source": where, "reason": str(exc)})
             return
-        except BadRecord as exc:
-            logger.warning("skipping undecodable record at %s: %s", where, exc)
-            pending.bad.append({"source": where, "reason": str(exc)})
+        except Exception as exc:  # noqa: BLE001 - BadRecord, or anything a hostile record raises
+            reason = str(exc) if isinstance(exc, BadRecord) else f"{type(exc).__name__}: {exc}"
+            logger.warning("skipping undecodable record at %s: %s", where, reason[:300])
+            pending.bad.append({"source": where, "reason": reason[:1000]})
+            pending.dead_letters.append(_dead_letter(message, reason))
             return
         if example.record_id:
             if example.record_id in self._seen_set:
@@ -518,6 +522,10 @@ class TrainerLoop:
                                   extra_files=extra_files)
         if result.promoted:
             self._finish_publish(folder, metrics)
+        if pending.dead_letters and hasattr(self.publisher, "dead_letter"):
+            # Before the commit: a crash in between repeats them (same source position), never
+            # loses them; `cai dead-letter` shows one per position.
+            self.publisher.dead_letter(pending.dead_letters)
         self.source.commit(self.offsets)
         ckpt.mark_committed(folder)
         summary = ckpt.round_summary(folder)
@@ -548,6 +556,19 @@ class TrainerLoop:
 
     def close(self) -> None:
         self.source.close()
+
+
+def _dead_letter(message: Message, reason: str):
+    """The dead letter of a record the trainer cannot use (stage ``trainer``)."""
+    from streams.records import DeadLetterRecord, now
+
+    limit = 65536
+    payload = bytes(message.value or b"")
+    return DeadLetterRecord(
+        stage="trainer", reason=reason[:4000].encode("utf-8", "replace").decode(),
+        topic=message.topic, partition=message.partition, offset=message.offset,
+        key=message.key, payload=payload[:limit].decode("utf-8", "replace"),
+        payload_bytes=len(payload), truncated=len(payload) > limit, created_at=now())
 
 
 def _describe(example) -> dict:

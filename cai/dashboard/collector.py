@@ -146,9 +146,11 @@ class Collector:
                 self._stop.wait(2.0)
 
     def _follow(self) -> None:
+        from streams.records import RECORDS
         from streams.topic_stats import TopicFollower, TopicReader
 
-        follower = TopicFollower(self.stream.kafka_address, self.names, self.window)
+        # Strictly decoded: a hostile record is dropped here and never reaches a view.
+        follower = TopicFollower(self.stream.kafka_address, self.names, self.window, RECORDS)
         reader = TopicReader(self.stream.kafka_address)
         try:
             next_assignment = 0.0

@@ -388,18 +388,44 @@ async def test_claims_are_renewed_while_a_long_batch_runs(services, monkeypatch)
     assert claim_key("policy", "p1") not in services.ledger.redis.data
 
 
-async def test_an_unreachable_server_dead_letters_the_batch_without_retrying_one_by_one(services):
+async def test_an_outage_parks_the_batch_until_the_server_is_back(services):
     from serving.client import InferenceError
 
     calls = []
+    original = services.inference.generate
 
-    async def down(role, items, params):
+    async def down_then_up(role, items, params):
         calls.append(len(items))
-        raise InferenceError("policy at x: UNAVAILABLE", "policy", "x", retryable=True)
+        if len(calls) <= 5:       # more than max_attempts: an outage is never dead-lettered
+            raise InferenceError("policy at x: UNAVAILABLE", "policy", "x", retryable=True)
+        return await original(role, items, params)
 
-    services.inference.generate = down
+    services.inference.generate = down_then_up
     sent = await run_batch(services, policy.STAGE, [prompt("p1"), prompt("p2")])
-    assert sent == 0 and calls == [2, 2, 2]                     # max_attempts, no singles
-    dead = services.send.on(topics.DEAD_LETTER)
-    assert sorted(d.prompt_id for d in dead) == ["p1", "p2"]
-    assert all("UNAVAILABLE" in d.reason for d in dead)
+    assert sent == 2 and calls == [2] * 6                     # whole batch each time, no singles
+    assert not services.send.on(topics.DEAD_LETTER)
+    assert sorted(r.prompt_id for r in services.send.on(topics.CRITIQUE)) == ["p1", "p2"]
+
+
+async def test_a_hung_server_is_waited_on_through_its_health_check(services):
+    from serving.client import InferenceError
+
+    calls, checks = [], []
+    original = services.inference.generate
+
+    async def hung_once(role, items, params):
+        calls.append(len(items))
+        if len(calls) == 1:
+            raise InferenceError("policy at x: no answer within 300s", "policy", "x",
+                                 retryable=True)
+        return await original(role, items, params)
+
+    async def healthy():
+        checks.append(1)
+        return len(checks) > 3    # hung for three checks, then back
+
+    services.inference.generate = hung_once
+    services.inference.healthy = healthy
+    assert await run_batch(services, policy.STAGE, [prompt("p1")]) == 1
+    assert calls == [1, 1] and len(checks) == 4          # no request re-sent while it was hung
+    assert not services.send.on(topics.DEAD_LETTER)
