@@ -108,8 +108,11 @@ class StackPublisher:
             entries = redis.Redis.from_url(self.stack.redis_address, socket_timeout=5,
                                            decode_responses=True).hgetall(REDIS_CHECKPOINTS_KEY)
         except redis.RedisError as exc:
-            logger.warning("cannot read %s from Redis (%s)", REDIS_CHECKPOINTS_KEY, exc)
-            return None
+            # The repository's version folders say it too: never publish the same weights
+            # again under a new number because Redis is down.
+            logger.warning("cannot read %s from Redis (%s); looking in the model repository",
+                           REDIS_CHECKPOINTS_KEY, exc)
+            entries = {}
         matches = [int(v) for v, path in entries.items() if path == wanted]
         if matches:
             return max(matches)
