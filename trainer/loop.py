@@ -339,7 +339,7 @@ class TrainerLoop:
         while True:
             try:
                 return self._publish_once(folder)
-            except Exception as exc:  # noqa: BLE001 - PublishError or a client error
+            except Exception as exc:
                 if getattr(exc, "retryable", False) or isinstance(exc, OSError):
                     delay = min(60.0, 2.0 * 2**min(attempt, 5))
                     attempt += 1
