@@ -72,8 +72,9 @@ def lock(trainer_dir: Path):
         handle.seek(0)
         holder = handle.read().strip() or "another process"
         handle.close()
-        raise TrainerLocked(f"another trainer ({holder}) runs on {trainer_dir}; one trainer per "
-                            "state: stop it first, or give this one its own --trainer-dir") from None
+        raise TrainerLocked(f"another trainer ({holder}) runs on {trainer_dir}; one trainer "
+                            "per state: stop it first, or give this one its own --trainer-dir"
+                            ) from None
     handle.seek(0)
     handle.truncate()
     handle.write(f"pid {os.getpid()}\n")
