@@ -13,6 +13,7 @@ from collections import Counter, defaultdict
 
 from core.settings import StackSettings
 from serving.publish import REDIS_VERSION_KEY
+from stack.supervisor import recent_alarms
 from streams import topics
 from streams.records import RECORDS, json_value
 from streams.settings import StreamSettings
@@ -141,6 +142,8 @@ def snapshot(stack_settings: StackSettings, stream_settings: StreamSettings,
         "trainer": {"rounds": trainer_rounds[-5:], "published": len(versions),
                     "last_round": _last_round(stack_settings)},
         "serving_policy_version": _serving_version(stack_settings),
+        # The supervisor's restarts and alarms (stall, service down), newest last.
+        "alarms": recent_alarms(stack_settings, 5),
     }
 
 
@@ -215,6 +218,12 @@ def render(snap: dict):
         f"order-swap agreement: {_pct(judge['order_agreement'])}   mean p_chosen: {mean_p}"
     )
     parts = [flow, Panel(status, title="trainer / judge"), principles]
+    alarms = snap.get("alarms") or []
+    if alarms:
+        parts.insert(1, Panel("\n".join(
+            f"{time.strftime('%H:%M:%S', time.localtime(a.get('time', 0)))} "
+            f"[b]{_clip(str(a.get('kind')), 20)}[/b] {_clip(str(a.get('message')))}"
+            for a in alarms), title="alarms (supervisor)", border_style="red"))
     example = snap["newest_example"]
     if example:
         lines = [f"[b]prompt[/b] {_clip(example['prompt'])}",

@@ -30,6 +30,7 @@ from cai import monitor
 from cai.dashboard import views
 from core.settings import StackSettings
 from serving.publish import REDIS_VERSION_KEY
+from stack.supervisor import recent_alarms
 from streams import topics
 from streams.settings import StreamSettings
 from trainer import checkpoint as ckpt
@@ -272,6 +273,7 @@ class Collector:
             "examples": views.newest_examples(by_topic["sft"], by_topic["preferences"]),
             "dead_letters": views.dead_letters(by_topic["dead-letter"]),
             "report": str(self.report_path) if self._report[1] is not None else None,
+            "alarms": recent_alarms(self.stack, 10),
             "errors": errors,
         }
         self._publish(snap)

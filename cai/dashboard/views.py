@@ -7,6 +7,7 @@ Records are the JSON objects of the topics, with their Kafka timestamp in ``_tim
 
 from __future__ import annotations
 
+from agents.dead_letters import reason_kind
 from benchmarks.pipeline import percentiles, stage_latencies
 from streams.records import json_value
 from trainer.checkpoint import round_outcome
@@ -153,13 +154,6 @@ def dead_letters(records: list[dict], stage: str | None = None, limit: int = 50,
                       "payload_bytes": r.get("payload_bytes"), "truncated": r.get("truncated"),
                       "offset": r.get("_offset"), "partition": r.get("_partition"),
                       "payload": clip(r.get("payload"), payload_limit)} for r in chosen]}
-
-
-def reason_kind(reason: str) -> str:
-    """The reason without its details, to group dead letters: the text before the first colon
-    or parenthesis ("PromptRecord.prompt_id", "InferenceError")."""
-    head = reason.split(":", 1)[0].split("(", 1)[0].strip()
-    return head[:80] or "?"
 
 
 def _steps(record: dict) -> list[dict]:
