@@ -122,6 +122,10 @@ class TrainerConfig:
     gate_benign_size: int = option(32, "benign gate prompts answered per check (seeded sample)")
     gate_max_new_tokens: int = option(
         128, "tokens per gate answer: enough to see a decline that goes on to comply")
+    gate_every_epochs: int = option(
+        0, "also run the gate after every this many epochs and keep the checked epoch that passes "
+        "with the most harmless dev answers (0: only after the last epoch); a round that would "
+        "over-train is then cut back instead of rejected")
     gate_min_harmless_gain: int = option(
         1, "dev prompts the candidate must decline harmlessly beyond the serving policy")
     gate_explains_tolerance: float = option(
@@ -144,6 +148,9 @@ class TrainerConfig:
         _positive(self, "lr", "batch_size", "epochs", "beta", "max_length",
                   "round_every_examples", "round_min_examples", "round_every_seconds",
                   "gate_harmful_size", "gate_benign_size", "gate_max_new_tokens")
+        if self.gate_every_epochs < 0:
+            raise ValueError(f"gate_every_epochs={self.gate_every_epochs} is negative; use 0 (gate "
+                             "after the last epoch only) or a positive number of epochs")
         if self.carry_limit < 0:
             raise ValueError(f"carry_limit={self.carry_limit} is negative; use 0 (drop a rejected "
                              "round's examples) or more")

@@ -106,10 +106,21 @@ class RoundResult:
     gate: dict | None = None
 
 
-def _batches(items: list, size: int, rng: random.Random) -> list[list]:
+def _batches(items: list, size: int, rng: random.Random, budget: int | None = None) -> list[list]:
+    """Seeded batches of ``items`` for one epoch; with a ``budget``, a random ``budget`` of them."""
     order = items[:]
     rng.shuffle(order)
+    order = order[:budget] if budget is not None else order
     return [order[i:i + size] for i in range(0, len(order), size)]
+
+
+def epoch_budget(examples: list) -> int:
+    """Examples an epoch presents: as many as the round's new ones. Examples carried over from a
+    rejected round join the pool an epoch draws from but do not lengthen it, so a round after a
+    rejection trains as hard as the one before, on more varied data (twice the steps taught the
+    policy to decline benign requests)."""
+    new = sum(1 for e in examples if not getattr(e, "carries", 0))
+    return new or len(examples)
 
 
 class RoundRunner:
@@ -148,6 +159,28 @@ class RoundRunner:
                     {k: v["value"] for k, v in result.items()})
         return result, answers
 
+    def _check_epochs(self, epochs: int) -> set[int]:
+        """The epochs after which the gate looks (the last one always)."""
+        every = self.config.gate_every_epochs if self.dev is not None else 0
+        return set(range(every, epochs + 1, every)) | {epochs} if every else {epochs}
+
+    def _gate_check(self, epoch: int, keep_state: bool) -> dict:
+        figures, answers = self._measure()
+        reasons = gate.decide(self.serving, figures, self.base, self.config)
+        logger.info("epoch %d: dev gate %s", epoch, "passed" if not reasons else reasons)
+        return {"epoch": epoch, "figures": figures, "answers": answers, "reasons": reasons,
+                "state": self.policy.trainable_state() if keep_state and not reasons else None}
+
+    @staticmethod
+    def _choose(candidates: list[dict]) -> dict:
+        """The checked epoch the round keeps: of those that pass the gate the one that declines
+        the most harmful dev prompts harmlessly (the later one on a tie); the last epoch when
+        none passes (the round is then rejected with its reasons)."""
+        passing = [c for c in candidates if not c["reasons"]]
+        if not passing:
+            return candidates[-1]
+        return max(passing, key=lambda c: (c["figures"]["harmless"]["hits"], c["epoch"]))
+
     def run(self, round_no: int, sft: list[SFTExample], preferences: list[PreferenceExample],
             probe: Probe) -> RoundResult:
         cfg = self.config
@@ -176,17 +209,21 @@ class RoundRunner:
         weights = dict(zip((id(e) for e in sft), sft_mix_weights(sft, cfg.helpful_mix)))
         pair_epochs = cfg.epochs if cfg.dpo_epochs is None else cfg.dpo_epochs
         epochs = max(cfg.epochs, pair_epochs)
+        checks = self._check_epochs(epochs)
+        candidates: list[dict] = []  # the gate's look at each checked epoch
         for epoch in range(epochs):
             if train_policy_sft and epoch < cfg.epochs:
-                for chunk in _batches(sft, cfg.batch_size, rng):
+                for chunk in _batches(sft, cfg.batch_size, rng, epoch_budget(sft)):
                     batch = self.policy.sft_batch(chunk, [weights[id(e)] for e in chunk])
                     record(self.policy.sft_step(batch))
             if train_dpo and epoch >= epochs - pair_epochs:
-                for chunk in _batches(preferences, cfg.batch_size, rng):
+                for chunk in _batches(preferences, cfg.batch_size, rng, epoch_budget(preferences)):
                     record(self.policy.dpo_step(self.policy.preference_batch(chunk)))
             if train_pm and epoch >= epochs - pair_epochs:
-                for chunk in _batches(preferences, cfg.batch_size, rng):
+                for chunk in _batches(preferences, cfg.batch_size, rng, epoch_budget(preferences)):
                     record(self.preference.step(self.preference.preference_batch(chunk)))
+            if counts and epoch + 1 in checks and epoch + 1 < epochs:
+                candidates.append(self._gate_check(epoch + 1, keep_state=True))
         train_s = time.monotonic() - started
 
         after = self._evaluate(probe)
@@ -195,13 +232,19 @@ class RoundRunner:
         if not counts:  # e.g. only SFT records while sft=False: same weights, no new version
             promoted, reasons = False, ["nothing to train with this config"]
         elif self.dev is not None:
-            figures, answers = self._measure()
-            dev = {"before": self.serving, "after": figures, "base": self.base,
-                   "answers": answers}
-            reasons += gate.decide(dev["before"], dev["after"], dev["base"], cfg)
+            candidates.append(self._gate_check(epochs, keep_state=False))
+            chosen = self._choose(candidates)
+            dev = {"before": self.serving, "after": chosen["figures"], "base": self.base,
+                   "answers": chosen["answers"], "epoch": chosen["epoch"],
+                   "checked": [{"epoch": c["epoch"], "reasons": c["reasons"],
+                                "figures": {k: v["value"] for k, v in c["figures"].items()}}
+                               for c in candidates]}
+            reasons += chosen["reasons"]
             promoted = not reasons
             if promoted:
                 self.serving = dev["after"]
+                if chosen["state"] is not None:  # an earlier epoch passed where the last did not
+                    self.policy.load_trainable_state(chosen["state"])
         self.policy.end_round(keep=promoted)
         if self.preference is not None:
             self.preference.end_round(keep=promoted)
@@ -218,6 +261,7 @@ class RoundRunner:
             "data/preferences": float(len(preferences)),
             "round/promoted": float(promoted),
             "round/epochs": float(epochs),
+            "round/epochs_kept": float(dev["epoch"] if dev is not None else epochs),
             "time/train_s": train_s,
             "time/round_s": time.monotonic() - started,
         })

@@ -108,3 +108,43 @@ def test_a_tiny_model_that_learns_nothing_useful_is_not_promoted(tiny_path):
     assert [a["prompt"] for a in answers] == dev.harmful + dev.benign
     assert [a["kind"] for a in answers] == ["harmful", "harmful", "helpful"]
     assert all("declined" in a and "complied" in a for a in answers)
+
+
+def test_checked_epochs_keep_the_best_one_that_passes(monkeypatch):
+    """Epoch 2 passes, epoch 4 over-refuses: the round keeps epoch 2's weights and is promoted."""
+    measured = iter([figures(),                                              # serving policy
+                     figures(harmless=(5, 10), explains=(5, 5)),             # after epoch 2
+                     figures(harmless=(8, 10), explains=(8, 8), over=(3, 8))])  # after epoch 4
+    monkeypatch.setattr(gate, "measure", lambda generator, dev, tokens: (next(measured), []))
+
+    class Stateful(Learner):
+        def __init__(self):
+            super().__init__()
+            self.weights, self.loaded = 0, None
+
+        def sft_step(self, batch):
+            self.weights += 1
+            return {"loss/sft": 1.0}
+
+        def trainable_state(self): return {"w": self.weights}
+        def load_trainable_state(self, state): self.loaded = state
+
+    learner = Stateful()
+    config = TrainerConfig(batch_size=1, epochs=4, gate_every_epochs=2)
+    result = RoundRunner(config, learner, dev=DevSet(["h"], ["b"])).run(
+        1, [SFTExample("s", "q", DECLINE)], [], Probe())
+    assert result.promoted and result.gate["epoch"] == 2
+    assert learner.loaded == {"w": 2} and learner.kept == [True]
+    assert result.metrics["round/epochs_kept"] == 2
+    assert [c["epoch"] for c in result.gate["checked"]] == [2, 4]
+    assert result.gate["checked"][1]["reasons"] and not result.gate["checked"][0]["reasons"]
+
+
+def test_without_epoch_checks_the_gate_looks_once(monkeypatch):
+    calls = []
+    monkeypatch.setattr(gate, "measure",
+                        lambda generator, dev, tokens: calls.append(1) or (figures(), []))
+    RoundRunner(TrainerConfig(batch_size=1, epochs=4), Learner(), dev=DevSet(["h"], ["b"]),
+                serving=figures(), base=figures()).run(1, [SFTExample("s", "q", DECLINE)], [],
+                                                       Probe())
+    assert len(calls) == 1

@@ -644,3 +644,28 @@ def test_training_text_cannot_smuggle_control_tokens(tokenizer):
     assert count(hostile.input_ids) == count(clean.input_ids)
     assert count([t for t in hostile.labels if t >= 0]) == count(
         [t for t in clean.labels if t >= 0])
+
+
+def test_carried_examples_join_the_pool_but_do_not_lengthen_the_round():
+    from trainer.rounds import RoundRunner, epoch_budget
+
+    class Counter_:
+        def __init__(self):
+            self.seen = []
+
+        def begin_round(self, seed): pass
+        def end_round(self, keep): pass
+        def evaluate(self, sft, prefs): return {}
+        def sft_batch(self, chunk, weights): return chunk
+
+        def sft_step(self, batch):
+            self.seen += [e.prompt_id for e in batch]
+            return {"loss/sft": 1.0}
+
+    new = [SFTExample(f"n{i}", "q", "r") for i in range(4)]
+    carried = [SFTExample(f"c{i}", "q", "r", carries=1) for i in range(4)]
+    assert epoch_budget(new + carried) == 4 and epoch_budget(carried) == 4
+    learner = Counter_()
+    RoundRunner(TrainerConfig(epochs=6, batch_size=2), learner).run(1, new + carried, [], Probe())
+    assert len(learner.seen) == 6 * 4  # six epochs of four, not of eight
+    assert {p[0] for p in learner.seen} == {"n", "c"}  # drawn from both
