@@ -27,8 +27,8 @@ skip them) while the prompts flow, with no crash and no stall. ``--soak MIN`` cy
 the faults until MIN minutes have passed, sampling every process's RSS, the Redis key count
 and the lags every ``--sample-every`` seconds; the report gives their slopes.
 
-    flock /work/cpu.lock cai chaos --runs 3                   # every fault 3 times
-    flock /work/cpu.lock cai chaos --soak 60 --fuzz 10000     # the one-hour soak
+    cai chaos --runs 3                      # every fault 3 times
+    cai chaos --soak 60 --fuzz 10000        # the one-hour soak, after 10,000 per topic
 """
 
 from __future__ import annotations
@@ -429,7 +429,7 @@ class Harness:
         result.fault = fault
         result.trained_twice = self.trained_twice() - sum(r.trained_twice for r in self.runs)
         self.runs.append(result)
-        print(f"cai chaos: {fault:32} lost {result.lost}  trained twice {result.trained_twice}  "
+        print(f"cai chaos: {fault:38} lost {result.lost}  trained twice {result.trained_twice}  "
               f"stalled {int(result.stalled)}  recovery {result.recovery_s}s", flush=True)
         return result
 
@@ -665,15 +665,15 @@ def _round(value: float | None) -> float | None:
 
 
 def print_table(report: dict) -> None:
-    print(f"\n{'fault':32} {'runs':>4} {'lost':>5} {'trained twice':>13} {'stalled':>7} "
+    print(f"\n{'fault':38} {'runs':>4} {'lost':>5} {'trained twice':>13} {'stalled':>7} "
           f"{'recovery s (median / max)':>26}")
     for row in report["table"]:
         med, top = row["recovery_median_s"], row["recovery_max_s"]
-        print(f"{row['fault']:32} {row['runs']:4d} {row['lost']:5d} {row['trained_twice']:13d} "
+        print(f"{row['fault']:38} {row['runs']:4d} {row['lost']:5d} {row['trained_twice']:13d} "
               f"{row['stalled']:7d} {'-' if med is None else f'{med:.1f} / {top:.1f}':>26}")
     total = {k: sum(r[k] for r in report["table"]) for k in ("runs", "lost", "trained_twice",
                                                               "stalled")}
-    print(f"{'all':32} {total['runs']:4d} {total['lost']:5d} {total['trained_twice']:13d} "
+    print(f"{'all':38} {total['runs']:4d} {total['lost']:5d} {total['trained_twice']:13d} "
           f"{total['stalled']:7d}")
     print(f"final check: {report['final']}")
 
