@@ -429,3 +429,38 @@ async def test_a_hung_server_is_waited_on_through_its_health_check(services):
     assert await run_batch(services, policy.STAGE, [prompt("p1")]) == 1
     assert calls == [1, 1] and len(checks) == 4          # no request re-sent while it was hung
     assert not services.send.on(topics.DEAD_LETTER)
+
+
+async def test_a_record_the_broker_never_takes_goes_to_dead_letter_not_retried_forever(services):
+    class MessageSizeTooLargeError(Exception):   # aiokafka's name for it
+        pass
+
+    real = services.send
+
+    async def send(topic, key, record):
+        if topic == topics.CRITIQUE and record.prompt_id == "big":
+            raise MessageSizeTooLargeError("The message is 2000000 bytes")
+        await real(topic, key, record)
+
+    services.send = send
+    sent = await run_batch(services, policy.STAGE, [prompt("big"), prompt("ok")])
+    assert sent == 1
+    [dead] = real.on(topics.DEAD_LETTER)
+    assert dead.prompt_id == "big" and "MessageSizeTooLargeError" in dead.reason
+    assert services.ledger.redis.data[seen_key("policy", "big")].startswith("dead:")
+    assert services.ledger.redis.data[seen_key("policy", "ok")] == "w1"
+
+
+async def test_hostile_values_never_stop_a_stage(services):
+    from benchmarks import fuzz
+
+    values = fuzz.messages("prompts", 40, "t") + [prompt("good")]
+    assert await run_batch(services, policy.STAGE, values) == 1
+    assert len(services.send.on(topics.DEAD_LETTER)) == 40
+
+
+async def test_a_claim_held_too_long_by_a_stuck_worker_is_taken_over(services):
+    services.settings.claim_wait_s = 0.2
+    await services.ledger.redis.set(claim_key("policy", "p1"), "w2", px=60_000)  # w2 is stuck
+    assert await run_batch(services, policy.STAGE, [prompt("p1")]) == 1
+    assert services.ledger.redis.data[seen_key("policy", "p1")] == "w1"
