@@ -236,3 +236,30 @@ def test_a_publish_killed_before_redis_is_completed_without_a_new_number(serving
     assert client.hget(REDIS_CHECKPOINTS_KEY, str(version)) == str(checkpoint.resolve())
     # ... and spends no number
     assert max(versions(serving_stack.triton_repository / "policy")) == version
+
+
+def test_with_redis_down_a_published_round_is_found_not_published_again(serving_stack,
+                                                                        cache_dir):
+    from streams.settings import StreamSettings
+    from trainer.publisher import StackPublisher
+
+    checkpoint = build_tiny(cache_dir, seed=5)
+    version = publish_policy(checkpoint, serving_stack)
+    no_redis = serving_stack.model_copy(update={"redis_url": "redis://127.0.0.1:1/0"})
+    publisher = StackPublisher(no_redis, StreamSettings(kafka_bootstrap="unused:9092"))
+    with pytest.raises(PublishError) as caught:  # found in the repository; Redis is an outage
+        publisher.find_published(checkpoint)
+    assert caught.value.retryable
+    assert max(versions(serving_stack.triton_repository / "policy")) == version  # no new number
+    assert StackPublisher(serving_stack, StreamSettings(
+        kafka_bootstrap="unused:9092")).find_published(checkpoint) == version
+
+
+def test_a_load_that_cannot_reach_triton_rolls_back_and_is_retryable(serving_stack, cache_dir):
+    checkpoint = build_tiny(cache_dir, seed=6)
+    before = versions(serving_stack.triton_repository / "policy")
+    unreachable = serving_stack.model_copy(update={"triton_http_url": "127.0.0.1:1"})
+    with pytest.raises(PublishError) as caught:
+        publish_policy(checkpoint, unreachable, timeout_s=5)
+    assert caught.value.retryable and "Removed" in str(caught.value)
+    assert versions(serving_stack.triton_repository / "policy") == before
