@@ -3,6 +3,11 @@
 A stage is described by a ``Stage``: its source topic, its record type, the idempotency key of
 an input record, and ``process`` (records -> outputs per record, the only part that differs).
 
+The Redis side of a batch costs two round trips: one claim for the whole batch
+(``Ledger.claim_many``, with the ``in`` counter) and one done mark for every record whose outputs
+were all acknowledged (``Ledger.done_many``, with the ``out``/``skipped`` counters). Records that
+go to dead-letter are marked done one by one, as dead. ``phase`` times each step of a batch.
+
 Failures never stop the stream:
 
 * a message that does not decode or validate goes to dead-letter with the reason and the raw
@@ -27,6 +32,7 @@ Failures never stop the stream:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
@@ -39,6 +45,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from agents import metrics
+from agents.batching import take_batches
 from agents.services import Services
 from streams import topics
 from streams.records import DeadLetterRecord, RecordError, WireRecord, decode, encode, now
@@ -124,6 +131,16 @@ async def persist(factory: Callable[[], Awaitable[Any]], what: str, svc: Service
             attempt += 1
             logger.error("%s failed (%s); retry %d in %.1fs", what, exc, attempt, delay)
             await asyncio.sleep(delay)
+
+
+@contextlib.contextmanager
+def phase(stage: str, name: str):
+    """Time a phase of a batch (``metrics.PHASES``) into ``cai_stage_phase_seconds``."""
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        metrics.PHASE_SECONDS.labels(stage, name).observe(time.perf_counter() - started)
 
 
 def _delay(svc: Services, attempt: int, cap: float | None = None) -> float:
@@ -278,73 +295,124 @@ async def run_batch(svc: Services, stage: Stage, values: list) -> int:
 
 
 async def _claim_and_deliver(svc: Services, stage: Stage, values: list) -> int:
-    await count(svc, stage.name, "in", len(values))
-    records = await _decode_all(svc, stage, values)
+    with phase(stage.name, "decode"):
+        records = await _decode_all(svc, stage, values)
     fault_point("before-claim")
-
-    mine: list = []
-    keys: list[str] = []   # renewed while we wait for other claims and while we work
-    holding = asyncio.ensure_future(svc.ledger.hold(stage.name, keys))
+    unique: dict[str, Any] = {}
+    for record in records:  # a key twice in one batch: the second is a duplicate
+        unique.setdefault(stage.key(record), record)
     wait = svc.settings.claim_wait_s
+    with phase(stage.name, "claim"):
+        try:
+            owned = await persist(lambda: svc.ledger.claim_many(
+                stage.name, list(unique), counts={"in": len(values)}, take_over_s=wait),
+                "claim", svc)
+        except PermanentError as exc:
+            # A key the batched claim cannot send (text no encoder accepts) fails the whole
+            # round trip, counters included: claim record by record, and dead-letter only
+            # the records whose own claim fails.
+            logger.warning("%s: batched claim failed (%s); claiming one by one", stage.name, exc)
+            await persist(lambda: svc.ledger.count(stage.name, "in", len(values)), "counter",
+                          svc)
+            owned = await _claim_each(svc, stage, unique, wait)
+    metrics.STAGE_RECORDS.labels(stage.name, "in").inc(len(values))
+    keys = [key for key, mine in zip(unique, owned) if mine]  # renewed while we work
+    skipped = len(records) - len(keys) - sum(mine is None for mine in owned)
+    metrics.CLAIMS_IN_FLIGHT.labels(stage.name).inc(len(keys))
+    holding = asyncio.ensure_future(svc.ledger.hold(stage.name, keys))
     try:
-        for record in records:
-            key = stage.key(record)
-            try:
-                claimed = key not in keys and await persist(
-                    lambda k=key: svc.ledger.claim(stage.name, k, take_over_s=wait), "claim", svc)
-            except PermanentError as exc:
-                await _dead_end(svc, stage, record, exc)
-                continue
-            if not claimed:
-                await count(svc, stage.name, "skipped")
-                continue
-            keys.append(key)
-            mine.append(record)
-            metrics.CLAIMS_IN_FLIGHT.labels(stage.name).inc()
-        return await _process_and_deliver(svc, stage, mine) if mine else 0
+        return await _process_and_deliver(svc, stage, [unique[k] for k in keys], skipped)
     finally:
         holding.cancel()
         metrics.CLAIMS_IN_FLIGHT.labels(stage.name).dec(len(keys))
 
 
-async def _process_and_deliver(svc: Services, stage: Stage, mine: list) -> int:
+async def _claim_each(svc: Services, stage: Stage, unique: dict[str, Any],
+                      wait: float) -> list[bool | None]:
+    """``claim`` per record; None where the record's own claim failed permanently (it went to
+    dead-letter)."""
+    owned: list[bool | None] = []
+    held: list[str] = []  # renewed while we wait for other workers' claims
+    holding = asyncio.ensure_future(svc.ledger.hold(stage.name, held))
+    try:
+        for key, record in unique.items():
+            try:
+                mine = await persist(lambda k=key: svc.ledger.claim(stage.name, k,
+                                                                    take_over_s=wait),
+                                     "claim", svc)
+            except PermanentError as exc:
+                await _dead_end(svc, stage, record, exc)
+                owned.append(None)
+                continue
+            owned.append(mine)
+            if mine:
+                held.append(key)
+    finally:
+        holding.cancel()
+    return owned
+
+
+async def _process_and_deliver(svc: Services, stage: Stage, mine: list, skipped: int) -> int:
+    per_record: list[list[Output] | Exception] = []
+    if mine:
+        with phase(stage.name, "process"):
+            per_record = await _outcomes(svc, stage, mine)
+    delivered: list = []  # records whose outputs were all acknowledged
+    with phase(stage.name, "send"):
+        for record, outcome in zip(mine, per_record):
+            if isinstance(outcome, Exception):
+                await _dead_end(svc, stage, record, outcome, svc.settings.max_attempts)
+        sending = [(r, o) for r, o in zip(mine, per_record) if not isinstance(o, Exception)]
+        # Every output of the batch at once; each waits for the broker's ack.
+        refused = await asyncio.gather(*(_send_outputs(svc, outcome) for _, outcome in sending))
+        for (record, outcome), exc in zip(sending, refused):
+            if exc is not None:  # an output the broker never takes: not retried forever
+                await _dead_end(svc, stage, record, exc)
+            else:
+                delivered.append((record, outcome))
+    sent = sum(len(outcome) for _, outcome in delivered)
+    if delivered:
+        fault_point("after-ack-before-done")
+    # Only after every ack: the batch's delivered records are marked done, with its counters, in
+    # one round trip. A crash between the acks and this mark repeats their outputs on replay
+    # (same record ids; the next stage and the trainer drop them).
+    with phase(stage.name, "done"):
+        await persist(lambda: svc.ledger.done_many(
+            stage.name, [stage.key(r) for r, _ in delivered],
+            counts={"out": sent, "skipped": skipped}), "mark done", svc)
+    metrics.STAGE_RECORDS.labels(stage.name, "out").inc(sent)
+    metrics.STAGE_RECORDS.labels(stage.name, "skipped").inc(skipped)
+    return sent
+
+
+async def _send_outputs(svc: Services, outputs: list[Output]) -> PermanentError | None:
+    """Send one record's outputs and wait for the broker's acks; the permanent error that
+    refused one of them, if any."""
+    try:
+        await asyncio.gather(*(
+            persist(lambda o=o: svc.send(o.topic, o.key, o.record), f"send to {o.topic}", svc)
+            for o in outputs))
+    except PermanentError as exc:
+        return exc
+    return None
+
+
+async def _outcomes(svc: Services, stage: Stage, mine: list) -> list[list[Output] | Exception]:
+    """Each record's outputs, or the exception that sends it to dead-letter."""
     result = await _attempts(svc, stage, mine, svc.settings.max_attempts)
-    per_record: list[list[Output] | Exception]
     if not isinstance(result, Exception):
-        per_record = list(result)
-    elif len(mine) > 1 and not getattr(result, "retryable", False):
+        return list(result)
+    if len(mine) > 1 and not getattr(result, "retryable", False):
         # One bad record must not sink its batch: try each alone once more. (Not when the
         # server itself was unreachable: each record alone would only wait out the same outage.)
         logger.warning("%s: batch of %d failed (%s); retrying one by one", stage.name, len(mine),
                        result)
-        per_record = []
+        per_record: list[list[Output] | Exception] = []
         for record in mine:
             single = await _attempts(svc, stage, [record], 1)
             per_record.append(single if isinstance(single, Exception) else single[0])
-    else:
-        per_record = [result] * len(mine)
-
-    async def finish(record, outcome) -> int:
-        """Send one record's outputs, wait for the broker's acks, then mark the record done."""
-        if isinstance(outcome, Exception):
-            await _dead_end(svc, stage, record, outcome, svc.settings.max_attempts)
-            return 0
-        try:
-            await asyncio.gather(*(
-                persist(lambda o=o: svc.send(o.topic, o.key, o.record), f"send to {o.topic}", svc)
-                for o in outcome))
-        except PermanentError as exc:  # an output the broker never takes: not retried forever
-            await _dead_end(svc, stage, record, exc)
-            return 0
-        fault_point("after-ack-before-done")
-        # The done mark follows its own record's acks at once: the window in which a crash
-        # can repeat an output is one Redis round trip.
-        await persist(lambda: svc.ledger.done(stage.name, stage.key(record)), "mark done", svc)
-        return len(outcome)
-
-    counts = await asyncio.gather(*(finish(r, o) for r, o in zip(mine, per_record)))
-    await count(svc, stage.name, "out", sum(counts))
-    return sum(counts)
+        return per_record
+    return [result] * len(mine)
 
 
 async def _dead_end(svc: Services, stage: Stage, record, exc: BaseException,
@@ -402,14 +470,15 @@ async def handle(svc: Services, stage: Stage, values: list) -> int:
 def register_agent(app, svc_ref: Callable[[], Services], source_topic, stage: Stage):
     """Add one Faust agent that feeds batches of ``source_topic`` to ``stage``.
 
-    Batches (``stream.take``) let Triton's dynamic batching pay off; ``svc_ref()`` returns
-    the running Services, which exist only once the worker has started.
+    Batches (``agents.batching.take_batches``) let Triton's dynamic batching pay off;
+    ``svc_ref()`` returns the running Services, which exist only once the worker has started.
     """
 
     @app.agent(source_topic, name=f"cai-{stage.name}")
     async def stage_agent(stream):
         settings = svc_ref().settings
-        async for batch in stream.take(settings.batch_size, within=settings.batch_within_s):
+        async for batch in take_batches(stream, settings.batch_size, settings.batch_within_s,
+                                        settings.batch_idle_s):
             await handle(svc_ref(), stage, batch)
 
     return stage_agent

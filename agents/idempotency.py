@@ -11,9 +11,14 @@ Per input message a stage has a key ``cai:seen:<stage>:<key>`` (done) and a shor
    restarted worker with a stable ``--worker-id`` takes it back at once.
 3. send every output and wait for the broker's ack, THEN set the done key, then drop the claim.
 
+A stage runs the protocol for a whole batch at once: ``claim_many`` is one round trip (a Lua
+script: skip the done, claim the free, take back our own; only records another worker holds fall
+back to ``claim``'s wait), and ``done_many`` marks the whole batch done in one round trip after
+every output of the batch was acknowledged, with the batch's counters in the same round trip.
+
 A crash before step 3's sends completes loses nothing: Kafka redelivers the input (offsets are
 committed only after the batch is done) and the stage repeats the work. A crash in the
-milliseconds between the broker's ack and the done key can repeat an output; repeated outputs
+milliseconds between the broker's acks and the done keys can repeat an output; repeated outputs
 carry the same ``record_id`` (or stage key), the next stage skips them in step 1, and
 ``cai export`` / the trainer drop them. Redis holds nothing that cannot be rebuilt from topics:
 losing it only means replays re-deliver records that consumers dedupe.
@@ -48,6 +53,27 @@ def namespace_for(topic_prefix: str) -> str:
     return "" if topic_prefix in ("", "cai.") else topic_prefix
 
 
+# KEYS: seen key and claim key of each record, in pairs; ARGV: worker id, lease (ms).
+# Per record: 0 = done before (skip), 1 = claimed (ours, or ours from before a restart),
+# 2 = another worker holds it (wait for it: Ledger.claim).
+CLAIM_MANY = """
+local out = {}
+for i = 1, #KEYS, 2 do
+  if redis.call('EXISTS', KEYS[i]) == 1 then
+    out[#out + 1] = 0
+  elseif redis.call('SET', KEYS[i + 1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+    out[#out + 1] = 1
+  elseif redis.call('GET', KEYS[i + 1]) == ARGV[1] then
+    redis.call('PEXPIRE', KEYS[i + 1], ARGV[2])
+    out[#out + 1] = 1
+  else
+    out[#out + 1] = 2
+  end
+end
+return out
+"""
+
+
 class Ledger:
     """The protocol above on a ``redis.asyncio.Redis``-like client (decode_responses=True)."""
 
@@ -59,6 +85,7 @@ class Ledger:
         self.lease_ms = int(lease_s * 1000)
         self.ttl_s = ttl_s
         self.poll_s = poll_s
+        self._claim_many = redis.register_script(CLAIM_MANY)
 
     async def is_done(self, stage: str, key: str) -> bool:
         return bool(await self.redis.exists(seen_key(self.namespace + stage, key)))
@@ -92,6 +119,59 @@ class Ledger:
                 return True
             logger.info("%s is being processed by %s; waiting", ckey, holder)
             await asyncio.sleep(self.poll_s)
+
+    async def claim_many(self, stage: str, keys: list[str],
+                         counts: dict[str, int] | None = None,
+                         take_over_s: float | None = None) -> list[bool]:
+        """``claim`` for a batch, in one round trip with ``counts`` (counter increments) unless
+        another worker holds some of the keys; True: the caller owns the record's work.
+        ``take_over_s`` as in ``claim``, for each key another worker holds."""
+        ns = self.namespace + stage
+        pairs = [k for key in keys for k in (seen_key(ns, key), claim_key(ns, key))]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for what, n in (counts or {}).items():
+                if n:
+                    pipe.incrby(counter_key(ns, what), n)
+            if keys:
+                await self._claim_many(keys=pairs, args=[self.worker_id, self.lease_ms],
+                                       client=pipe)
+            replies = await pipe.execute()
+        states = replies[-1] if keys else []
+        owned = [state == 1 for state in states]
+        waiting = [i for i, state in enumerate(states) if state == 2]
+        if not waiting:
+            return owned
+        # Held by another worker: wait for its done mark, or for its lease to run out, or take
+        # it over after ``take_over_s``; the claims we hold meanwhile are renewed.
+        held = [key for key, mine in zip(keys, owned) if mine]
+        holding = asyncio.ensure_future(self.hold(stage, held))
+        try:
+            for i in waiting:
+                owned[i] = await self.claim(stage, keys[i], take_over_s=take_over_s)
+                if owned[i]:
+                    held.append(keys[i])
+        finally:
+            holding.cancel()
+        return owned
+
+    async def done_many(self, stage: str, keys: list[str],
+                        counts: dict[str, int] | None = None) -> int:
+        """``done`` for a batch whose outputs were all acknowledged, in one round trip with
+        ``counts``; returns how many were already marked (each a duplicate output)."""
+        ns = self.namespace + stage
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.set(seen_key(ns, key), self.worker_id, nx=True, ex=self.ttl_s)
+                pipe.delete(claim_key(ns, key))
+            for what, n in (counts or {}).items():
+                if n:
+                    pipe.incrby(counter_key(ns, what), n)
+            replies = await pipe.execute()
+        repeated = [key for key, first in zip(keys, replies[0:2 * len(keys):2]) if not first]
+        for key in repeated:
+            logger.warning("%s was already done: a duplicate output was emitted",
+                           seen_key(ns, key))
+        return len(repeated)
 
     async def renew(self, stage: str, keys: list[str]) -> None:
         """Extend our claims while a long batch runs (a claim is only renewed by its holder)."""

@@ -8,6 +8,9 @@
 * ``cai_stage_batch_records{stage}``: records per batch;
 * ``cai_stage_claims_in_flight{stage}``: records this worker has claimed and not yet finished;
 * ``cai_stage_parked_batches{stage}``: batches waiting out an outage (Triton down or hung).
+* ``cai_stage_phase_seconds{stage, phase}``: where a batch's time goes: ``decode`` (records from
+  bytes), ``claim`` and ``done`` (Redis), ``process`` (the model calls), ``send`` (Kafka, until
+  the broker's acks), ``count`` (Redis counters). ``cai bench --null-models`` reads it.
 
 The model calls per role (``cai_triton_request_seconds``) are timed by ``serving/client.py``.
 """
@@ -32,3 +35,8 @@ CLAIMS_IN_FLIGHT = Gauge("cai_stage_claims_in_flight",
 PARKED = Gauge("cai_stage_parked_batches",
                "Batches of a stage waiting out an outage (retried until the service is back)",
                ["stage"])
+PHASES = ("decode", "claim", "process", "send", "done", "count")
+PHASE_SECONDS = Histogram("cai_stage_phase_seconds", "Seconds one batch of a stage spent in a "
+                          "phase: decode, claim, process, send, done, count", ["stage", "phase"],
+                          buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                                   0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0))

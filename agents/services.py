@@ -17,7 +17,7 @@ from typing import Any, Protocol
 from agents.constitution import Constitution
 from agents.idempotency import Ledger
 from agents.settings import PipelineSettings
-from serving.inference import Inference, TritonInference
+from serving.inference import Inference, NullInference, TritonInference
 from streams.records import WireRecord, encode
 
 logger = logging.getLogger(__name__)
@@ -49,12 +49,14 @@ class Services:
 
 def connect(settings: PipelineSettings, constitution: Constitution, topics: dict[str, Any],
             namespace: str = "") -> Services:
-    """Real services: Triton over gRPC, Redis, the faust topics."""
+    """Real services: Triton over gRPC (or no model: ``inference='null'``), Redis, the faust
+    topics."""
     import redis.asyncio as redis
 
     from serving.client import InferenceClient
 
-    client = InferenceClient(settings.triton_address, timeout_s=settings.triton_timeout_s)
+    inference = (NullInference() if settings.inference == "null" else TritonInference(
+        InferenceClient(settings.triton_address, timeout_s=settings.triton_timeout_s)))
     # Socket timeouts: a hung Redis (SIGSTOP, a full network queue) raises and is retried by
     # ``delivery.persist`` instead of blocking the stage forever.
     store = redis.Redis.from_url(settings.redis_address, decode_responses=True,
@@ -63,4 +65,4 @@ def connect(settings: PipelineSettings, constitution: Constitution, topics: dict
                                  health_check_interval=30)
     ledger = Ledger(store, settings.worker_id, settings.claim_lease_s, settings.seen_ttl_s,
                     namespace=namespace)
-    return Services(settings, constitution, TritonInference(client), ledger, TopicSender(topics))
+    return Services(settings, constitution, inference, ledger, TopicSender(topics))

@@ -73,8 +73,11 @@ class PipelineSettings(BaseSettings):
     constitution: Path | None = Field(None, description="YAML file or paper-format folder; default "
                                       "built in")
 
-    batch_size: int = Field(16, ge=1, description="most records per Triton batch (stream.take)")
-    batch_within_s: float = Field(0.5, gt=0, description="max wait to fill a batch")
+    batch_size: int = Field(16, ge=1, description="most records per Triton batch")
+    batch_within_s: float = Field(0.5, gt=0, description="max wait to fill a batch, from its "
+                                  "first record")
+    batch_idle_s: float = Field(0.005, gt=0, description="a batch leaves once no record arrived "
+                                "for this long (an idle stage starts at once)")
     max_attempts: int = Field(3, ge=1, description="Triton attempts before a record goes to "
                               "dead-letter")
     backoff_s: float = Field(0.5, ge=0)
@@ -91,6 +94,9 @@ class PipelineSettings(BaseSettings):
     temperature: float = Field(0.7, ge=0)
     critic_temperature: float = Field(0.3, ge=0)
 
+    inference: Literal["triton", "null"] = Field(
+        "triton", description="'null': no model, every call answers at once (serving.inference."
+        "NullInference), to measure the stream machinery alone (`cai bench --null-models`)")
     redis_url: str | None = Field(None, description="default: the local stack's Redis")
     triton_grpc: str | None = Field(None, description="default: the local stack's Triton")
     triton_timeout_s: float = Field(300.0, gt=0)

@@ -2,7 +2,7 @@
 
 Both sides get the same model, preference pairs (chat format), batch size, max length,
 beta, learning rate, AdamW and reference policy (LoRA: adapters disabled; full: a frozen
-copy). Each side runs in its own subprocess so peak memory (``ru_maxrss``) is its own.
+copy). Each side runs in its own subprocess so peak memory (VmHWM) is its own.
 Reported per side: median step time (after warm-up), the peak RSS growth during the steps
 above the RSS just before the first step (sampled every 2 ms), and the process's whole peak
 RSS (which also counts imports: TRL pulls in datasets/pyarrow); then the ratios ours/TRL.
@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -51,6 +50,9 @@ class DpoBenchOptions:
     repeats: int = option(1, "alternate ours/TRL this many times; report each side's fastest run")
     trl_no_checkpointing: bool = option(
         False, "turn off TRL's default gradient checkpointing (ours has none)")
+    precompute_ref: bool = option(
+        False, "both sides compute the reference log-probs before the first step, as a round "
+               "does (TRL: precompute_ref_log_probs); steps then exclude the reference pass")
     # Set by the parent for each side's child process.
     impl: str | None = option(None, argparse.SUPPRESS, choices=("ours", "trl"))
     model_path: str | None = option(None, argparse.SUPPRESS)
@@ -73,8 +75,14 @@ def make_pairs(n: int, prompt_words: int, answer_words: int) -> list[dict]:
 
 
 def _rss_mb() -> float:
-    """Peak resident memory of this process so far (ru_maxrss; KiB on Linux)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    """Peak resident memory of this process image so far (VmHWM). Not ``ru_maxrss``: Linux keeps
+    that across ``exec``, so a child started by a large parent (``cai bench`` after its
+    in-process modes) would report the parent's peak."""
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    return 0.0
 
 
 def _current_rss_mb() -> float:
@@ -124,6 +132,8 @@ def run_ours(args, pairs: list[dict]) -> dict:
     learner.begin_round(seed=0)
     examples = [PreferenceExample(f"p{i}", p["prompt"], p["chosen"], p["rejected"], 1.0)
                 for i, p in enumerate(pairs)]
+    if args.precompute_ref:
+        learner.precompute_reference(examples)
     sampler = RssSampler()
     sampler.start()
     times, losses, logps = [], [], []
@@ -189,7 +199,8 @@ def run_trl(args, pairs: list[dict]) -> dict:
             max_steps=args.warmup + args.steps, learning_rate=args.lr, beta=args.beta,
             max_length=args.max_length, use_cpu=True, report_to=[], logging_steps=1,
             save_strategy="no", lr_scheduler_type="constant", warmup_steps=0,
-            max_grad_norm=1.0, dataloader_num_workers=0, precompute_ref_log_probs=False,
+            max_grad_norm=1.0, dataloader_num_workers=0,
+            precompute_ref_log_probs=args.precompute_ref,
             seed=0, disable_tqdm=True, optim="adamw_torch", weight_decay=0.0,
             gradient_checkpointing=not args.trl_no_checkpointing,
         )
@@ -227,7 +238,17 @@ def main(args: DpoBenchOptions) -> int:
     if args.impl:
         child(args)
         return 0
+    try:
+        report = compare(args)
+    except RuntimeError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    print(json.dumps(report, indent=2))
+    return 0
 
+
+def compare(args: DpoBenchOptions) -> dict:
+    """Both sides, each in a child process (``cai bench-dpo --impl``); returns the comparison."""
     from core.settings import StackSettings
     from serving.models import resolve
 
@@ -246,9 +267,7 @@ def main(args: DpoBenchOptions) -> int:
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
         line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
         if proc.returncode != 0 or line is None:
-            print(f"{impl} failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}",
-                  file=sys.stderr)
-            return 1
+            raise RuntimeError(f"{impl} failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
         summary = _summary(json.loads(line[len("RESULT "):]))
         summary["runs_median_step_s"] = results.get(impl, {}).get("runs_median_step_s", []) + [
             summary["median_step_s"]]
@@ -260,6 +279,7 @@ def main(args: DpoBenchOptions) -> int:
     report = {
         "setup": {"model": args.model, "mode": "full" if args.full else f"lora r={args.lora_r}",
                   "trl_gradient_checkpointing": not args.trl_no_checkpointing,
+                  "reference_precomputed": args.precompute_ref,
                   "batch_size": args.batch_size, "max_length": args.max_length,
                   "steps": args.steps, "threads": args.threads, "repeats": args.repeats},
         "ours": ours, "trl": trl,
@@ -269,6 +289,4 @@ def main(args: DpoBenchOptions) -> int:
             ours["step_rss_growth_mb"] / trl["step_rss_growth_mb"]
             if trl["step_rss_growth_mb"] > 0 else None),
     }
-    print(json.dumps(report, indent=2))
-    return 0
-
+    return report

@@ -32,6 +32,7 @@ from dataclasses import dataclass, replace
 
 from agents import prompts as templates
 from agents.constitution import Constitution
+from benchmarks.latency import percentiles, stage_latencies
 from core.options import option
 from core.settings import ModelSettings, StackSettings
 from serving.inference import Inference
@@ -39,7 +40,7 @@ from serving.requests import GenerationParams
 
 logger = logging.getLogger(__name__)
 
-MODES = ("pipeline", "raw", "sequential", "sequential-cached")
+MODES = ("null", "pipeline", "raw", "sequential", "sequential-cached", "hot-swap", "dpo")
 
 
 @dataclass
@@ -51,7 +52,12 @@ class BenchOptions:
     threads: int | None = option(None, "torch threads for the in-process modes (default: every "
                                        "core, which the Triton instances share too)")
     timeout: float = option(1800.0, "seconds to wait for the pipeline")
+    null_prompts: int = option(3000, "null mode: prompts fed at once for the pipeline's ceiling")
+    idle_prompts: int = option(30, "null mode: prompts fed one at a time for the idle hop cost")
     keep: bool = option(False, "leave the stack and worker running")
+    swap_clients: int = option(16, "hot-swap mode: clients generating while the policy swaps")
+    trl_path: str | None = option(None, "dpo mode: folder holding trl (see cai bench-dpo); "
+                                        "without it the mode is skipped")
 
 
 @dataclass
@@ -141,48 +147,6 @@ def run_sequential(inference: Inference, constitution, work: Workload, seed: int
     started = time.monotonic()
     tokens = asyncio.run(one_by_one())
     return ModeResult(name, time.monotonic() - started, tokens, len(work.prompts))
-
-
-def percentiles(values: list[float]) -> dict:
-    if not values:
-        return {}
-    ordered = sorted(values)
-
-    def pick(q: float) -> float:
-        return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 3)
-
-    return {"p50": pick(0.5), "p90": pick(0.9), "p99": pick(0.99), "n": len(values)}
-
-
-def stage_latencies(by_topic: dict[str, list[dict]], ids: set[str]) -> dict[str, list[float]]:
-    """Seconds from a record entering a stage's topic to that stage's output, per stage."""
-    def stamp(records, key):
-        return {key(r): r["_timestamp"] for r in records if r.get("prompt_id") in ids}
-
-    prompts = stamp(by_topic["prompts"], lambda r: r["prompt_id"])
-    critique = stamp(by_topic["critique"], lambda r: (r["prompt_id"], r.get("round", 1)))
-    revise = stamp(by_topic["revise"], lambda r: (r["prompt_id"], r.get("round", 1)))
-    sft = stamp(by_topic["sft"], lambda r: r["prompt_id"])
-    compare = stamp(by_topic["compare"], lambda r: r["prompt_id"])
-    prefs = stamp(by_topic["preferences"], lambda r: r["prompt_id"])
-    out: dict[str, list[float]] = {"policy": [], "critique": [], "revise": [], "compare": [],
-                                   "end_to_end": []}
-    for pid, t in prompts.items():
-        if (pid, 1) in critique:
-            out["policy"].append(critique[(pid, 1)] - t)
-        if pid in prefs:
-            out["end_to_end"].append(prefs[pid] - t)
-    for (pid, rnd), t in critique.items():
-        if (pid, rnd) in revise:
-            out["critique"].append(revise[(pid, rnd)] - t)
-    for (pid, rnd), t in revise.items():
-        nxt = critique.get((pid, rnd + 1)) or sft.get(pid)
-        if nxt:
-            out["revise"].append(nxt - t)
-    for pid, t in compare.items():
-        if pid in prefs:
-            out["compare"].append(prefs[pid] - t)
-    return out
 
 
 def _triton_stats(stack_settings) -> dict[str, dict]:
@@ -300,6 +264,17 @@ def run_bench(options: BenchOptions, settings: StackSettings, models: ModelSetti
     constitution = load(pipeline.constitution)
     results: dict = {"model": models.model, "prompts": len(texts), "rounds": options.rounds,
                      "modes": {}}
+    if "null" in options.modes:
+        from benchmarks.null_pipeline import run_null
+
+        setup_machine.run(settings, with_models=())
+        try:
+            results["null_models"] = run_null(settings, models.model, texts,
+                                              options.null_prompts, options.idle_prompts,
+                                              options.timeout)
+        finally:
+            if "pipeline" not in options.modes and not options.keep:
+                services.down(settings)
     if "pipeline" in options.modes:
         setup_machine.run(settings, with_models=(models.model,))
         services.up(settings, models)
@@ -336,11 +311,55 @@ def run_bench(options: BenchOptions, settings: StackSettings, models: ModelSetti
         plain.generator("policy")
         results["modes"]["sequential"] = run_sequential(
             plain, constitution, work, name="sequential loop, chain-tool style").as_dict()
+    if "hot-swap" in options.modes:
+        from benchmarks.serving import ServingBenchOptions
+        from benchmarks.serving import run as run_serving
+
+        swap = run_serving(ServingBenchOptions(
+            model=models.model, concurrency=[options.swap_clients], swap_only=True,
+            skip_reload=True))
+        results["hot_swap"] = swap["swap"]
+    if "dpo" in options.modes and options.trl_path:
+        from benchmarks.dpo import DpoBenchOptions, compare
+
+        try:
+            results["dpo"] = compare(DpoBenchOptions(model=models.model,
+                                                     trl_path=options.trl_path))
+        except RuntimeError as exc:  # keep the figures measured so far
+            results["dpo"] = {"error": str(exc)[-2000:]}
+    elif "dpo" in options.modes:
+        logger.warning("dpo mode skipped: --trl-path is not set")
     modes = results["modes"]
     if "pipeline" in modes:
         for other in ("raw", "sequential", "sequential-cached"):
             if other in modes and modes[other]["tokens_per_s"]:
                 results[f"pipeline_vs_{other}"] = round(
                     modes["pipeline"]["tokens_per_s"] / modes[other]["tokens_per_s"], 3)
+    results["table"] = summary_table(results)
     return results
+
+
+def summary_table(results: dict) -> dict:
+    """The headline figures of a run, one entry per row of the performance table."""
+    table: dict = {}
+    swap = results.get("hot_swap", {}).get("under_load")
+    if swap:
+        table["hot_swap_under_load"] = {"clients": swap["clients"], "seconds": swap["publish_s"],
+                                        "first_new_answer_s": swap["first_answer_s"],
+                                        "failed": swap["failed"]}
+    null = results.get("null_models")
+    if null:
+        idle = null["hop_ms_idle"]
+        table["null_hop_ms_idle"] = {stage: {"p50": row["p50"], "p99": row["p99"]}
+                                     for stage, row in idle.items()}
+        table["null_ceiling_prompts_per_s"] = null["prompts_per_s"]
+    for other in ("raw", "sequential"):
+        if f"pipeline_vs_{other}" in results:
+            table[f"pipeline_vs_{other}"] = results[f"pipeline_vs_{other}"]
+    dpo = results.get("dpo")
+    if dpo and "error" not in dpo:
+        table["dpo_vs_trl"] = {"time": round(dpo["ratio_step_time_ours_over_trl"], 3),
+                               "peak_memory": round(dpo["ratio_peak_rss_ours_over_trl"], 3),
+                               "step_memory_growth": dpo["ratio_step_rss_growth_ours_over_trl"]}
+    return table
 

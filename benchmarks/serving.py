@@ -10,7 +10,8 @@ temporary state folder, so it never touches a running stack, and measures:
   medians reported), because on a shared machine the load drifts between runs; tokens per
   CPU-second (the bench process in-process; Triton's server plus its stub processes) is
   reported too, since it does not depend on what else the machine is running;
-* hot swap: seconds for ``publish_policy`` of a second checkpoint, idle and under load.
+* hot swap: seconds for ``publish_policy`` of a second checkpoint, idle and under load (in
+  place, ``serving/hot_swap.py``), the first answer of the new version, and failed requests.
 
 Run::
 
@@ -50,6 +51,9 @@ class ServingBenchOptions:
     repeats: int = option(3, "paired measurements per setting")
     skip_unbatched: bool = option(False, "do not measure without batching")
     skip_swap: bool = option(False, "do not measure hot-swap time")
+    swap_only: bool = option(False, "measure only the hot swap (at the highest concurrency)")
+    skip_reload: bool = option(False, "do not measure the swap by Triton model reload (the way "
+                                      "before in-place swaps) next to the in-place one")
     json: Path | None = option(None, "also write the figures to this file")
 
 TOPICS = [
@@ -137,7 +141,7 @@ async def bench_triton(grpc_url: str, prompts: list[str], concurrency: int, args
     return result
 
 
-def configure_policy(settings, models, args, batching: bool) -> None:
+def configure_policy(settings, models, args, batching: bool, hot_swap: bool = True) -> None:
     """Re-render the policy's config with the bench knobs and reload it in Triton."""
     import tritonclient.http as httpclient
 
@@ -145,42 +149,54 @@ def configure_policy(settings, models, args, batching: bool) -> None:
 
     render_repository(settings.triton_repository, models, settings.cache_dir, roles=("policy",),
                       threads=args.threads, max_batch_size=args.batch, batching=batching,
-                      max_queue_delay_us=args.queue_delay_us)
+                      max_queue_delay_us=args.queue_delay_us, hot_swap=hot_swap)
     client = httpclient.InferenceServerClient(settings.triton_http, network_timeout=300)
     client.load_model("policy")
     client.close()
 
 
 async def bench_swap(settings, checkpoint: Path, prompts: list[str], concurrency: int,
-                     args) -> float:
-    """Seconds for publish_policy while ``concurrency`` clients keep generating (0 = idle)."""
+                     args) -> dict:
+    """``publish_policy`` of ``checkpoint`` while ``concurrency`` clients keep generating (0 =
+    idle): seconds until every instance serves it (``publish_s``), until the first answer that
+    the new version made arrives (``first_answer_s``; under load a batch in flight finishes on the
+    old version first), and the requests answered and failed meanwhile."""
     from serving.client import InferenceClient
     from serving.publish import publish_policy
     from serving.requests import GenerationParams
 
     stop = asyncio.Event()
     failures: list[Exception] = []
+    answers: list[tuple[float, int]] = []  # (received, version)
     client = InferenceClient(settings.triton_grpc, timeout_s=600, max_retries=0)
 
     async def worker(k: int) -> None:
         while not stop.is_set():
             try:
-                await client.generate("policy", [prompts[k % len(prompts)]],
-                                      GenerationParams(max_new_tokens=args.max_new_tokens))
+                [[g]] = await client.generate("policy", [prompts[k % len(prompts)]],
+                                              GenerationParams(max_new_tokens=args.max_new_tokens))
+                answers.append((time.perf_counter(), g.model_version))
             except Exception as exc:  # noqa: BLE001
                 failures.append(exc)
 
     workers = [asyncio.create_task(worker(k)) for k in range(concurrency)]
-    await asyncio.sleep(0.5 if concurrency else 0)
+    await asyncio.sleep(2.0 if concurrency else 0)
     started = time.perf_counter()
-    await asyncio.to_thread(publish_policy, checkpoint, settings, keep_last=10)
+    version = await asyncio.to_thread(publish_policy, checkpoint, settings, keep_last=10)
     seconds = time.perf_counter() - started
+    if concurrency:  # wait for an answer from the new version
+        deadline = time.perf_counter() + 600
+        while not any(v == version for _, v in answers) and time.perf_counter() < deadline:
+            await asyncio.sleep(0.05)
     stop.set()
     await asyncio.gather(*workers)
     await client.close()
     if failures:
         raise RuntimeError(f"{len(failures)} requests failed during the swap: {failures[0]}")
-    return round(seconds, 2)
+    first = min((t for t, v in answers if v == version), default=None)
+    return {"clients": concurrency, "version": version, "publish_s": round(seconds, 2),
+            "first_answer_s": round(first - started, 2) if first else None,
+            "requests": len(answers), "failed": len(failures)}
 
 
 def paired(generator, settings, prompts: list[str], concurrency: int, args) -> dict:
@@ -227,8 +243,10 @@ def run(args) -> dict:
                     "max_new_tokens": args.max_new_tokens,
                     "threads": args.threads, "batch": args.batch, "temperature": args.temperature,
                     "repeats": args.repeats}
-    generator = TextGenerator(source, threads=args.threads)
-    generator.generate([GenRequest(prompts[0], max_new_tokens=2)])  # warm-up
+    generator = None
+    if not args.swap_only:  # the in-process side of the throughput pairs
+        generator = TextGenerator(source, threads=args.threads)
+        generator.generate([GenRequest(prompts[0], max_new_tokens=2)])  # warm-up
 
     state = Path(tempfile.mkdtemp(prefix="cai-bench-"))
     settings = StackSettings(state_dir=state, redis_port=free_port(), triton_http_port=free_port(),
@@ -238,12 +256,12 @@ def run(args) -> dict:
         stack.up(settings, models, services=("redis", "triton"))
         configure_policy(settings, models, args, batching=True)
         report["batched"] = []
-        for concurrency in args.concurrency:
+        for concurrency in [] if args.swap_only else args.concurrency:
             result = paired(generator, settings, prompts, concurrency, args)
             report["batched"].append(result)
             print(f"dynamic batching: {result}", flush=True)
         top = max(args.concurrency)
-        if not args.skip_unbatched:
+        if not args.skip_unbatched and not args.swap_only:
             configure_policy(settings, models, args, batching=False)
             report["unbatched"] = paired(generator, settings, prompts, top, args)
             print(f"no batching:      {report['unbatched']}", flush=True)
@@ -251,11 +269,24 @@ def run(args) -> dict:
             configure_policy(settings, models, args, batching=True)
             second = (build_tiny(cache_dir, seed=1) if args.model.startswith("tiny")
                       else Path(source))
-            report["swap_idle_s"] = asyncio.run(bench_swap(settings, second, prompts, 0, args))
-            report["swap_under_load_s"] = asyncio.run(
-                bench_swap(settings, second, prompts, top, args))
-            print(f"hot swap: idle {report['swap_idle_s']}s, under load ({top} clients) "
-                  f"{report['swap_under_load_s']}s, 0 failed requests", flush=True)
+            idle = asyncio.run(bench_swap(settings, second, prompts, 0, args))
+            loaded = asyncio.run(bench_swap(settings, second, prompts, top, args))
+            report["swap_idle_s"] = idle["publish_s"]
+            report["swap_under_load_s"] = loaded["publish_s"]
+            report["swap"] = {"idle": idle, "under_load": loaded}
+            print(f"hot swap: idle {idle['publish_s']}s, under load ({top} clients) "
+                  f"{loaded['publish_s']}s (first answer of the new version after "
+                  f"{loaded['first_answer_s']}s), {loaded['requests']} requests, "
+                  f"{loaded['failed']} failed", flush=True)
+            if not args.skip_reload:
+                configure_policy(settings, models, args, batching=True, hot_swap=False)
+                report["swap"]["reload_idle"] = asyncio.run(
+                    bench_swap(settings, second, prompts, 0, args))
+                report["swap"]["reload_under_load"] = asyncio.run(
+                    bench_swap(settings, second, prompts, top, args))
+                print(f"by Triton reload: idle {report['swap']['reload_idle']['publish_s']}s, "
+                      f"under load {report['swap']['reload_under_load']['publish_s']}s",
+                      flush=True)
     finally:
         stack.down(settings, services=("redis", "triton"))
     return report

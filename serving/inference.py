@@ -8,7 +8,9 @@ policy, critic and reviser, ``judge`` for the judge. Two implementations:
   batches;
 * ``LocalInference``: the same roles on in-process ``serving.textgen`` engines, for ``cai grid``
   (the strategy grid runs the agents' stage functions without Kafka or Triton) and ``cai bench``
-  (its in-process modes).
+  (its in-process modes);
+* ``NullInference``: answers at once with no model, so ``cai bench --null-models`` measures the
+  stream machinery alone (``cai worker --inference null``).
 
 Only ``LocalInference`` loads torch, and only when a role is first used.
 """
@@ -54,6 +56,33 @@ class TritonInference:
 
     async def close(self) -> None:
         await self.client.close()
+
+
+class NullInference:
+    """``Inference`` with no model: every call answers at once with a fixed short text (judge:
+    (A) slightly ahead), version 1. What is left of a stage's time is Kafka, Faust, Redis and
+    serialisation."""
+
+    def __init__(self, text: str = "I can't help with that, because it could hurt someone.",
+                 version: int = 1) -> None:
+        self.text = text
+        self.version = version
+
+    async def generate(self, role: str, items: list[tuple[str, int]],
+                       params: GenerationParams) -> list[list[Generation]]:
+        tokens = min(params.max_new_tokens, len(self.text) // 4)
+        return [[Generation(text=self.text, prompt_tokens=len(prompt) // 4,
+                            completion_tokens=tokens, model_version=self.version,
+                            logprob_sum=-float(tokens), finish_reason="eos")
+                 for _ in range(params.num_samples)] for prompt, _ in items]
+
+    async def judge(self, prompts: list[str], choices: list[str], cot: bool,
+                    seed: int | None) -> list[JudgeResult]:
+        probs = [0.6] + [0.4 / (len(choices) - 1)] * (len(choices) - 1)
+        return [JudgeResult(probs=probs, model_version=self.version) for _ in prompts]
+
+    async def close(self) -> None:
+        return None
 
 
 class LocalInference:

@@ -6,16 +6,21 @@ Publishing follows one order so that nobody ever sees a version that is not serv
    ``.bin``/``.pt`` weights are refused because loading them can run arbitrary code);
 2. stage ``policy/<next>/`` (model.py, source.json, weights hard-linked or copied) outside
    the repository, then move it in with one rename;
-3. ``load_model("policy")``: the policy's ``version_policy`` is ``latest 1``, so Triton loads
-   the new version, switches traffic to it once it is ready and then unloads the old one;
-   in-flight requests finish on the old version, none fail;
-4. check that the new version is ready, then set Redis ``cai:policy:version``;
+3. swap it in: the running policy instances load the new weights in place, between batches, and
+   confirm (``serving/hot_swap.py``: the control file ``policy/swap.json``, each instance's
+   answer under ``policy/instances/``); a batch in flight finishes on the old version, none
+   fail. Where no instance follows the control file (an older model.py), ``load_model("policy")``
+   instead: the ``version_policy`` is ``latest 1``, so Triton loads the new version, switches
+   traffic to it once it is ready and then unloads the old one;
+4. once every instance serves the new version, set Redis ``cai:policy:version``;
 5. call ``announce(version, checkpoint)`` (for example: send a PolicyVersionRecord);
 6. delete published versions older than the newest ``keep_last``. Version 1 (a pointer to
    the base model, no weights of its own) is always kept.
 
-If Triton cannot load the new version (corrupt weights), its folder is removed, the policy
-is reloaded so the previous version keeps serving, and ``PublishError`` explains why.
+If an instance (or Triton) cannot load the new version (corrupt weights), its folder is removed,
+the previous version keeps serving (the control file points at it again), and ``PublishError``
+explains why. A restarted Triton loads the newest version folder, which is always the version
+that serves.
 
 Rollback re-publishes the weights of a kept version as a *new* version number (its
 ``source.json`` records ``rollback_of``). Version numbers thus only grow, every number
@@ -35,6 +40,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from core.settings import StackSettings
+from serving.hot_swap import SwapFailed, instance_states, request_swap, wait_for_swap
 from serving.repository import (
     SOURCE_FILE,
     WEIGHTS_DIR,
@@ -50,6 +56,12 @@ REDIS_VERSION_KEY = "cai:policy:version"
 REDIS_CHECKPOINTS_KEY = "cai:policy:checkpoints"  # hash: version -> checkpoint folder
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
+
+
+def serving_version(redis_value: str | bytes | None) -> int:
+    """The serving policy version from the value of ``REDIS_VERSION_KEY``: the base model (v1)
+    serves until a version is published, so an unset key means 1."""
+    return int(redis_value) if redis_value else 1
 
 
 class PublishError(RuntimeError):
@@ -170,6 +182,25 @@ def _unreachable(cause: str) -> bool:
         "connection", "timed out", "timeout", "unavailable", "broken pipe", "reset by peer"))
 
 
+def _serve(settings: StackSettings, version: int, timeout_s: float) -> str:
+    """Make ``version`` the policy that serves; returns how: "in place" or "reload"."""
+    role_dir = settings.triton_repository / ROLE
+    token = request_swap(role_dir, version)
+    try:
+        states = wait_for_swap(role_dir, version, token, timeout_s)
+    except SwapFailed as exc:
+        raise PublishError(f"the policy instances could not load policy v{version}: "
+                           f"{exc}") from None
+    except TimeoutError as exc:
+        # The instances did not answer in time (a hung or overloaded Triton): try again later.
+        raise PublishError(f"policy v{version} was not swapped in: {exc}",
+                           retryable=True) from None
+    if states is None:  # no instance follows the control file: reload through Triton
+        _load_and_wait(settings, version, timeout_s)
+        return "reload"
+    return "in place"
+
+
 def _install_version(settings: StackSettings, source: dict, weights_from: Path | None,
                      keep_last: int, timeout_s: float) -> int:
     """Stage, load and point Redis at a new policy version; the caller holds the lock."""
@@ -189,20 +220,23 @@ def _install_version(settings: StackSettings, source: dict, weights_from: Path |
     os.replace(staging, target)
     started = time.monotonic()
     try:
-        _load_and_wait(settings, version, timeout_s)
+        how = _serve(settings, version, timeout_s)
     except BaseException as exc:  # any load error (even an interrupt): roll back the folder
         shutil.rmtree(target, ignore_errors=True)
         if not isinstance(exc, PublishError):
+            if previous:  # interrupted mid-swap: point the instances back at what serves
+                with contextlib.suppress(OSError):
+                    request_swap(role_dir, max(previous))
             raise
         try:  # make sure the previous version is what serves
-            _load_and_wait(settings, max(previous), timeout_s) if previous else None
+            _serve(settings, max(previous), timeout_s) if previous else None
         except PublishError as again:
             logger.error("restoring the previous policy version failed too: %s", again)
         fix = ("start Triton (`cai stack status`), then publish again" if exc.retryable else
                "check the checkpoint loads with from_pretrained")
         raise PublishError(f"{exc}. Removed {target}; policy v{max(previous) if previous else '-'} "
                            f"keeps serving. Fix: {fix}", retryable=exc.retryable) from None
-    logger.info("policy v%d serving after %.1fs", version, time.monotonic() - started)
+    logger.info("policy v%d serving after %.2fs (%s)", version, time.monotonic() - started, how)
     _record_serving(settings, version, source.get("checkpoint", ""))
     _prune(role_dir, keep_last, serving=version)
     return version
@@ -284,7 +318,7 @@ def adopt_published(checkpoint_dir: str | Path, stack_settings: StackSettings,
         newest = max(versions(role_dir))
         if found != newest:
             return found
-        _load_and_wait(stack_settings, newest, timeout_s)
+        _serve(stack_settings, newest, timeout_s)
         _record_serving(stack_settings, newest, wanted)
     logger.info("policy v%d was installed for %s but not recorded; completed its "
                 "publish", newest, wanted)
@@ -318,17 +352,29 @@ def rollback(version: int, stack_settings: StackSettings, keep_last: int = 3,
 
 
 def serving_status(stack_settings: StackSettings) -> dict:
-    """What Triton serves per role, the policy versions on disk and the Redis pointer."""
+    """What serves per role, the policy versions on disk and the Redis pointer.
+
+    Policy instances that swapped versions in place keep Triton's loaded version number; their
+    entry shows the version they serve (``loaded_as``: Triton's), and ``policy_instances`` each
+    instance's own report."""
     status: dict = {"triton": stack_settings.triton_http, "roles": {}, "redis_policy_version": None}
+    role_dir = stack_settings.triton_repository / ROLE
+    instances = instance_states(role_dir)
+    served = sorted({str(s["version"]) for s in instances})
     try:
         client = _triton(stack_settings, 5)
         for entry in client.get_model_repository_index():
-            status["roles"].setdefault(entry["name"], []).append(
-                {k: entry.get(k) for k in ("version", "state", "reason") if entry.get(k)})
+            shown = {k: entry.get(k) for k in ("version", "state", "reason") if entry.get(k)}
+            if (entry["name"] == ROLE and shown.get("state") == "READY" and len(served) == 1
+                    and served[0] != shown.get("version")):
+                shown["loaded_as"], shown["version"] = shown.get("version"), served[0]
+            status["roles"].setdefault(entry["name"], []).append(shown)
         client.close()
     except Exception as exc:  # noqa: BLE001
         status["triton_error"] = str(exc)
-    status["policy_versions_on_disk"] = versions(stack_settings.triton_repository / ROLE)
+    status["policy_versions_on_disk"] = versions(role_dir)
+    status["policy_instances"] = [{k: s.get(k) for k in ("id", "version", "error")}
+                                  for s in instances]
     try:
         status["redis_policy_version"] = _redis(stack_settings).get(REDIS_VERSION_KEY)
     except Exception as exc:  # noqa: BLE001

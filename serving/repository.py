@@ -43,14 +43,16 @@ def _write_if_changed(path: Path, text: str) -> None:
 def config_pbtxt(role: str, spec: str, threads: int = 1, instances: int = 1,
                  max_batch_size: int = 16, batching: bool = True, max_queue_delay_us: int = 10_000,
                  dtype: str = "float32", prefix_min_tokens: int = 32,
-                 share_cores: bool = True, device: str = "cpu") -> str:
-    """The config.pbtxt text of one role; ``device`` ``cuda`` gives GPU instances."""
+                 share_cores: bool = True, device: str = "cpu", hot_swap: bool = True) -> str:
+    """The config.pbtxt text of one role; ``device`` ``cuda`` gives GPU instances; ``hot_swap``
+    (the policy only: the role that is published) lets instances take new versions in place."""
     batching_block = (
         f"dynamic_batching {{\n  max_queue_delay_microseconds: {max_queue_delay_us}\n}}\n"
         if batching else ""
     )
     params = {"role": role, "model": spec, "threads": str(threads), "dtype": dtype,
-              "prefix_min_tokens": str(prefix_min_tokens), "share_cores": str(share_cores).lower()}
+              "prefix_min_tokens": str(prefix_min_tokens), "share_cores": str(share_cores).lower(),
+              "hot_swap": str(hot_swap and role == "policy").lower()}
     params_block = "".join(
         f'parameters: {{ key: "{k}" value: {{ string_value: {json.dumps(v)} }} }}\n'
         for k, v in params.items()
@@ -124,6 +126,7 @@ def render_repository(
     threads: int | None = None, instances: int | None = None, max_batch_size: int | None = None,
     batching: bool | None = None, max_queue_delay_us: int | None = None, dtype: str | None = None,
     prefix_min_tokens: int | None = None, share_cores: bool | None = None,
+    hot_swap: bool | None = None,
 ) -> Path:
     """Write config.pbtxt and version 1 of every role; refresh model.py in existing versions.
 
@@ -131,13 +134,15 @@ def render_repository(
     (torch threads per instance), ``instances`` (processes per role), ``max_batch_size`` and
     ``max_queue_delay_us`` (dynamic batching; ``batching=False`` turns it off), ``dtype``,
     ``prefix_min_tokens`` (share a common prompt prefix's KV cache; 0 = off), ``share_cores``
-    (split the cores among the busy instances).
+    (split the cores among the busy instances), ``hot_swap`` (the policy takes new versions in
+    place, ``serving/hot_swap.py``).
     """
     from serving.settings import ServingSettings
 
     given = {"threads": threads, "instances": instances, "max_batch_size": max_batch_size,
              "batching": batching, "max_queue_delay_us": max_queue_delay_us, "dtype": dtype,
-             "prefix_min_tokens": prefix_min_tokens, "share_cores": share_cores}
+             "prefix_min_tokens": prefix_min_tokens, "share_cores": share_cores,
+             "hot_swap": hot_swap}
     knobs = ServingSettings(**{k: v for k, v in given.items() if v is not None}).model_dump()
     knobs["device"] = resolve_device(models.device)  # CAI_DEVICE: KIND_CPU or KIND_GPU
     repo_dir = Path(repo_dir)

@@ -19,6 +19,9 @@ class ServingSettings(BaseSettings):
     share_cores: bool = Field(
         True, description="Split the machine's cores among the instances busy at the moment, "
         "instead of a fixed `threads` each (serving/core_share.py).")
+    hot_swap: bool = Field(
+        True, description="The policy's instances take a newly published version's weights in "
+        "place, between batches, instead of a Triton model reload (serving/hot_swap.py).")
     instances: int = Field(1, ge=1, description="Model instances (processes) per role.")
     max_batch_size: int = Field(16, ge=1, description="Most requests Triton batches into one "
                                 "execute.")

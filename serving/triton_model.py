@@ -1,4 +1,4 @@
-"""Triton python-backend adapter: one role (policy, critic, reviser or judge), one version.
+"""Triton python-backend adapter: one role (policy, critic, reviser or judge).
 
 ``serving/repository.py`` copies this file to ``<repository>/<role>/<version>/model.py``.
 ``initialize`` reads the knobs from config.pbtxt ``parameters`` (role, threads, core sharing) and
@@ -7,6 +7,10 @@ the version's ``source.json`` (which weights this version serves), then loads th
 runs all generate requests in one batch and all judge requests in another, and returns one response
 per request. A request that fails to parse or run gets its own ``TritonError``; the others still
 succeed. Every answer names the version that produced it.
+
+With ``hot_swap`` on (the policy), the instance also follows the repository's control file and
+takes a newly published version's weights in place, between batches, without a Triton reload
+(``serving/hot_swap.py``); Triton's own version number then stays the one it loaded.
 
 Custom Prometheus counters (``cai_requests_total`` and friends, labelled by role, version
 and instance pid) appear on Triton's ``/metrics`` endpoint next to Triton's own.
@@ -24,6 +28,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from serving.core_share import CoreShare
+from serving.hot_swap import SwapWatcher
 from serving.protocol import INPUT_NAME, OUTPUT_NAME, decode_request, encode_response
 from serving.repository import read_version_source
 from serving.requests import GenRequest, JudgeRequest
@@ -45,26 +50,59 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         params = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
         self.role = params.get("role") or args["model_name"]
-        self.version = int(args["model_version"])
-        version_dir = Path(args["model_repository"]) / args["model_version"]
-        source = read_version_source(version_dir)
+        version = int(args["model_version"])
+        self.role_dir = Path(args["model_repository"])
+        source = read_version_source(self.role_dir / args["model_version"])
         threads = int(params.get("threads") or 1)
         # config.pbtxt's instance kind (serving/repository.py, from CAI_DEVICE) decides the device.
         device = (f"cuda:{args.get('model_instance_device_id', 0)}"
                   if args.get("model_instance_kind") == "GPU" else "cpu")
-        self.generator = TextGenerator(
-            source, threads=threads, dtype=params.get("dtype") or "float32",
-            prefix_min_tokens=int(params.get("prefix_min_tokens") or 32), device=device)
+        self._engine_args = {"dtype": params.get("dtype") or "float32",
+                             "prefix_min_tokens": int(params.get("prefix_min_tokens") or 32),
+                             "device": device}
+        generator = TextGenerator(source, threads=threads, **self._engine_args)
+        self.core_share = None
         if params.get("share_cores", "true") == "true":
             try:
-                self.generator.core_share = CoreShare(min_threads=threads)
+                self.core_share = CoreShare(min_threads=threads)
             except OSError as exc:  # no writable temp folder: keep the fixed thread count
                 logger.warning("%s: cores are not shared (%s); each batch uses %d threads",
                                self.role, exc, threads)
-        self._metrics = self._make_metrics()
-        logger.info("%s v%d serving %s on %s", self.role, self.version, source, device)
+        generator.core_share = self.core_share
+        # (version, engine), replaced as one value: a batch reads it once and keeps its engine.
+        self.engine = (version, generator)
+        self._families: dict = {}
+        self._metrics: dict = {}
+        self._metrics_version = None
+        self._metrics_for(version)  # at load, as Triton's metric sharing needs (see below)
+        self.watcher = None
+        if params.get("hot_swap", "false") == "true":
+            self.watcher = SwapWatcher(self.role_dir, version, self._load_version,
+                                       self._install).start()
+        logger.info("%s v%d serving %s on %s", self.role, version, source, device)
 
-    def _make_metrics(self) -> dict:
+    @property
+    def version(self) -> int:
+        return self.engine[0]
+
+    def _load_version(self, version: int) -> TextGenerator:
+        """A new engine on ``version``'s weights (on the watcher's thread; the old one serves)."""
+        source = read_version_source(self.role_dir / str(version))
+        generator = TextGenerator(source, **self._engine_args)  # threads: the core share's
+        generator.core_share = self.core_share
+        return generator
+
+    def _install(self, version: int, generator: TextGenerator) -> None:
+        self.engine = (version, generator)
+
+    def _metrics_for(self, version: int) -> dict:
+        """The counters labelled with ``version`` (made on the execute thread, on first use)."""
+        if version != self._metrics_version:
+            self._metrics = self._make_metrics(version)
+            self._metrics_version = version
+        return self._metrics
+
+    def _make_metrics(self, version: int) -> dict:
         # pb_utils.MetricFamily exists in the python backend since Triton 23.05 (2.34).
         if not hasattr(pb_utils, "MetricFamily"):
             return {}
@@ -72,12 +110,13 @@ class TritonPythonModel:
         # a Metric whose name and labels match across stub processes and frees it when the
         # first one unloads, which crashes the server on a same-version reload
         # (triton-inference-server/server#8663).
-        labels = {"role": self.role, "version": str(self.version), "instance": str(os.getpid())}
-        self._families = {
-            name: pb_utils.MetricFamily(name=name, description=text,
-                                        kind=pb_utils.MetricFamily.COUNTER)
-            for name, text in _COUNTERS.items()
-        }
+        labels = {"role": self.role, "version": str(version), "instance": str(os.getpid())}
+        if not self._families:
+            self._families = {
+                name: pb_utils.MetricFamily(name=name, description=text,
+                                            kind=pb_utils.MetricFamily.COUNTER)
+                for name, text in _COUNTERS.items()
+            }
         return {name: family.Metric(labels=labels) for name, family in self._families.items()}
 
     def _count(self, name: str, value: float) -> None:
@@ -87,6 +126,9 @@ class TritonPythonModel:
 
     def execute(self, requests: list) -> list:
         started = time.monotonic()
+        # The engine of this whole batch: a swap during the batch applies to the next one.
+        version, generator = self.engine
+        self._metrics_for(version)
         responses: list = [None] * len(requests)
         parsed: dict[int, list] = {}
         for r, request in enumerate(requests):
@@ -94,19 +136,19 @@ class TritonPythonModel:
                 raw = pb_utils.get_input_tensor_by_name(request, INPUT_NAME).as_numpy().reshape(-1)
                 parsed[r] = [decode_request(bytes(item)) for item in raw]
             except Exception as exc:  # noqa: BLE001 (a malformed request fails alone)
-                responses[r] = self._error(exc)
+                responses[r] = self._error(exc, version)
         answers: dict[int, list] = {r: [None] * len(items) for r, items in parsed.items()}
         gen = [(r, i, req) for r, items in parsed.items() for i, req in enumerate(items)
                if isinstance(req, GenRequest)]
         judge = [(r, i, req) for r, items in parsed.items() for i, req in enumerate(items)
                  if isinstance(req, JudgeRequest)]
         failed: dict[int, Exception] = {}
-        with self.generator.busy():
-            self._run(gen, self._generate, answers, failed)
-            self._run(judge, self._judge, answers, failed)
+        with generator.busy():
+            self._run(gen, lambda reqs: self._generate(generator, version, reqs), answers, failed)
+            self._run(judge, lambda reqs: self._judge(generator, version, reqs), answers, failed)
         for r, items in answers.items():
             if r in failed:
-                responses[r] = self._error(failed[r])
+                responses[r] = self._error(failed[r], version)
                 continue
             out = np.array([[encode_response(a)] for a in items], dtype=np.object_)
             responses[r] = pb_utils.InferenceResponse(
@@ -114,7 +156,7 @@ class TritonPythonModel:
         self._count("cai_batches_total", 1)
         self._count("cai_requests_total",
                     sum(len(items) for r, items in parsed.items() if r not in failed))
-        logger.debug("%s v%d: %d requests in %.2fs", self.role, self.version, len(requests),
+        logger.debug("%s v%d: %d requests in %.2fs", self.role, version, len(requests),
                      time.monotonic() - started)
         return responses
 
@@ -138,31 +180,35 @@ class TritonPythonModel:
             except Exception as exc:  # noqa: BLE001
                 failed[r] = exc
 
-    def _generate(self, requests: list[GenRequest]) -> list[dict]:
-        results = self.generator.generate(requests)
+    def _generate(self, generator: TextGenerator, version: int,
+                  requests: list[GenRequest]) -> list[dict]:
+        results = generator.generate(requests)
         self._count("cai_prompt_tokens_total",
                     sum(s.prompt_tokens for rs in results for s in rs[:1]))
         self._count("cai_generated_tokens_total",
                     sum(s.completion_tokens for rs in results for s in rs))
         return [{
-            "model_version": self.version, "role": self.role,
+            "model_version": version, "role": self.role,
             "samples": [{"text": s.text, "prompt_tokens": s.prompt_tokens,
                          "completion_tokens": s.completion_tokens, "logprob_sum": s.logprob_sum,
                          "finish_reason": s.finish_reason} for s in samples],
         } for samples in results]
 
-    def _judge(self, requests: list[JudgeRequest]) -> list[dict]:
-        outputs = self.generator.judge(requests)
-        return [{"model_version": self.version, "role": self.role, "probs": o.probs,
+    def _judge(self, generator: TextGenerator, version: int,
+               requests: list[JudgeRequest]) -> list[dict]:
+        outputs = generator.judge(requests)
+        return [{"model_version": version, "role": self.role, "probs": o.probs,
                  "logprobs": o.logprobs, "reasoning": o.reasoning} for o in outputs]
 
-    def _error(self, exc: Exception):
+    def _error(self, exc: Exception, version: int):
         self._count("cai_request_errors_total", 1)
-        message = f"{self.role} v{self.version}: {type(exc).__name__}: {exc}"
+        message = f"{self.role} v{version}: {type(exc).__name__}: {exc}"
         logger.warning(message)
         return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(message))
 
     def finalize(self) -> None:
+        if self.watcher is not None:
+            self.watcher.stop()
         # Metrics must go before their families (the backend enforces the order).
         self._metrics = {}
         self._families = {}

@@ -163,12 +163,42 @@ def sft_batch(tokenizer, examples: list[SFTExample], max_length: int,
     return pad_batch(items, tokenizer.pad_token_id)
 
 
+@dataclass
+class PairTokens:
+    """One preference pair as a shared prefix (the prompt tokens both rows start with) and each
+    answer's rest of the row, so the prompt is computed once for both (trainer.losses)."""
+
+    prefix: list[int]
+    chosen: Tokenised     # the chosen row after the prefix: ids and labels
+    rejected: Tokenised
+
+
+def split_pair(chosen: Tokenised, rejected: Tokenised) -> PairTokens | None:
+    """The longest common unlabelled prefix of two rows, and the rest of each; None when the
+    rows do not start alike (prompts cut differently to fit ``max_length``)."""
+    n = 0
+    for a, b, la, lb in zip(chosen.input_ids, rejected.input_ids, chosen.labels, rejected.labels):
+        if a != b or la != IGNORE_INDEX or lb != IGNORE_INDEX:
+            break
+        n += 1
+    if n == 0:  # the first answer token needs a token before it to be predicted from
+        return None
+    return PairTokens(chosen.input_ids[:n],
+                      Tokenised(chosen.input_ids[n:], chosen.labels[n:]),
+                      Tokenised(rejected.input_ids[n:], rejected.labels[n:]))
+
+
 def preference_batch(tokenizer, examples: list[PreferenceExample],
                      max_length: int) -> dict[str, torch.Tensor]:
-    """Chosen rows first, then rejected rows (one forward pass for both), plus soft labels."""
+    """Chosen rows first, then rejected rows (one forward pass for both), plus soft labels;
+    ``pairs`` holds the same rows as ``PairTokens`` (a shared prompt per pair) where every pair
+    has one."""
     chosen = [tokenise_turn(tokenizer, ex.prompt, ex.chosen, max_length) for ex in examples]
     rejected = [tokenise_turn(tokenizer, ex.prompt, ex.rejected, max_length) for ex in examples]
     batch = pad_batch(chosen + rejected, tokenizer.pad_token_id)
+    pairs = [split_pair(c, r) for c, r in zip(chosen, rejected)]
+    if all(pair is not None for pair in pairs):  # else the padded rows serve (trainer.losses)
+        batch["pairs"] = pairs
     batch["p_chosen"] = torch.tensor([ex.p_chosen for ex in examples], dtype=torch.float32)
     batch["weights"] = torch.tensor([ex.weight for ex in examples], dtype=torch.float32)
     return batch

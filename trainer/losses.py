@@ -45,6 +45,45 @@ def sequence_logps(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     return out.index_add(0, rows, logps)
 
 
+def pair_logps(model, pair, pad_id: int = 0) -> torch.Tensor:
+    """``sequence_logps`` of a pair's two rows (chosen, rejected), with the shared prefix (the
+    prompt) computed once: its key/value cache is repeated for both answers. The prompt is most
+    of each row, so this costs about half the tokens of two full rows, in time and activations.
+    """
+    decoder = model.get_decoder()
+    head = model.get_output_embeddings()
+    device = head.weight.device
+    rests = [pair.chosen, pair.rejected]
+    prefix = torch.tensor([pair.prefix], dtype=torch.long, device=device)
+    out = decoder(input_ids=prefix, use_cache=True)
+    last = out.last_hidden_state[:, -1:]  # predicts each rest's first token
+    width = max(len(r.input_ids) for r in rests)
+    if width == 0:
+        return torch.zeros(2, device=device)
+    cache = out.past_key_values
+    cache.batch_repeat_interleave(2)
+    ids = torch.full((2, width), pad_id, dtype=torch.long, device=device)
+    labels = torch.full((2, width), IGNORE_INDEX, dtype=torch.long, device=device)
+    mask = torch.zeros((2, len(pair.prefix) + width), dtype=torch.long, device=device)
+    mask[:, :len(pair.prefix)] = 1
+    for row, rest in enumerate(rests):
+        n = len(rest.input_ids)
+        ids[row, :n] = torch.tensor(rest.input_ids)
+        labels[row, :n] = torch.tensor(rest.labels)
+        mask[row, len(pair.prefix):len(pair.prefix) + n] = 1
+    positions = torch.arange(len(pair.prefix), len(pair.prefix) + width,
+                             device=device).expand(2, width)
+    hidden = decoder(input_ids=ids, attention_mask=mask, position_ids=positions,
+                     past_key_values=cache, use_cache=True).last_hidden_state
+    predictors = torch.cat([last.expand(2, 1, -1), hidden[:, :-1]], dim=1)
+    selected = labels != IGNORE_INDEX
+    rows = torch.arange(2, device=device).unsqueeze(1).expand_as(labels)[selected]
+    logits = head(predictors[selected]).float()
+    picked = labels[selected]
+    logps = logits.gather(1, picked.unsqueeze(1)).squeeze(1) - torch.logsumexp(logits, dim=-1)
+    return torch.zeros(2, dtype=logps.dtype, device=device).index_add(0, rows, logps)
+
+
 def sft_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Weighted mean over examples of each example's mean token NLL on its assistant tokens."""
     logps, rows = token_logps(model, batch["input_ids"], batch["attention_mask"], batch["labels"])

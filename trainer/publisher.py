@@ -122,7 +122,7 @@ class StackPublisher:
         """The serving policy version from Redis; 1 (the base model) when unset or unreachable."""
         import redis
 
-        from serving.publish import REDIS_VERSION_KEY
+        from serving.publish import REDIS_VERSION_KEY, serving_version
 
         try:
             value = redis.Redis.from_url(self.stack.redis_address, socket_timeout=5).get(
@@ -131,4 +131,4 @@ class StackPublisher:
             logger.warning("cannot read %s from Redis (%s); assuming policy v1", REDIS_VERSION_KEY,
                            exc)
             return 1
-        return int(value) if value else 1
+        return serving_version(value)

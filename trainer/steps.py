@@ -23,7 +23,13 @@ import torch
 
 from trainer.config import TrainerConfig
 from trainer.data import PreferenceExample, SFTExample, preference_batch, sft_batch
-from trainer.losses import bradley_terry_loss, sequence_logps, sft_loss, soft_dpo_loss
+from trainer.losses import (
+    bradley_terry_loss,
+    pair_logps,
+    sequence_logps,
+    sft_loss,
+    soft_dpo_loss,
+)
 from trainer.reward import PreferenceModel
 
 logger = logging.getLogger(__name__)
@@ -57,9 +63,18 @@ def _detach_lora(peft_model, keep: bool):
 def _clip_and_step(optimizer, params, loss: torch.Tensor, max_grad_norm: float) -> float:
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    return _clip_and_apply(optimizer, params, max_grad_norm)
+
+
+def _clip_and_apply(optimizer, params, max_grad_norm: float) -> float:
+    """Clip the gradients already accumulated and take the optimizer step."""
     norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm if max_grad_norm > 0 else math.inf)
     optimizer.step()
     return float(norm)
+
+
+def _pair_key(example: PreferenceExample) -> tuple[str, str, str]:
+    return (example.prompt, example.chosen, example.rejected)
 
 
 class PolicyLearner:
@@ -78,6 +93,8 @@ class PolicyLearner:
         self._ref = None
         self._optimizer = None
         self._params: list[torch.nn.Parameter] = []
+        # The round's reference log-probabilities by pair text: (chosen, rejected).
+        self._ref_logps: dict[tuple[str, str, str], tuple[float, float]] = {}
         self.in_round = False
 
     # --- round lifecycle -----------------------------------------------------------------
@@ -105,6 +122,7 @@ class PolicyLearner:
         self._ref = None
         self._optimizer = None
         self._params = []
+        self._ref_logps = {}
         self.model.eval()
         self.in_round = False
 
@@ -123,10 +141,37 @@ class PolicyLearner:
     # --- steps ---------------------------------------------------------------------------
     @torch.no_grad()
     def reference_logps(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The reference policy's log-probabilities of the batch's rows (chosen, then rejected):
+        precomputed for this round when ``precompute_reference`` saw its examples."""
+        if "ref_logps" in batch:
+            return batch["ref_logps"]
         if self.config.lora:
             with self.model.disable_adapter():
-                return sequence_logps(self.model, batch)
-        return sequence_logps(self._ref, batch)
+                return self._logps(self.model, batch)
+        return self._logps(self._ref, batch)
+
+    def _logps(self, model, batch: dict) -> torch.Tensor:
+        if "pairs" not in batch:
+            return sequence_logps(model, batch)
+        both = torch.stack([pair_logps(model, pair, self.tokenizer.pad_token_id)
+                            for pair in batch["pairs"]])
+        return torch.cat([both[:, 0], both[:, 1]])
+
+    @torch.no_grad()
+    def precompute_reference(self, examples: list[PreferenceExample]) -> None:
+        """Compute the reference log-probabilities of ``examples`` once for the round: the
+        reference (the round-start policy) does not change during it, so a pair seen in several
+        steps or epochs costs one reference pass, and no step pays for one."""
+        self.model.eval()
+        for start in range(0, len(examples), self.config.batch_size):
+            chunk = [e for e in examples[start:start + self.config.batch_size]
+                     if _pair_key(e) not in self._ref_logps]
+            if not chunk:
+                continue
+            ref = self.reference_logps(self.preference_batch(chunk))
+            n = len(chunk)
+            for i, example in enumerate(chunk):
+                self._ref_logps[_pair_key(example)] = (float(ref[i]), float(ref[n + i]))
 
     def sft_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
         self.model.train()
@@ -135,20 +180,42 @@ class PolicyLearner:
         return {"loss/sft": loss.item(), "grad_norm/sft": norm}
 
     def dpo_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        """One optimizer step on the batch. With ``pairs`` (``preference_batch``) pair by pair:
+        each pair's prompt is computed once for both answers, and its gradient is accumulated
+        before the next pair runs, so only one pair's activations are held at a time (the same
+        update as the whole batch at once: the loss is a mean over pairs)."""
         n = batch["p_chosen"].shape[0]
         ref = self.reference_logps(batch)
         self.model.train()
-        logps = sequence_logps(self.model, batch)
-        loss, metrics = soft_dpo_loss(logps[:n], logps[n:], ref[:n], ref[n:], batch["p_chosen"],
-                                      self.config.beta, batch["weights"])
-        norm = _clip_and_step(self._optimizer, self._params, loss, self.config.max_grad_norm)
+        p, w, beta = batch["p_chosen"], batch["weights"], self.config.beta
+        if "pairs" not in batch:
+            logps = sequence_logps(self.model, batch)
+            loss, metrics = soft_dpo_loss(logps[:n], logps[n:], ref[:n], ref[n:], p, beta, w)
+            norm = _clip_and_step(self._optimizer, self._params, loss, self.config.max_grad_norm)
+            return {"loss/dpo": loss.item(), "grad_norm/dpo": norm, **metrics}
+        self._optimizer.zero_grad(set_to_none=True)
+        chosen, rejected = [], []
+        for i, pair in enumerate(batch["pairs"]):
+            lp = pair_logps(self.model, pair, self.tokenizer.pad_token_id)
+            one, _ = soft_dpo_loss(lp[:1], lp[1:], ref[i:i + 1], ref[n + i:n + i + 1],
+                                   p[i:i + 1], beta, w[i:i + 1])
+            (one / n).backward()
+            chosen.append(lp[0].detach())
+            rejected.append(lp[1].detach())
+        loss, metrics = soft_dpo_loss(torch.stack(chosen), torch.stack(rejected), ref[:n],
+                                      ref[n:], p, beta, w)
+        norm = _clip_and_apply(self._optimizer, self._params, self.config.max_grad_norm)
         return {"loss/dpo": loss.item(), "grad_norm/dpo": norm, **metrics}
 
     def sft_batch(self, examples: list[SFTExample], weights: list[float] | None = None):
         return sft_batch(self.tokenizer, examples, self.config.max_length, weights)
 
     def preference_batch(self, examples: list[PreferenceExample]):
-        return preference_batch(self.tokenizer, examples, self.config.max_length)
+        batch = preference_batch(self.tokenizer, examples, self.config.max_length)
+        if examples and all(_pair_key(e) in self._ref_logps for e in examples):
+            refs = [self._ref_logps[_pair_key(e)] for e in examples]
+            batch["ref_logps"] = torch.tensor([c for c, _ in refs] + [r for _, r in refs])
+        return batch
 
     # --- probe ---------------------------------------------------------------------------
     @torch.no_grad()

@@ -29,7 +29,7 @@ from agents.idempotency import counter_key, namespace_for
 from cai import monitor
 from cai.dashboard import views
 from core.settings import StackSettings
-from serving.publish import REDIS_VERSION_KEY
+from serving.publish import REDIS_VERSION_KEY, serving_version
 from stack.supervisor import recent_alarms
 from streams import topics
 from streams.settings import StreamSettings
@@ -229,7 +229,7 @@ class Collector:
         values = iter(int(c or 0) for c in counts)
         counters = {stage: {what: next(values) for what in ("in", "out", "skipped", "dead")}
                     for stage in STAGES}
-        return {"version": int(version) if version else None, "counters": counters}
+        return {"version": serving_version(version), "counters": counters}
 
     def _report_data(self) -> dict | None:
         path = self.report_path

@@ -10,6 +10,10 @@ from dataclasses import dataclass, field
 from serving.requests import Generation, JudgeResult
 
 
+class DataError(Exception):
+    """redis-py's name for a value it cannot encode (a permanent error)."""
+
+
 class FakeRedis:
     """The handful of redis.asyncio commands the ledger uses, with expiry."""
 
@@ -17,6 +21,14 @@ class FakeRedis:
         self.data: dict[str, str] = {}
         self.expiry: dict[str, float] = {}
         self.fail_next = 0
+        self.unencodable: set[str] = set()  # keys holding one of these cannot be sent
+
+    def _encode(self, *args) -> None:
+        """Like redis-py packing a command: a value it cannot encode fails before sending."""
+        for arg in args:
+            for part in (arg if isinstance(arg, list) else [arg]):
+                if isinstance(part, str) and any(bad in part for bad in self.unencodable):
+                    raise DataError(f"cannot encode {part!r}")
 
     def _alive(self, key: str) -> bool:
         exp = self.expiry.get(key)
@@ -32,10 +44,12 @@ class FakeRedis:
 
     async def exists(self, key: str) -> int:
         self._maybe_fail()
+        self._encode(key)
         return int(self._alive(key))
 
     async def set(self, key, value, nx=False, px=None, ex=None):
         self._maybe_fail()
+        self._encode(key)
         if nx and self._alive(key):
             return None
         self.data[key] = str(value)
@@ -48,6 +62,7 @@ class FakeRedis:
 
     async def get(self, key):
         self._maybe_fail()
+        self._encode(key)
         return self.data[key] if self._alive(key) else None
 
     async def pexpire(self, key, ms):
@@ -66,6 +81,71 @@ class FakeRedis:
     async def incrby(self, key, n):
         self.data[key] = str(int(self.data.get(key, "0")) + n)
         return int(self.data[key])
+
+    def pipeline(self, transaction: bool = True) -> FakePipeline:
+        return FakePipeline(self)
+
+    def register_script(self, lua: str) -> FakeScript:
+        from agents.idempotency import CLAIM_MANY
+
+        assert lua == CLAIM_MANY, "the fake knows the ledger's claim script only"
+        return FakeScript(self._claim_many)
+
+    async def _claim_many(self, keys, args) -> list[int]:
+        """agents.idempotency.CLAIM_MANY, in Python."""
+        worker, lease_ms = args
+        out = []
+        for seen, claim in zip(keys[::2], keys[1::2]):
+            if self._alive(seen):
+                out.append(0)
+            elif await self.set(claim, worker, nx=True, px=lease_ms):
+                out.append(1)
+            elif self.data.get(claim) == worker:
+                await self.pexpire(claim, lease_ms)
+                out.append(1)
+            else:
+                out.append(2)
+        return out
+
+
+class FakePipeline:
+    """Queues the fake's commands; ``execute`` runs them in order (one 'round trip')."""
+
+    def __init__(self, redis: FakeRedis) -> None:
+        self.redis = redis
+        self.calls: list = []
+
+    async def __aenter__(self) -> FakePipeline:  # noqa: PYI034
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        self.calls = []
+
+    def __getattr__(self, name: str):
+        method = getattr(self.redis, name)
+
+        def queue(*args, **kwargs):
+            self.calls.append((method, args, kwargs))
+            return self
+        return queue
+
+    async def execute(self) -> list:
+        self.redis._maybe_fail()
+        calls, self.calls = self.calls, []
+        for _, args, kwargs in calls:  # packed before anything is sent
+            self.redis._encode(*args, *kwargs.values())
+        return [await method(*args, **kwargs) for method, args, kwargs in calls]
+
+
+class FakeScript:
+    def __init__(self, run) -> None:
+        self.run = run
+
+    async def __call__(self, keys=(), args=(), client=None):
+        if isinstance(client, FakePipeline):
+            client.calls.append((self.run, (list(keys), list(args)), {}))
+            return client
+        return await self.run(list(keys), list(args))
 
 
 @dataclass

@@ -9,7 +9,7 @@ import pytest
 
 from agents import policy, prompts
 from agents.delivery import run_batch
-from agents.idempotency import claim_key, seen_key
+from agents.idempotency import claim_key, counter_key, seen_key
 from streams import topics
 from streams.records import (
     CompareRecord,
@@ -449,6 +449,22 @@ async def test_a_record_the_broker_never_takes_goes_to_dead_letter_not_retried_f
     assert dead.prompt_id == "big" and "MessageSizeTooLargeError" in dead.reason
     assert services.ledger.redis.data[seen_key("policy", "big")].startswith("dead:")
     assert services.ledger.redis.data[seen_key("policy", "ok")] == "w1"
+
+
+async def test_a_key_the_ledger_refuses_dead_letters_that_record_not_its_batch(services):
+    services.ledger.redis.unencodable = {"refused"}   # the batched claim fails as a whole
+    sent = await run_batch(services, policy.STAGE,
+                           [prompt("p1"), prompt("refused"), prompt("p2"), prompt("p1")])
+    assert sent == 2
+    assert sorted(r.prompt_id for r in services.send.on(topics.CRITIQUE)) == ["p1", "p2"]
+    [dead] = services.send.on(topics.DEAD_LETTER)
+    assert dead.prompt_id == "refused" and "DataError" in dead.reason
+    data = services.ledger.redis.data
+    assert data[seen_key("policy", "p1")] == data[seen_key("policy", "p2")] == "w1"
+    assert data[counter_key("policy", "in")] == "4"          # counted once, not per try
+    assert data[counter_key("policy", "out")] == "2"
+    assert data[counter_key("policy", "skipped")] == "1"     # the second p1, not the refused
+    assert data[counter_key("policy", "dead")] == "1"
 
 
 async def test_hostile_values_never_stop_a_stage(services):

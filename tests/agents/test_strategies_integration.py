@@ -41,6 +41,9 @@ def test_context_and_contrastive_through_kafka_and_triton(live_stack, tmp_path):
            "CAI_PIPELINE_REDIS_URL": live_stack.redis_address,
            "CAI_PIPELINE_TRITON_GRPC": live_stack.triton_grpc,
            **worker_env(RECIPES[DEFAULT_RECIPE].pipeline), "CAI_PIPELINE_ROUNDS": "2",
+           # the default recipe's context answers, with contrastive (RLCD) pairs instead of its
+           # revision-over-initial labels
+           "CAI_PIPELINE_PREFERENCE": "contrastive", "CAI_PIPELINE_HELPFUL_PAIRS": "false",
            "CAI_PIPELINE_BATCH_SIZE": "4", "CAI_PIPELINE_BATCH_WITHIN_S": "0.2",
            "CAI_PIPELINE_POLICY_MAX_NEW_TOKENS": "12",
            "CAI_PIPELINE_DATA_DIR": str(tmp_path / "faust"),
@@ -63,8 +66,14 @@ def test_context_and_contrastive_through_kafka_and_triton(live_stack, tmp_path):
         opening = load().decline_opening
         for r in harmful:
             assert r.strategy == "context" and r.rounds == 1
-            # Triton continued it
-            assert r.response.startswith(opening) and len(r.response) > len(opening)
+            # Triton continued the forced opening; the target is that answer, cleaned
+            generated = r.raw_response or r.response
+            assert generated.startswith(opening) and len(generated) > len(opening)
+            assert r.target in ("kept", "cut", "dropped")
+            if r.target == "dropped":
+                assert r.response == "" and r.target_note
+            else:
+                assert r.response.startswith(opening)
             assert r.prompt.startswith("Strategy test")  # trained on the plain prompt, no reminder
             [step] = json.loads(r.steps_json)
             assert step["critique"] == "" and step["principle_id"] == "constitution"
@@ -75,7 +84,8 @@ def test_context_and_contrastive_through_kafka_and_triton(live_stack, tmp_path):
         for p in prefs:
             assert p.strategy == "contrastive" and p.pair == "contrastive" and p.p_chosen == 1.0
             assert p.policy_version == serving
-            assert p.chosen.startswith(opening) == (p.kind == "harmful")
+            chosen = p.raw_chosen or p.chosen  # as generated, before target cleaning
+            assert chosen.startswith(opening) == (p.kind == "harmful")
             assert not p.rejected.startswith(opening)
     finally:
         if worker.poll() is None:

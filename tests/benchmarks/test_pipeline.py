@@ -52,3 +52,23 @@ def test_stage_latencies_follow_each_prompt_through_the_topics():
     assert out == {"policy": [1.0], "critique": [2.0, 1.0], "revise": [2.0, 2.0], "compare": [1.5],
                    "end_to_end": [10.0]}
     assert bench.percentiles([3.0, 1.0, 2.0]) == {"p50": 2.0, "p90": 3.0, "p99": 3.0, "n": 3}
+
+
+def test_the_summary_table_has_a_row_per_measured_figure():
+    results = {
+        "hot_swap": {"under_load": {"clients": 16, "publish_s": 0.4, "first_answer_s": 0.9,
+                                    "requests": 50, "failed": 0, "version": 2}},
+        "null_models": {"prompts_per_s": 1200.0,
+                        "hop_ms_idle": {"policy": {"p50": 8.0, "p90": 9.0, "p99": 12.5, "n": 30}}},
+        "pipeline_vs_raw": 0.91, "pipeline_vs_sequential": 5.2,
+        "dpo": {"ratio_step_time_ours_over_trl": 0.71234, "ratio_peak_rss_ours_over_trl": 0.95,
+                "ratio_step_rss_growth_ours_over_trl": 0.5},
+    }
+    table = bench.summary_table(results)
+    assert table["hot_swap_under_load"] == {"clients": 16, "seconds": 0.4,
+                                            "first_new_answer_s": 0.9, "failed": 0}
+    assert table["null_hop_ms_idle"] == {"policy": {"p50": 8.0, "p99": 12.5}}
+    assert table["null_ceiling_prompts_per_s"] == 1200.0
+    assert table["pipeline_vs_raw"] == 0.91 and table["pipeline_vs_sequential"] == 5.2
+    assert table["dpo_vs_trl"] == {"time": 0.712, "peak_memory": 0.95, "step_memory_growth": 0.5}
+    assert bench.summary_table({"modes": {}}) == {}  # a mode not run leaves its row out

@@ -83,6 +83,8 @@ def test_records_rounds_and_folders_become_the_views(kafka_redis, tmp_path):
         # The round history is shared by the stack's tests: wait for this round (it has a gate).
         snap = _wait(collector, lambda s: s["topics"]["preferences"]["total"] == 1
                      and s["topics"]["dead-letter"]["total"] == 1
+                     # totals come from end offsets, rows from records polled: wait for both
+                     and len(s["dead_letters"]["rows"]) == 1 and s["examples"]
                      and any(r["gate"] and r["version"] == 2 for r in s["rounds"]))
         chain = collector.lineage(pid)
     finally:

@@ -1,8 +1,8 @@
 """Integration tests on a real Triton (python backend) + Redis serving the tiny model.
 
 The tests in this module run in order on one private stack: the policy starts at v1, the
-hot-swap test publishes v2 under load, a corrupt checkpoint must leave v2 serving, and a
-rollback re-publishes v1's weights as v3.
+hot-swap test publishes v2 under load (in place: the running instance takes the weights), a
+corrupt checkpoint must leave v2 serving, and a rollback re-publishes v1's weights as v3.
 """
 
 from __future__ import annotations
@@ -158,6 +158,14 @@ async def test_publish_under_load_fails_no_request(serving_stack, cache_dir):
     after = [v for sent, _, v in answers if sent > published]
     assert before and set(before) == {1}
     assert after and set(after) == {2}
+    # In place: the instance took the weights; Triton did not load another version.
+    from serving.hot_swap import served_versions
+    from serving.publish import serving_status
+
+    assert served_versions(serving_stack.triton_repository / "policy") == [2]
+    [entry] = serving_status(serving_stack)["roles"]["policy"]
+    assert entry == {"version": "2", "state": "READY", "loaded_as": "1"}
+    assert published - started < 10  # about 0.5 s on two cores; a reload took 5 s idle
     print(f"hot swap: {published - started:.2f}s, {len(answers)} requests, 0 failed")
 
 
@@ -255,11 +263,48 @@ def test_with_redis_down_a_published_round_is_found_not_published_again(serving_
         kafka_bootstrap="unused:9092")).find_published(checkpoint) == version
 
 
-def test_a_load_that_cannot_reach_triton_rolls_back_and_is_retryable(serving_stack, cache_dir):
+def test_a_load_that_cannot_reach_triton_rolls_back_and_is_retryable(serving_stack, cache_dir,
+                                                                      tmp_path):
+    from serving.hot_swap import INSTANCES_DIR, SWAP_FILE
+
     checkpoint = build_tiny(cache_dir, seed=6)
-    before = versions(serving_stack.triton_repository / "policy")
-    unreachable = serving_stack.model_copy(update={"triton_http_url": "127.0.0.1:1"})
+    # Triton down: no instance follows the control file (a copy of the repository that none
+    # watches), so the publish reloads through Triton, which does not answer.
+    down = serving_stack.model_copy(update={"triton_http_url": "127.0.0.1:1",
+                                            "state_dir": tmp_path / "state"})
+    shutil.copytree(serving_stack.triton_repository, down.triton_repository, symlinks=True,
+                    ignore=shutil.ignore_patterns(INSTANCES_DIR, SWAP_FILE))
+    before = versions(down.triton_repository / "policy")
     with pytest.raises(PublishError) as caught:
-        publish_policy(checkpoint, unreachable, timeout_s=5)
+        publish_policy(checkpoint, down, timeout_s=5)
     assert caught.value.retryable and "Removed" in str(caught.value)
-    assert versions(serving_stack.triton_repository / "policy") == before
+    assert versions(down.triton_repository / "policy") == before
+
+
+async def test_without_hot_swap_a_publish_reloads_the_model(serving_stack, cache_dir):
+    """Instances that do not follow the control file (hot_swap off, or an older model.py) get
+    the new version through a Triton reload, as before."""
+    import tritonclient.http as httpclient
+
+    from core.settings import ModelSettings
+    from serving.hot_swap import instance_states
+    from serving.publish import serving_status
+    from serving.repository import render_repository
+
+    render_repository(serving_stack.triton_repository, ModelSettings(model="tiny"), cache_dir,
+                      roles=("policy",), hot_swap=False)
+    client = httpclient.InferenceServerClient(serving_stack.triton_http, network_timeout=120)
+    client.load_model("policy")
+    client.close()
+    # The old instance takes its answer file away when Triton unloads it, just after the load.
+    deadline = time.monotonic() + 10
+    while instance_states(serving_stack.triton_repository / "policy"):
+        assert time.monotonic() < deadline, "the unloaded instance still reports"
+        await asyncio.sleep(0.1)
+    version = await asyncio.to_thread(publish_policy, build_tiny(cache_dir, seed=5), serving_stack)
+    ready = [e for e in serving_status(serving_stack)["roles"]["policy"] if e["state"] == "READY"]
+    assert ready == [{"version": str(version), "state": "READY"}]
+    async with InferenceClient(serving_stack.triton_grpc) as inference:
+        [[g]] = await inference.generate("policy", ["hi"], GenerationParams(max_new_tokens=2))
+    assert g.model_version == version
+    assert redis_version(serving_stack) == str(version)

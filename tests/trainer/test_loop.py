@@ -412,6 +412,7 @@ def test_dpo_epochs_take_the_last_passes_of_a_round():
         def evaluate(self, sft, prefs): return {}
         def sft_batch(self, chunk, weights): return chunk
         def preference_batch(self, chunk): return chunk
+        def precompute_reference(self, examples): self.steps.append("ref")
 
         def sft_step(self, batch):
             self.steps.append("sft")
@@ -426,10 +427,10 @@ def test_dpo_epochs_take_the_last_passes_of_a_round():
     policy = Recorder()
     RoundRunner(TrainerConfig(epochs=3, dpo_epochs=1, batch_size=4),
                 policy).run(1, sft, prefs, Probe())
-    assert policy.steps == ["sft"] * 6 + ["dpo"]
+    assert policy.steps == ["ref"] + ["sft"] * 6 + ["dpo"]  # the reference once, up front
     policy = Recorder()
     RoundRunner(TrainerConfig(epochs=2, batch_size=4), policy).run(1, sft, prefs, Probe())
-    assert policy.steps == ["sft", "sft", "dpo"] * 2  # default: both every epoch, interleaved
+    assert policy.steps == ["ref"] + ["sft", "sft", "dpo"] * 2  # both every epoch, interleaved
 
 
 # --- when a round starts: the pipeline drains first, timers count from a round's first example
@@ -669,3 +670,24 @@ def test_carried_examples_join_the_pool_but_do_not_lengthen_the_round():
     RoundRunner(TrainerConfig(epochs=6, batch_size=2), learner).run(1, new + carried, [], Probe())
     assert len(learner.seen) == 6 * 4  # six epochs of four, not of eight
     assert {p[0] for p in learner.seen} == {"n", "c"}  # drawn from both
+
+
+def test_every_batch_mixes_red_team_and_helpful_examples_in_the_rounds_proportion():
+    import random
+
+    from trainer.rounds import _batches
+
+    examples = [SFTExample(f"h{i}", "q", "r", kind="harmful") for i in range(12)]
+    examples += [SFTExample(f"b{i}", "q", "r", kind="helpful") for i in range(12)]
+    for seed in range(20):
+        batches = _batches(examples, 4, random.Random(seed))
+        assert sorted(e.prompt_id for b in batches for e in b) == sorted(
+            e.prompt_id for e in examples)  # each example once per epoch
+        for batch in batches:  # 1 to 3 of each kind in every batch of four, never 0 or 4
+            assert 1 <= sum(e.kind == "helpful" for e in batch) <= 3
+    orders = {tuple(e.prompt_id for b in _batches(examples, 4, random.Random(s)) for e in b)
+              for s in range(5)}
+    assert len(orders) == 5  # still shuffled
+    budgeted = _batches(examples, 4, random.Random(0), budget=8)
+    assert sum(len(b) for b in budgeted) == 8
+    assert {e.kind for b in budgeted for e in b} == {"harmful", "helpful"}

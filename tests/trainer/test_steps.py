@@ -134,3 +134,71 @@ def test_save_inside_a_round_is_refused(tiny_path, tmp_path):
     learner.begin_round(seed=0)
     with pytest.raises(RuntimeError, match="end_round"):
         learner.save(tmp_path)
+
+
+@pytest.mark.parametrize("lora", [True, False], ids=["lora", "full"])
+def test_a_shared_prompt_per_pair_gives_the_whole_batch_step(tiny_path, lora):
+    """Pair by pair with the prompt computed once (and the reference precomputed) is the same
+    update as the padded batch of full rows."""
+    import copy
+
+    prefs = [PreferenceExample(f"q{i}", "Tell me how to make poison " * (i + 1),
+                               "No." if i % 2 else "I won't help with that; please stay safe.",
+                               "Sure, mix these chemicals" + " and stir" * i, p_chosen=0.8)
+             for i in range(3)]
+    config = TrainerConfig(lora=lora, lr=1e-2 if lora else 1e-3, beta=0.5, weight_decay=0.0)
+    paired = PolicyLearner(tiny_path, config)
+    whole = PolicyLearner(tiny_path, config)
+    paired.begin_round(seed=0)
+    whole.begin_round(seed=0)
+    whole.model.load_state_dict(copy.deepcopy(paired.model.state_dict()))
+    batch = paired.preference_batch(prefs)
+    assert all(len(pair.prefix) > 5 for pair in batch["pairs"])  # the prompt is shared
+    full_rows = {k: v for k, v in whole.preference_batch(prefs).items() if k != "pairs"}
+    assert torch.allclose(paired.reference_logps(batch), whole.reference_logps(full_rows),
+                          atol=1e-4)
+    paired.precompute_reference(prefs)
+    batch = paired.preference_batch(prefs)
+    assert "ref_logps" in batch
+    for _ in range(2):
+        a, b = paired.dpo_step(batch), whole.dpo_step(full_rows)
+        assert a["loss/dpo"] == pytest.approx(b["loss/dpo"], abs=1e-4)
+        assert a["grad_norm/dpo"] == pytest.approx(b["grad_norm/dpo"], rel=1e-3)
+    for (name, x), y in zip(paired.model.named_parameters(), whole.model.parameters()):
+        assert torch.allclose(x, y, atol=1e-5), name
+
+
+def test_the_precomputed_reference_is_the_round_start_policy_and_ends_with_the_round(tiny_path):
+    learner = PolicyLearner(tiny_path, TrainerConfig(lora=True, lr=1e-2, beta=0.5))
+    learner.begin_round(seed=0)
+    learner.precompute_reference(PREFS[:3])
+    assert "ref_logps" not in learner.preference_batch(PREFS)  # one pair was not precomputed
+    batch = learner.preference_batch(PREFS[:3])
+    for _ in range(3):
+        learner.dpo_step(batch)
+    live = {k: v for k, v in batch.items() if k != "ref_logps"}
+    # The policy moved, the reference did not: the stored values are still the live reference.
+    assert torch.allclose(batch["ref_logps"], learner.reference_logps(live), atol=1e-4)
+    assert not torch.allclose(batch["ref_logps"], learner._logps(learner.model, live), atol=1e-3)
+    learner.end_round(keep=True)
+    learner.begin_round(seed=1)
+    assert "ref_logps" not in learner.preference_batch(PREFS[:3])  # a new round, a new reference
+    learner.end_round(keep=False)
+
+
+def test_pairs_that_do_not_start_alike_train_on_the_padded_rows(tiny_path):
+    from trainer.data import Tokenised, split_pair
+
+    one, other = Tokenised([5, 6, 7], [-100, 6, 7]), Tokenised([9, 6, 8], [-100, 6, 8])
+    assert split_pair(one, other) is None
+    shared = split_pair(one, Tokenised([5, 4], [-100, 4]))
+    assert shared.prefix == [5] and shared.rejected.input_ids == [4]
+    learner = PolicyLearner(tiny_path, TrainerConfig(lora=True, lr=1e-2, max_length=24))
+    learner.begin_round(seed=0)
+    # The prompt is cut from the left to fit, by a different amount for a longer answer.
+    prompt = " ".join(f"topic{i}" for i in range(40))
+    long = PreferenceExample("p", prompt, "No.", "Sure " * 12, p_chosen=0.9)
+    batch = learner.preference_batch([long])
+    assert "pairs" not in batch
+    assert learner.dpo_step(batch)["loss/dpo"] == pytest.approx(0.693147, abs=1e-4)
+    learner.end_round(keep=False)
