@@ -22,7 +22,10 @@ WORKDIR /app
 # Dependencies first, from pyproject.toml alone: this layer is rebuilt only when they change.
 COPY pyproject.toml ./
 COPY deploy/no-deps.txt deploy/
-RUN if [ -n "$TORCH_INDEX_URL" ]; then pip install --index-url "$TORCH_INDEX_URL" torch; fi \
+# pip first: a base's own pip can be old (Debian's 23.0), and its resolver backtracked for most
+# of an hour over these dependencies, which a current pip resolves at once.
+RUN pip install --upgrade "pip>=25" \
+ && if [ -n "$TORCH_INDEX_URL" ]; then pip install --index-url "$TORCH_INDEX_URL" torch; fi \
  && python -c "import tomllib; print(*tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies'], sep='\n')" > /tmp/requirements.txt \
  && pip install -r /tmp/requirements.txt \
  && pip install --no-deps -r deploy/no-deps.txt \

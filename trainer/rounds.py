@@ -107,22 +107,9 @@ class RoundResult:
 
 
 def _batches(items: list, size: int, rng: random.Random, budget: int | None = None) -> list[list]:
-    """Seeded batches of ``items`` for one epoch, each with red-team and helpful examples in the
-    round's proportion; with a ``budget``, a random ``budget`` of them.
-
-    A plain shuffle of a small round can put several all-decline batches at the end of an
-    epoch, and at a high learning rate those last steps decide whether the policy declines
-    benign requests: the same data swung over-refusal between 6% and 72% from one epoch to the
-    next. Spreading both kinds evenly over the epoch takes that chance away."""
-    groups: dict[bool, list] = {}
-    for item in items:
-        groups.setdefault(getattr(item, "kind", "") == "helpful", []).append(item)
-    keyed = []
-    for group in groups.values():
-        rng.shuffle(group)
-        # the i-th of n sits at (i + u) / n: every kind spread over the whole epoch
-        keyed += [((i + rng.random()) / len(group), item) for i, item in enumerate(group)]
-    order = [item for _, item in sorted(keyed, key=lambda pair: pair[0])]
+    """Seeded batches of ``items`` for one epoch; with a ``budget``, a random ``budget`` of them."""
+    order = items[:]
+    rng.shuffle(order)
     order = order[:budget] if budget is not None else order
     return [order[i:i + size] for i in range(0, len(order), size)]
 

@@ -398,37 +398,41 @@ def test_probe_holds_the_first_examples_of_each_record_type_and_prompt_kind(tmp_
     assert set(seen) | set(held) == set(produced)
 
 
+class RecordingLearner:
+    """Stands in for PolicyLearner: records which kind of step ran, in order, and the prompt ids
+    of the SFT examples it trained on."""
+
+    def __init__(self):
+        self.steps = []
+        self.seen = []
+
+    def begin_round(self, seed): pass
+    def end_round(self, keep): pass
+    def evaluate(self, sft, prefs): return {}
+    def sft_batch(self, chunk, weights): return chunk
+    def preference_batch(self, chunk): return chunk
+    def precompute_reference(self, examples): self.steps.append("ref")
+
+    def sft_step(self, batch):
+        self.steps.append("sft")
+        self.seen += [e.prompt_id for e in batch]
+        return {"loss/sft": 1.0}
+
+    def dpo_step(self, batch):
+        self.steps.append("dpo")
+        return {"loss/dpo": 1.0}
+
+
 def test_dpo_epochs_take_the_last_passes_of_a_round():
     from trainer.rounds import RoundRunner
 
-    class Recorder:
-        """Stands in for PolicyLearner: records which kind of step ran, in order."""
-
-        def __init__(self):
-            self.steps = []
-
-        def begin_round(self, seed): pass
-        def end_round(self, keep): pass
-        def evaluate(self, sft, prefs): return {}
-        def sft_batch(self, chunk, weights): return chunk
-        def preference_batch(self, chunk): return chunk
-        def precompute_reference(self, examples): self.steps.append("ref")
-
-        def sft_step(self, batch):
-            self.steps.append("sft")
-            return {"loss/sft": 1.0}
-
-        def dpo_step(self, batch):
-            self.steps.append("dpo")
-            return {"loss/dpo": 1.0}
-
     sft = [SFTExample(f"s{i}", "q", "r") for i in range(8)]
     prefs = [PreferenceExample(f"p{i}", "q", "c", "r") for i in range(4)]
-    policy = Recorder()
+    policy = RecordingLearner()
     RoundRunner(TrainerConfig(epochs=3, dpo_epochs=1, batch_size=4),
                 policy).run(1, sft, prefs, Probe())
     assert policy.steps == ["ref"] + ["sft"] * 6 + ["dpo"]  # the reference once, up front
-    policy = Recorder()
+    policy = RecordingLearner()
     RoundRunner(TrainerConfig(epochs=2, batch_size=4), policy).run(1, sft, prefs, Probe())
     assert policy.steps == ["ref"] + ["sft", "sft", "dpo"] * 2  # both every epoch, interleaved
 
@@ -650,44 +654,10 @@ def test_training_text_cannot_smuggle_control_tokens(tokenizer):
 def test_carried_examples_join_the_pool_but_do_not_lengthen_the_round():
     from trainer.rounds import RoundRunner, epoch_budget
 
-    class Counter_:
-        def __init__(self):
-            self.seen = []
-
-        def begin_round(self, seed): pass
-        def end_round(self, keep): pass
-        def evaluate(self, sft, prefs): return {}
-        def sft_batch(self, chunk, weights): return chunk
-
-        def sft_step(self, batch):
-            self.seen += [e.prompt_id for e in batch]
-            return {"loss/sft": 1.0}
-
     new = [SFTExample(f"n{i}", "q", "r") for i in range(4)]
     carried = [SFTExample(f"c{i}", "q", "r", carries=1) for i in range(4)]
     assert epoch_budget(new + carried) == 4 and epoch_budget(carried) == 4
-    learner = Counter_()
+    learner = RecordingLearner()
     RoundRunner(TrainerConfig(epochs=6, batch_size=2), learner).run(1, new + carried, [], Probe())
     assert len(learner.seen) == 6 * 4  # six epochs of four, not of eight
     assert {p[0] for p in learner.seen} == {"n", "c"}  # drawn from both
-
-
-def test_every_batch_mixes_red_team_and_helpful_examples_in_the_rounds_proportion():
-    import random
-
-    from trainer.rounds import _batches
-
-    examples = [SFTExample(f"h{i}", "q", "r", kind="harmful") for i in range(12)]
-    examples += [SFTExample(f"b{i}", "q", "r", kind="helpful") for i in range(12)]
-    for seed in range(20):
-        batches = _batches(examples, 4, random.Random(seed))
-        assert sorted(e.prompt_id for b in batches for e in b) == sorted(
-            e.prompt_id for e in examples)  # each example once per epoch
-        for batch in batches:  # 1 to 3 of each kind in every batch of four, never 0 or 4
-            assert 1 <= sum(e.kind == "helpful" for e in batch) <= 3
-    orders = {tuple(e.prompt_id for b in _batches(examples, 4, random.Random(s)) for e in b)
-              for s in range(5)}
-    assert len(orders) == 5  # still shuffled
-    budgeted = _batches(examples, 4, random.Random(0), budget=8)
-    assert sum(len(b) for b in budgeted) == 8
-    assert {e.kind for b in budgeted for e in b} == {"harmful", "helpful"}
