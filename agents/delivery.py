@@ -4,7 +4,8 @@ A stage is described by a ``Stage``: its source topic, its record type, the idem
 an input record, and ``process`` (records -> outputs per record, the only part that differs).
 
 The Redis side of a batch costs two round trips: one claim for the whole batch
-(``Ledger.claim_many``, with the ``in`` counter) and one done mark for every record whose outputs
+(``Ledger.claim_batch``, with the ``in`` counter; a wait for records other workers hold is
+retried apart, so a batch is counted in once) and one done mark for every record whose outputs
 were all acknowledged (``Ledger.done_many``, with the ``out``/``skipped`` counters). Records that
 go to dead-letter are marked done one by one, as dead. ``phase`` times each step of a batch.
 
@@ -303,10 +304,12 @@ async def _claim_and_deliver(svc: Services, stage: Stage, values: list) -> int:
         unique.setdefault(stage.key(record), record)
     wait = svc.settings.claim_wait_s
     with phase(stage.name, "claim"):
+        batch_keys = list(unique)
         try:
-            owned = await persist(lambda: svc.ledger.claim_many(
-                stage.name, list(unique), counts={"in": len(values)}, take_over_s=wait),
-                "claim", svc)
+            # The round trip that counts the batch in is retried alone; a failed wait for
+            # other workers' claims is then retried without counting the batch again.
+            states = await persist(lambda: svc.ledger.claim_batch(
+                stage.name, batch_keys, counts={"in": len(values)}), "claim", svc)
         except PermanentError as exc:
             # A key the batched claim cannot send (text no encoder accepts) fails the whole
             # round trip, counters included: claim record by record, and dead-letter only
@@ -315,6 +318,14 @@ async def _claim_and_deliver(svc: Services, stage: Stage, values: list) -> int:
             await persist(lambda: svc.ledger.count(stage.name, "in", len(values)), "counter",
                           svc)
             owned = await _claim_each(svc, stage, unique, wait)
+        else:
+            try:
+                owned = await persist(lambda: svc.ledger.wait_for_held(
+                    stage.name, batch_keys, states, take_over_s=wait), "claim wait", svc)
+            except PermanentError as exc:  # counted in already
+                logger.warning("%s: waiting for claims failed (%s); claiming one by one",
+                               stage.name, exc)
+                owned = await _claim_each(svc, stage, unique, wait)
     metrics.STAGE_RECORDS.labels(stage.name, "in").inc(len(values))
     keys = [key for key, mine in zip(unique, owned) if mine]  # renewed while we work
     skipped = len(records) - len(keys) - sum(mine is None for mine in owned)

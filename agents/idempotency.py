@@ -15,6 +15,8 @@ A stage runs the protocol for a whole batch at once: ``claim_many`` is one round
 script: skip the done, claim the free, take back our own; only records another worker holds fall
 back to ``claim``'s wait), and ``done_many`` marks the whole batch done in one round trip after
 every output of the batch was acknowledged, with the batch's counters in the same round trip.
+A caller that retries on errors retries ``claim_many``'s halves apart (``claim_batch``, then
+``wait_for_held``), so a failed wait does not add the round trip's counters again.
 
 A crash before step 3's sends completes loses nothing: Kafka redelivers the input (offsets are
 committed only after the batch is done) and the stage repeats the work. A crash in the
@@ -125,7 +127,17 @@ class Ledger:
                          take_over_s: float | None = None) -> list[bool]:
         """``claim`` for a batch, in one round trip with ``counts`` (counter increments) unless
         another worker holds some of the keys; True: the caller owns the record's work.
-        ``take_over_s`` as in ``claim``, for each key another worker holds."""
+        ``take_over_s`` as in ``claim``, for each key another worker holds.
+
+        A caller that retries on errors retries the two halves apart (``claim_batch`` once,
+        then ``wait_for_held``): retrying the whole would add ``counts`` again."""
+        states = await self.claim_batch(stage, keys, counts)
+        return await self.wait_for_held(stage, keys, states, take_over_s)
+
+    async def claim_batch(self, stage: str, keys: list[str],
+                          counts: dict[str, int] | None = None) -> list[int]:
+        """The round trip of ``claim_many``: ``counts`` added, each key skipped (0, done
+        before), claimed (1) or found held by another worker (2)."""
         ns = self.namespace + stage
         pairs = [k for key in keys for k in (seen_key(ns, key), claim_key(ns, key))]
         async with self.redis.pipeline(transaction=False) as pipe:
@@ -136,7 +148,13 @@ class Ledger:
                 await self._claim_many(keys=pairs, args=[self.worker_id, self.lease_ms],
                                        client=pipe)
             replies = await pipe.execute()
-        states = replies[-1] if keys else []
+        return list(replies[-1]) if keys else []
+
+    async def wait_for_held(self, stage: str, keys: list[str], states: list[int],
+                            take_over_s: float | None = None) -> list[bool]:
+        """From ``claim_batch``'s ``states``: which keys the caller owns, once the keys another
+        worker held are done (False), free again or taken over (True). Safe to retry: a key
+        claimed by an earlier try is ours (the same worker id) and is taken back."""
         owned = [state == 1 for state in states]
         waiting = [i for i, state in enumerate(states) if state == 2]
         if not waiting:

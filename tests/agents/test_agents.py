@@ -480,3 +480,22 @@ async def test_a_claim_held_too_long_by_a_stuck_worker_is_taken_over(services):
     await services.ledger.redis.set(claim_key("policy", "p1"), "w2", px=60_000)  # w2 is stuck
     assert await run_batch(services, policy.STAGE, [prompt("p1")]) == 1
     assert services.ledger.redis.data[seen_key("policy", "p1")] == "w1"
+
+
+async def test_a_retried_claim_wait_counts_the_batch_in_once(services, monkeypatch):
+    services.settings.claim_wait_s = 0.2     # then w2's claim is taken over
+    redis = services.ledger.redis
+    await redis.set(claim_key("policy", "p1"), "w2", px=60_000)   # w2 holds p1: the claim waits
+    exists, failures = redis.exists, []
+
+    async def down_once(key):  # Redis drops out once while we wait for w2's claim
+        if not failures:
+            failures.append(key)
+            raise ConnectionError("fake redis is down")
+        return await exists(key)
+
+    monkeypatch.setattr(redis, "exists", down_once)
+    assert await run_batch(services, policy.STAGE, [prompt("p1"), prompt("p2")]) == 2
+    assert failures, "the wait never ran"
+    assert redis.data[counter_key("policy", "in")] == "2"
+    assert redis.data[counter_key("policy", "out")] == "2"
