@@ -1,4 +1,4 @@
-"""Pipeline subcommands: ``cai worker``, ``cai feed`` and ``cai export``.
+"""Pipeline subcommands: ``cai worker``, ``cai feed``, ``cai export`` and ``cai dead-letter``.
 
 Their flags are declared once: the worker's are ``PipelineSettings`` fields (env
 ``CAI_PIPELINE_*``), ``--bootstrap`` is ``StreamSettings.kafka_bootstrap`` (env
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,6 +57,58 @@ class ExportOptions:
     format: str = option("jsonl", "jsonl: every field; hf: only the columns TRL expects",
                          choices=("jsonl", "hf"))
     output: str | None = option(None, "file to write (default stdout)", aliases=("-o",))
+
+
+@dataclass
+class DeadLetterOptions:
+    action: str | None = option(None, "list: show dead letters; replay: send them back to their "
+                                "stage (idempotency rules: agents/dead_letters.py)",
+                                positional=True, required=True, choices=("list", "replay"))
+    reason: str | None = option(None, "only dead letters whose reason contains this text "
+                                "(case-insensitive), e.g. InferenceError")
+    stage: str | None = option(None, "only this stage's (policy, critique, revise, compare, "
+                               "trainer)")
+    id: list[str] | None = option(None, "only these prompt ids or stage keys", nargs="+",
+                                  metavar="ID")
+    limit: int = option(50, "rows to show (newest)")
+    dry_run: bool = option(False, "replay: say what would be replayed, send nothing")
+    json: bool = option(False, "print JSON")
+    timeout: float = option(60.0, "seconds to read the topic", metavar="S")
+
+
+def cmd_dead_letter(options: DeadLetterOptions, settings: StreamSettings) -> int:
+    from agents import dead_letters
+    from agents.export import ExportTimeout
+
+    try:
+        letters = dead_letters.read(settings, options.timeout)
+    except ExportTimeout as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
+    chosen = dead_letters.select(letters, options.reason, options.stage, tuple(options.id or ()))
+    if options.action == "list":
+        data = {**dead_letters.summary(chosen), "rows": dead_letters.rows(chosen, options.limit)}
+        if options.json:
+            print(dead_letters.dump(data))
+            return 0
+        print(f"{data['total']} dead letters; by stage {data['by_stage']}")
+        for kind, n in data["by_reason"].items():
+            print(f"  {n:6d}  {kind}")
+        for row in data["rows"]:
+            print(f"{row['stage']:9} {row['prompt_id'][:40]:40} {row['reason'][:120]}")
+        return 0
+    redis_url = PipelineSettings().redis_address
+    plans = dead_letters.replay(chosen, settings, redis_url, dry_run=options.dry_run)
+    outcome = Counter(p.action.split(":", 1)[0] if p.action.startswith("not") else p.action
+                      for p in plans)
+    if options.json:
+        print(dead_letters.dump([{"prompt_id": p.letter.prompt_id, "stage": p.letter.stage,
+                                  "key": p.key, "action": p.action} for p in plans]))
+    else:
+        for p in plans[-options.limit:]:
+            print(f"{p.letter.stage:9} {p.letter.prompt_id[:40]:40} {p.action}")
+        print(f"{len(plans)} selected: {dict(outcome)}" + (" (dry run)" if options.dry_run else ""))
+    return 0
 
 
 def cmd_worker(options: WorkerOptions, stream: StreamSettings, settings: PipelineSettings) -> int:
@@ -121,3 +174,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_command(sub, "export", cmd_export, options=ExportOptions, settings=BOOTSTRAP,
                 help="replay the sft or preferences topic as JSONL (TRL / datasets)",
                 description="Reads from the beginning, drops duplicates by record id.")
+    add_command(sub, "dead-letter", cmd_dead_letter, options=DeadLetterOptions,
+                settings=BOOTSTRAP,
+                help="list dead letters by reason, stage or id, or replay them into their stage",
+                description="Reads the dead-letter topic from the beginning. replay clears a "
+                "dead record's done mark and sends its payload back to its source topic; records "
+                "done since, in flight, truncated or undecodable are left alone.")

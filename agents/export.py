@@ -20,12 +20,21 @@ from typing import IO
 
 from core.settings import kafka_client_options
 from streams import topics
-from streams.records import PreferenceRecord, RecordError, SFTRecord, WireRecord, decode, to_dict
+from streams.records import (
+    DeadLetterRecord,
+    PreferenceRecord,
+    RecordError,
+    SFTRecord,
+    WireRecord,
+    decode,
+    to_dict,
+)
 from streams.settings import StreamSettings
 
 logger = logging.getLogger(__name__)
 
-KINDS = {"sft": (topics.SFT, SFTRecord), "preferences": (topics.PREFERENCES, PreferenceRecord)}
+KINDS = {"sft": (topics.SFT, SFTRecord), "preferences": (topics.PREFERENCES, PreferenceRecord),
+         "dead-letter": (topics.DEAD_LETTER, DeadLetterRecord)}
 
 
 class ExportTimeout(RuntimeError):
@@ -40,6 +49,9 @@ class ExportResult:
 
 
 def record_key(record: WireRecord) -> str:
+    if isinstance(record, DeadLetterRecord):  # one per input (a crash can repeat the send)
+        return "|".join(map(str, (record.stage, record.key or record.payload[:200],
+                                  record.topic, record.partition, record.offset)))
     if getattr(record, "record_id", ""):
         return record.record_id
     return f"{type(record).__name__}:{record.prompt_id}:{getattr(record, 'sample_index', 0)}"

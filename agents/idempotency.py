@@ -15,6 +15,8 @@ A stage runs the protocol for a whole batch at once: ``claim_many`` is one round
 script: skip the done, claim the free, take back our own; only records another worker holds fall
 back to ``claim``'s wait), and ``done_many`` marks the whole batch done in one round trip after
 every output of the batch was acknowledged, with the batch's counters in the same round trip.
+A caller that retries on errors retries ``claim_many``'s halves apart (``claim_batch``, then
+``wait_for_held``), so a failed wait does not add the round trip's counters again.
 
 A crash before step 3's sends completes loses nothing: Kafka redelivers the input (offsets are
 committed only after the batch is done) and the stage repeats the work. A crash in the
@@ -33,6 +35,7 @@ import time
 logger = logging.getLogger(__name__)
 
 PREFIX = "cai:"
+DEAD_MARK = "dead:"  # a done mark's value when the record went to dead-letter
 
 
 def seen_key(stage: str, key: str) -> str:
@@ -89,9 +92,16 @@ class Ledger:
     async def is_done(self, stage: str, key: str) -> bool:
         return bool(await self.redis.exists(seen_key(self.namespace + stage, key)))
 
-    async def claim(self, stage: str, key: str, wait_s: float | None = None) -> bool:
-        """True: the caller owns the work. False: it is already done (skip it)."""
+    async def claim(self, stage: str, key: str, wait_s: float | None = None,
+                    take_over_s: float | None = None) -> bool:
+        """True: the caller owns the work. False: it is already done (skip it).
+
+        Another worker's live claim is waited for; after ``wait_s`` a ``TimeoutError`` is
+        raised, after ``take_over_s`` the claim is taken over (its holder renews it but never
+        finishes: it is stuck). Taking over can repeat an output; repeats share a record id.
+        """
         deadline = None if wait_s is None else time.monotonic() + wait_s
+        take_over = None if take_over_s is None else time.monotonic() + take_over_s
         ckey = claim_key(self.namespace + stage, key)
         while True:
             if await self.is_done(stage, key):
@@ -104,13 +114,30 @@ class Ledger:
                 return True
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"{ckey} is held by {holder}")
+            if take_over is not None and time.monotonic() > take_over:
+                logger.warning("%s held by %s for more than %.0fs: taking it over", ckey, holder,
+                               take_over_s)
+                await self.redis.set(ckey, self.worker_id, px=self.lease_ms)
+                return True
             logger.info("%s is being processed by %s; waiting", ckey, holder)
             await asyncio.sleep(self.poll_s)
 
     async def claim_many(self, stage: str, keys: list[str],
-                         counts: dict[str, int] | None = None) -> list[bool]:
+                         counts: dict[str, int] | None = None,
+                         take_over_s: float | None = None) -> list[bool]:
         """``claim`` for a batch, in one round trip with ``counts`` (counter increments) unless
-        another worker holds some of the keys; True: the caller owns the record's work."""
+        another worker holds some of the keys; True: the caller owns the record's work.
+        ``take_over_s`` as in ``claim``, for each key another worker holds.
+
+        A caller that retries on errors retries the two halves apart (``claim_batch`` once,
+        then ``wait_for_held``): retrying the whole would add ``counts`` again."""
+        states = await self.claim_batch(stage, keys, counts)
+        return await self.wait_for_held(stage, keys, states, take_over_s)
+
+    async def claim_batch(self, stage: str, keys: list[str],
+                          counts: dict[str, int] | None = None) -> list[int]:
+        """The round trip of ``claim_many``: ``counts`` added, each key skipped (0, done
+        before), claimed (1) or found held by another worker (2)."""
         ns = self.namespace + stage
         pairs = [k for key in keys for k in (seen_key(ns, key), claim_key(ns, key))]
         async with self.redis.pipeline(transaction=False) as pipe:
@@ -121,11 +148,28 @@ class Ledger:
                 await self._claim_many(keys=pairs, args=[self.worker_id, self.lease_ms],
                                        client=pipe)
             replies = await pipe.execute()
-        states = replies[-1] if keys else []
-        owned = []
-        for key, state in zip(keys, states):
-            # Held by another worker: wait for its done mark or for its lease to run out.
-            owned.append(bool(state == 1 or (state == 2 and await self.claim(stage, key))))
+        return list(replies[-1]) if keys else []
+
+    async def wait_for_held(self, stage: str, keys: list[str], states: list[int],
+                            take_over_s: float | None = None) -> list[bool]:
+        """From ``claim_batch``'s ``states``: which keys the caller owns, once the keys another
+        worker held are done (False), free again or taken over (True). Safe to retry: a key
+        claimed by an earlier try is ours (the same worker id) and is taken back."""
+        owned = [state == 1 for state in states]
+        waiting = [i for i, state in enumerate(states) if state == 2]
+        if not waiting:
+            return owned
+        # Held by another worker: wait for its done mark, or for its lease to run out, or take
+        # it over after ``take_over_s``; the claims we hold meanwhile are renewed.
+        held = [key for key, mine in zip(keys, owned) if mine]
+        holding = asyncio.ensure_future(self.hold(stage, held))
+        try:
+            for i in waiting:
+                owned[i] = await self.claim(stage, keys[i], take_over_s=take_over_s)
+                if owned[i]:
+                    held.append(keys[i])
+        finally:
+            holding.cancel()
         return owned
 
     async def done_many(self, stage: str, keys: list[str],
@@ -163,10 +207,13 @@ class Ledger:
             except Exception as exc:  # noqa: BLE001 - a missed renewal only shortens the lease
                 logger.warning("could not renew claims of %s: %s", stage, exc)
 
-    async def done(self, stage: str, key: str) -> bool:
-        """Mark done after the outputs were acknowledged. False if it was already marked."""
+    async def done(self, stage: str, key: str, dead: bool = False) -> bool:
+        """Mark done after the outputs were acknowledged. False if it was already marked.
+        ``dead``: it went to dead-letter instead (the mark says ``dead:<worker>``, so ``cai
+        dead-letter replay`` may clear it; a record done for real is never redriven)."""
         done_key = seen_key(self.namespace + stage, key)
-        first = await self.redis.set(done_key, self.worker_id, nx=True, ex=self.ttl_s)
+        mark = f"{DEAD_MARK}{self.worker_id}" if dead else self.worker_id
+        first = await self.redis.set(done_key, mark, nx=True, ex=self.ttl_s)
         await self.redis.delete(claim_key(self.namespace + stage, key))
         if not first:
             logger.warning("%s was already done: a duplicate output was emitted", done_key)

@@ -7,6 +7,7 @@
   send, mark done);
 * ``cai_stage_batch_records{stage}``: records per batch;
 * ``cai_stage_claims_in_flight{stage}``: records this worker has claimed and not yet finished;
+* ``cai_stage_parked_batches{stage}``: batches waiting out an outage (Triton down or hung).
 * ``cai_stage_phase_seconds{stage, phase}``: where a batch's time goes: ``decode`` (records from
   bytes), ``claim`` and ``done`` (Redis), ``process`` (the model calls), ``send`` (Kafka, until
   the broker's acks), ``count`` (Redis counters). ``cai bench --null-models`` reads it.
@@ -31,6 +32,9 @@ BATCH_RECORDS = Histogram("cai_stage_batch_records", "Records per batch of a sta
                           buckets=(1, 2, 4, 8, 16, 32, 64, 128))
 CLAIMS_IN_FLIGHT = Gauge("cai_stage_claims_in_flight",
                          "Records this worker has claimed and not finished", ["stage"])
+PARKED = Gauge("cai_stage_parked_batches",
+               "Batches of a stage waiting out an outage (retried until the service is back)",
+               ["stage"])
 PHASES = ("decode", "claim", "process", "send", "done", "count")
 PHASE_SECONDS = Histogram("cai_stage_phase_seconds", "Seconds one batch of a stage spent in a "
                           "phase: decode, claim, process, send, done, count", ["stage", "phase"],

@@ -57,7 +57,12 @@ def connect(settings: PipelineSettings, constitution: Constitution, topics: dict
 
     inference = (NullInference() if settings.inference == "null" else TritonInference(
         InferenceClient(settings.triton_address, timeout_s=settings.triton_timeout_s)))
-    ledger = Ledger(redis.Redis.from_url(settings.redis_address, decode_responses=True),
-                    settings.worker_id, settings.claim_lease_s, settings.seen_ttl_s,
+    # Socket timeouts: a hung Redis (SIGSTOP, a full network queue) raises and is retried by
+    # ``delivery.persist`` instead of blocking the stage forever.
+    store = redis.Redis.from_url(settings.redis_address, decode_responses=True,
+                                 socket_timeout=settings.redis_timeout_s,
+                                 socket_connect_timeout=settings.redis_timeout_s,
+                                 health_check_interval=30)
+    ledger = Ledger(store, settings.worker_id, settings.claim_lease_s, settings.seen_ttl_s,
                     namespace=namespace)
     return Services(settings, constitution, inference, ledger, TopicSender(topics))

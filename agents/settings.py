@@ -82,6 +82,8 @@ class PipelineSettings(BaseSettings):
                               "dead-letter")
     backoff_s: float = Field(0.5, ge=0)
     max_backoff_s: float = Field(8.0, ge=0)
+    park_backoff_s: float = Field(30.0, ge=0, description="longest wait between retries of a "
+                                  "batch parked by an outage (Triton down or hung)")
     max_prompt_chars: int = Field(8000, ge=1, description="longer prompts go to dead-letter")
     dead_letter_payload_bytes: int = Field(65536, ge=0, description="raw payload kept in "
                                            "dead-letter")
@@ -102,6 +104,11 @@ class PipelineSettings(BaseSettings):
                            description="stable id lets a restarted worker take back its own claims")
     claim_lease_s: float = Field(60.0, ge=1, description="a dead worker's claims block others this "
                                  "long")
+    claim_wait_s: float = Field(900.0, ge=1, description="longest wait for another worker's live "
+                                "claim; then it is taken over (the holder is stuck; a repeat it "
+                                "may still send is dropped by record id)")
+    redis_timeout_s: float = Field(10.0, gt=0, description="socket timeout of the worker's Redis "
+                                   "calls (a hung Redis is retried, not waited on forever)")
     seen_ttl_s: int = Field(14 * 24 * 3600, ge=60, description="lifetime of idempotency keys")
     session_timeout_s: float = Field(10.0, ge=6, description="a dead worker's partitions move "
                                      "after this")

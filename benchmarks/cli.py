@@ -30,8 +30,15 @@ def cmd_bench_dpo(options) -> int:
     return main(options)
 
 
+def cmd_chaos(options) -> int:
+    from benchmarks.chaos import main
+
+    return main(options)
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the benchmarks to the `cai` parser."""
+    from benchmarks.chaos import ChaosOptions
     from benchmarks.dpo import DpoBenchOptions
     from benchmarks.pipeline import BenchOptions
     from benchmarks.serving import ServingBenchOptions
@@ -51,6 +58,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                 "folder, and measures in-process batched generation, Triton with and without "
                 "dynamic batching at several concurrencies (paired runs, medians), and the "
                 "seconds a hot swap of the policy takes, idle and under load.")
+    add_command(sub, "chaos", cmd_chaos, options=ChaosOptions,
+                help="fault injection: kill, stop and restart every process while the loop runs",
+                description="Starts a private stack on tiny models, feeds uniquely identified "
+                "prompts and invalid messages, injects faults (SIGKILL, SIGSTOP, restarts of the "
+                "worker, trainer, Triton, Kafka and Redis; worker kills at each delivery step; "
+                "scaling 1 -> 3 -> 1) and checks nothing is lost, trained twice or stalled. "
+                "--fuzz mixes invalid messages into every topic read; --soak runs for minutes, "
+                "logging RSS, Redis keys and lag. Uses several cores: run under the CPU lock.")
     add_command(sub, "bench-dpo", cmd_bench_dpo, options=DpoBenchOptions,
                 help="benchmark: one DPO step of this trainer vs TRL's DPOTrainer",
                 description="Same model, pairs, batch, length, beta, learning rate and reference "

@@ -13,7 +13,9 @@ from collections import Counter, defaultdict
 
 from core.settings import StackSettings
 from serving.publish import REDIS_VERSION_KEY
+from stack.supervisor import recent_alarms
 from streams import topics
+from streams.records import RECORDS, json_value
 from streams.settings import StreamSettings
 from streams.topic_stats import TopicReader
 from trainer.checkpoint import round_outcome
@@ -32,7 +34,7 @@ def principle_stats(sft_records: list[dict], preferences: list[dict]) -> dict[st
     stats: dict[str, dict] = defaultdict(lambda: {"rounds": 0, "unchanged": 0, "margins": []})
     for record in sft_records:
         previous = record.get("initial_response", "")
-        for step in json.loads(record.get("steps_json") or "[]"):
+        for step in json_value(record.get("steps_json"), []):
             entry = stats[str(step.get("principle_id", "?"))]
             entry["rounds"] += 1
             revision = step.get("revision", "")
@@ -56,7 +58,7 @@ def newest_example(sft_records: list[dict], preferences: list[dict]) -> dict | N
     if not sft_records:
         return None
     latest = sft_records[-1]
-    steps = json.loads(latest.get("steps_json") or "[]")
+    steps = json_value(latest.get("steps_json"), [])
     example = {
         "prompt_id": latest.get("prompt_id"),
         "prompt": latest.get("prompt"),
@@ -85,7 +87,7 @@ def judge_stats(preferences: list[dict]) -> dict:
     """
     from scoring.shares import Share
 
-    judged = [(p, json.loads(p.get("probs_json") or "[]")) for p in preferences]
+    judged = [(p, json_value(p.get("probs_json"), [])) for p in preferences]
     judged = [(p, probs) for p, probs in judged if probs]
     agree = [bool(p.get("orders_agree")) for p, _ in judged]
     # Each entry is (P(A better) with A shown first, P(A better) with A shown second).
@@ -110,14 +112,18 @@ def snapshot(stack_settings: StackSettings, stream_settings: StreamSettings,
         groups = (stream_settings.app_id, topics.TRAINER_GROUP)
         flows = {short: reader.flow(topics.topic_name(short, stream_settings), groups)
                  for short in STAGE_TOPICS + OUTPUT_TOPICS}
-        sft = reader.tail(topics.topic_name(topics.SFT, stream_settings), window)
-        prefs = reader.tail(topics.topic_name(topics.PREFERENCES, stream_settings), window)
-        versions = reader.tail(topics.topic_name(topics.POLICY_VERSIONS, stream_settings), 20)
+        # Strictly decoded: hostile records on these topics are left out of every view.
+        sft = reader.tail(topics.topic_name(topics.SFT, stream_settings), window,
+                          RECORDS[topics.SFT])
+        prefs = reader.tail(topics.topic_name(topics.PREFERENCES, stream_settings), window,
+                            RECORDS[topics.PREFERENCES])
+        versions = reader.tail(topics.topic_name(topics.POLICY_VERSIONS, stream_settings), 20,
+                               RECORDS[topics.POLICY_VERSIONS])
     finally:
         reader.close()
     trainer_rounds = []
     for event in versions:
-        metrics = json.loads(event.get("metrics_json") or "{}")
+        metrics = json_value(event.get("metrics_json"), {})
         trainer_rounds.append({"version": event.get("version"), **metrics})
     return {
         "time": time.time(),
@@ -136,6 +142,8 @@ def snapshot(stack_settings: StackSettings, stream_settings: StreamSettings,
         "trainer": {"rounds": trainer_rounds[-5:], "published": len(versions),
                     "last_round": _last_round(stack_settings)},
         "serving_policy_version": _serving_version(stack_settings),
+        # The supervisor's restarts and alarms (stall, service down), newest last.
+        "alarms": recent_alarms(stack_settings, 5),
     }
 
 
@@ -210,6 +218,12 @@ def render(snap: dict):
         f"order-swap agreement: {_pct(judge['order_agreement'])}   mean p_chosen: {mean_p}"
     )
     parts = [flow, Panel(status, title="trainer / judge"), principles]
+    alarms = snap.get("alarms") or []
+    if alarms:
+        parts.insert(1, Panel("\n".join(
+            f"{time.strftime('%H:%M:%S', time.localtime(a.get('time', 0)))} "
+            f"[b]{_clip(str(a.get('kind')), 20)}[/b] {_clip(str(a.get('message')))}"
+            for a in alarms), title="alarms (supervisor)", border_style="red"))
     example = snap["newest_example"]
     if example:
         lines = [f"[b]prompt[/b] {_clip(example['prompt'])}",

@@ -9,6 +9,9 @@
    trainer starts the round once the pipeline has drained, gates it on the dev split and, if it
    passes, publishes the new version before the next round's prompts go in. A live monitor shows
    the streams; a line per round says what happened;
+   A supervisor (``stack/supervisor.py``) restarts a crashed worker or trainer with backoff,
+   restarts a service that died or hangs, and restarts a worker whose lag stopped moving
+   with nothing in flight (an alarm in the monitor);
 4. stop the worker and the trainer (the CPU goes to evaluation) and evaluate every version that
    served, the first one included, on held-out prompts: harmless, explains-why,
    declined-then-complied and over-refusal, each with a 95% interval;
@@ -39,6 +42,7 @@ from core.recipes import DEFAULT_RECIPE, RECIPES, RUN_PROMPTS, pipeline_env, tra
 from core.settings import ModelSettings, StackSettings
 from scoring import evaluate, labels, splits
 from stack import children, services, setup_machine
+from stack.supervisor import Supervisor
 from streams import topics
 from streams.settings import StreamSettings
 from trainer import checkpoint
@@ -128,14 +132,19 @@ def child_env(settings: StackSettings, options: RunOptions) -> dict[str, str]:
                               pipeline_env(options.recipe))
 
 
-def start_children(settings: StackSettings, options: RunOptions) -> None:
-    """The worker, and the trainer with this run's config written beside its rounds."""
+def start_children(settings: StackSettings, options: RunOptions,
+                   stream: StreamSettings | None = None) -> Supervisor:
+    """The worker, and the trainer with this run's config written beside its rounds; returns
+    the supervisor that keeps them (and the services) running."""
     trainer_dir = settings.state_dir / "trainer"
     trainer_dir.mkdir(parents=True, exist_ok=True)
     config_file = trainer_config(options).save(trainer_dir)
-    children.start(settings, {"worker": children.worker_argv(),
-                              "trainer": children.trainer_argv(config_file)},
-                   child_env(settings, options))
+    argvs = {"worker": children.worker_argv(), "trainer": children.trainer_argv(config_file)}
+    env = child_env(settings, options)
+    children.start(settings, argvs, env)
+    return Supervisor(settings, stream or StreamSettings(kafka_bootstrap=settings.kafka_address),
+                      argvs, env, models=ModelSettings(model=options.model),
+                      roles=recipe_roles(options.recipe))
 
 
 DASHBOARD_ADDRESS = "dashboard.url"
@@ -202,19 +211,32 @@ def _rounds_done(settings: StackSettings) -> int:
 
 
 def watch(settings: StackSettings, stream: StreamSettings, until, deadline: float,
-          live=None) -> dict:
-    """Refresh the live monitor until ``until(snapshot)`` holds or the deadline passes; a child
-    that died ends the run with the place of its log."""
-    snap = monitor.snapshot(settings, stream)
-    while time.monotonic() < deadline and not until(snap):
-        dead = children.dead(settings)
-        if dead:
-            raise RuntimeError(f"{', '.join(dead)} exited; see {settings.logs_dir}")
+          live=None, supervisor: Supervisor | None = None) -> dict:
+    """Refresh the live monitor until ``until(snapshot)`` holds or the deadline passes. The
+    supervisor restarts a child that died (with backoff) or stalled and heals the services;
+    without one, a dead child ends the run with the place of its log."""
+    snap = _snapshot(settings, stream)
+    while time.monotonic() < deadline and (snap is None or not until(snap)):
+        if supervisor is not None:
+            supervisor.check()
+        else:
+            dead = children.dead(settings)
+            if dead:
+                raise RuntimeError(f"{', '.join(dead)} exited; see {settings.logs_dir}")
         time.sleep(3)
-        snap = monitor.snapshot(settings, stream)
-        if live is not None:
+        snap = _snapshot(settings, stream) or snap
+        if live is not None and snap is not None:
             live.update(monitor.render(snap))
-    return snap
+    return snap if snap is not None else monitor.snapshot(settings, stream)
+
+
+def _snapshot(settings: StackSettings, stream: StreamSettings) -> dict | None:
+    """A monitor snapshot, or None while Kafka cannot be read (an outage the supervisor heals)."""
+    try:
+        return monitor.snapshot(settings, stream)
+    except Exception as exc:  # noqa: BLE001 - any broker error: show the last one, try again
+        logger.warning("cai run: cannot read the topics (%s); trying again", exc)
+        return None
 
 
 def round_line(summary: dict, total: int) -> str:
@@ -267,7 +289,7 @@ def served_versions(rounds: list[dict]) -> list[int]:
 
 
 def run_rounds(settings: StackSettings, stream: StreamSettings, options: RunOptions,
-               deadline: float) -> tuple[dict, int]:
+               deadline: float, supervisor: Supervisor | None = None) -> tuple[dict, int]:
     """Feed each round's prompts once the previous round has finished; return the last
     snapshot and how many prompts were fed."""
     from rich.console import Console
@@ -291,7 +313,8 @@ def run_rounds(settings: StackSettings, stream: StreamSettings, options: RunOpti
                 f"cai run: round {number}/{len(slices)}: fed {len(prompts)} fresh prompts; policy "
                 f"v{snap.get('serving_policy_version') or 1} answers them")
             snap = watch(settings, stream,
-                         lambda s, n=number: _rounds_done(settings) >= n, deadline, live)
+                         lambda s, n=number: _rounds_done(settings) >= n, deadline, live,
+                         supervisor)
             if _rounds_done(settings) < number:
                 live.console.print(f"cai run: the {options.duration:.0f}-minute limit ran out in "
                                    f"round {number}; evaluating what is there")
@@ -322,12 +345,15 @@ def run(settings: StackSettings, options: RunOptions) -> dict:
                     "recipe_settings": pipeline_env(options.recipe),
                     "trainer_config": trainer_config(options).to_dict()}
     try:
-        start_children(settings, options)
+        supervisor = start_children(settings, options, stream)
         address = start_dashboard(settings, options) if options.dashboard else None
         if address:
             print(f"cai run: dashboard at {address}", flush=True)
         print(f"cai run: worker and trainer logs in {settings.logs_dir}", flush=True)
-        snap, fed = run_rounds(settings, stream, options, started + options.duration * 60)
+        snap, fed = run_rounds(settings, stream, options, started + options.duration * 60,
+                               supervisor)
+        supervisor.close()
+        report["supervisor"] = {"restarts": supervisor.restarts(), "alarms": supervisor.events}
         report["trainer_rounds"] = trainer_rounds(settings)
         report["pipeline_done"] = pipeline_done(snap, fed, len(report["trainer_rounds"]),
                                                 options.rounds)

@@ -38,7 +38,10 @@ class StackSettings(BaseSettings):
     triton_http_port: int = 18000
     triton_grpc_port: int = 18001
     triton_metrics_port: int = 18002
-    kafka_heap: str = "512m"
+    kafka_heap: str = Field(
+        "512m", pattern=r"^[1-9][0-9]*[kKmMgG]$",
+        description="The local broker's JVM heap (-Xms and -Xmx both, e.g. 512m or 1g): fixed "
+        "and touched at start, so Kafka's memory does not creep up while it runs.")
     start_timeout_s: float = 90.0
 
     kafka_bootstrap: str | None = Field(None, description="Use this broker instead of a local one.")

@@ -111,10 +111,13 @@ class InferenceClient:
             except InferenceServerException as exc:
                 status = exc.status() or ""
                 if "DEADLINE_EXCEEDED" in status or "Deadline" in str(exc):
+                    # Retryable: the server is hung or overloaded (requests are bounded in
+                    # length); the caller parks the work instead of dead-lettering it.
+                    hung = "" if await self.live() else "; it does not answer its health check"
                     raise InferenceError(f"{role} at {self.url}: no answer within "
                                          f"{self.timeout_s:.0f}s (timeout_s); the server is "
-                                         "overloaded or the request too long",
-                                         role, self.url) from exc
+                                         f"overloaded or hung{hung}",
+                                         role, self.url, retryable=True) from exc
                 if not _is_retryable(exc) or attempt >= self.max_retries:
                     hint = (f" after {attempt + 1} attempts; is Triton running (`cai stack "
                             "status`)?"
@@ -162,6 +165,13 @@ class InferenceClient:
         return [JudgeResult(probs=a["probs"], model_version=a["model_version"],
                             reasoning=a.get("reasoning"), logprobs=a.get("logprobs", []))
                 for a in answers]
+
+    async def live(self, timeout_s: float = 5.0) -> bool:
+        """The server answers its liveness check within ``timeout_s`` (a hung one does not)."""
+        try:
+            return bool(await self._grpc().is_server_live(client_timeout=timeout_s))
+        except Exception:  # noqa: BLE001 - unreachable, refused or timed out
+            return False
 
     async def ready(self, role: str) -> bool:
         try:

@@ -50,6 +50,10 @@ class TritonInference:
                     seed: int | None) -> list[JudgeResult]:
         return await self.client.judge(prompts, list(choices), cot=cot, chat=False, seed=seed)
 
+    async def healthy(self) -> bool:
+        """Whether the server answers its liveness check within a few seconds."""
+        return await self.client.live()
+
     async def close(self) -> None:
         await self.client.close()
 

@@ -65,7 +65,13 @@ def serving_version(redis_value: str | bytes | None) -> int:
 
 
 class PublishError(RuntimeError):
-    """Publishing or rolling back failed; the message says what and how to fix it."""
+    """Publishing or rolling back failed; the message says what and how to fix it.
+    ``retryable``: a service was unreachable (try again later), not a checkpoint Triton
+    refused to load."""
+
+    def __init__(self, message: str, retryable: bool = False) -> None:
+        super().__init__(message)
+        self.retryable = retryable
 
 
 def validate_checkpoint(checkpoint_dir: Path) -> list[Path]:
@@ -159,9 +165,21 @@ def _load_and_wait(settings: StackSettings, version: int, timeout_s: float) -> N
         # Keep the cause; the python traceback that follows it is in Triton's log.
         cause = str(exc.message() or exc).split("\n\nAt:")[0].strip()
         raise PublishError(f"Triton at {settings.triton_http} could not load policy v{version}: "
-                           f"{cause} (traceback in the Triton log)") from None
+                           f"{cause} (traceback in the Triton log)",
+                           retryable=_unreachable(cause)) from None
+    except PublishError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - connection refused or reset, a timeout
+        raise PublishError(f"Triton at {settings.triton_http} unreachable while loading policy "
+                           f"v{version}: {type(exc).__name__}: {exc}", retryable=True) from None
     finally:
         client.close()
+
+
+def _unreachable(cause: str) -> bool:
+    """A load that failed because the server could not be reached, not because of the model."""
+    return any(marker in cause.lower() for marker in (
+        "connection", "timed out", "timeout", "unavailable", "broken pipe", "reset by peer"))
 
 
 def _serve(settings: StackSettings, version: int, timeout_s: float) -> str:
@@ -174,7 +192,9 @@ def _serve(settings: StackSettings, version: int, timeout_s: float) -> str:
         raise PublishError(f"the policy instances could not load policy v{version}: "
                            f"{exc}") from None
     except TimeoutError as exc:
-        raise PublishError(f"policy v{version} was not swapped in: {exc}") from None
+        # The instances did not answer in time (a hung or overloaded Triton): try again later.
+        raise PublishError(f"policy v{version} was not swapped in: {exc}",
+                           retryable=True) from None
     if states is None:  # no instance follows the control file: reload through Triton
         _load_and_wait(settings, version, timeout_s)
         return "reload"
@@ -201,15 +221,21 @@ def _install_version(settings: StackSettings, source: dict, weights_from: Path |
     started = time.monotonic()
     try:
         how = _serve(settings, version, timeout_s)
-    except PublishError as exc:
+    except BaseException as exc:  # any load error (even an interrupt): roll back the folder
         shutil.rmtree(target, ignore_errors=True)
+        if not isinstance(exc, PublishError):
+            if previous:  # interrupted mid-swap: point the instances back at what serves
+                with contextlib.suppress(OSError):
+                    request_swap(role_dir, max(previous))
+            raise
         try:  # make sure the previous version is what serves
             _serve(settings, max(previous), timeout_s) if previous else None
         except PublishError as again:
             logger.error("restoring the previous policy version failed too: %s", again)
+        fix = ("start Triton (`cai stack status`), then publish again" if exc.retryable else
+               "check the checkpoint loads with from_pretrained")
         raise PublishError(f"{exc}. Removed {target}; policy v{max(previous) if previous else '-'} "
-                           "keeps serving. Fix: check the checkpoint loads with "
-                           "from_pretrained") from None
+                           f"keeps serving. Fix: {fix}", retryable=exc.retryable) from None
     logger.info("policy v%d serving after %.2fs (%s)", version, time.monotonic() - started, how)
     _record_serving(settings, version, source.get("checkpoint", ""))
     _prune(role_dir, keep_last, serving=version)
@@ -225,7 +251,8 @@ def _record_serving(settings: StackSettings, version: int, checkpoint: str) -> N
     except Exception as exc:  # noqa: BLE001
         raise PublishError(f"policy v{version} is serving, but setting Redis {REDIS_VERSION_KEY} "
                            f"at {settings.redis_address} failed: {exc}. Fix: start Redis, then "
-                           f"`cai rollback {version}` or set the key by hand") from None
+                           f"`cai rollback {version}` or set the key by hand",
+                           retryable=True) from None
 
 
 def _prune(role_dir: Path, keep_last: int, serving: int) -> None:
@@ -254,26 +281,43 @@ def publish_policy(
     return version
 
 
+def published_version(checkpoint_dir: str | Path, stack_settings: StackSettings) -> int | None:
+    """The newest version in the repository that holds ``checkpoint_dir`` (not as a rollback):
+    found from the version folders alone, with Redis down too."""
+    wanted = str(Path(checkpoint_dir).resolve())
+    role_dir = stack_settings.triton_repository / ROLE
+    for version in sorted(versions(role_dir), reverse=True):
+        source_file = role_dir / str(version) / SOURCE_FILE
+        if version < 2 or not source_file.exists():
+            continue
+        try:
+            source = json.loads(source_file.read_text())
+        except (OSError, ValueError):
+            continue
+        if source.get("checkpoint") == wanted and "rollback_of" not in source:
+            return version
+    return None
+
+
 def adopt_published(checkpoint_dir: str | Path, stack_settings: StackSettings,
                     timeout_s: float = 300.0) -> int | None:
     """Finish a publish of ``checkpoint_dir`` that stopped after its version folder was installed.
 
     A publisher killed after the weights landed in the repository, but before Redis pointed at
-    them, leaves the newest version folder holding this checkpoint. Loading that version and
-    setting Redis completes the publish without spending a new version number. Returns the
-    version, or None when the newest version is not this checkpoint (publish it normally).
+    them, leaves a version folder holding this checkpoint (found without Redis). If it is the
+    newest, loading it and setting Redis completes the publish without spending a new version
+    number (a Redis that is down raises a retryable ``PublishError``); an older one is returned
+    as it is. None when no version holds this checkpoint (publish it normally).
     """
     wanted = str(Path(checkpoint_dir).resolve())
     role_dir = stack_settings.triton_repository / ROLE
     with _publish_lock(stack_settings):
-        on_disk = versions(role_dir)
-        newest = max(on_disk) if on_disk else None
-        source_file = role_dir / str(newest) / SOURCE_FILE
-        if newest is None or newest < 2 or not source_file.exists():
+        found = published_version(checkpoint_dir, stack_settings)
+        if found is None:
             return None
-        source = json.loads(source_file.read_text())
-        if source.get("checkpoint") != wanted or "rollback_of" in source:
-            return None
+        newest = max(versions(role_dir))
+        if found != newest:
+            return found
         _serve(stack_settings, newest, timeout_s)
         _record_serving(stack_settings, newest, wanted)
     logger.info("policy v%d was installed for %s but not recorded; completed its "

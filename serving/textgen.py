@@ -40,6 +40,7 @@ from serving.prefill import Prefiller
 from serving.requests import GenRequest, GenResult, JudgeOutput, JudgeRequest, RequestError
 from serving.shared_prefix_attention import SharedPrefix
 from serving.shared_prefix_attention import install as install_shared_prefix_attention
+from serving.special_tokens import neutralise
 
 logger = logging.getLogger(__name__)
 
@@ -155,7 +156,11 @@ class TextGenerator:
 
     # ----------------------------------------------------------------- prompts
     def format_prompt(self, prompt: str, chat: bool, system: str | None = None) -> str:
-        """Chat-template the prompt as one user turn when asked and possible; else raw text."""
+        """Chat-template the prompt as one user turn when asked and possible; else raw text.
+        Special-token spellings in the prompt and the system prompt are neutralised
+        (``serving/special_tokens.py``): they never become the template's control tokens."""
+        prompt = neutralise(prompt, self.tokenizer)
+        system = neutralise(system, self.tokenizer) if system else system
         if not chat or not getattr(self.tokenizer, "chat_template", None):
             return prompt
         messages = ([{"role": "system", "content": system}] if system else []) + [
@@ -305,7 +310,9 @@ class TextGenerator:
         cot = [i for i, r in enumerate(requests) if r.cot]
         if cot:
             generated = self.generate([
-                GenRequest(prompt=prefixes[i], chat=False,
+                # The templated prefix goes in as a response prefix: it is not user text and
+                # keeps its control tokens.
+                GenRequest(prompt="", response_prefix=prefixes[i], chat=False,
                            max_new_tokens=requests[i].cot_max_new_tokens,
                            temperature=requests[i].cot_temperature, top_p=1.0,
                            seed=requests[i].seed,

@@ -8,6 +8,13 @@ and timestamps, so any dataset can be rebuilt by replaying topics.
 
 Faust's own validation coerces silently (``None`` becomes ``"None"``), so ``decode`` checks the
 JSON types strictly first and raises ``RecordError`` naming the record, the field and the fix.
+
+``decode`` is the one gate every reader goes through (the stages, the trainer, ``cai export``,
+``cai dead-letter``, the monitor and the dashboard), so it turns *every* hostile payload into a
+``RecordError``: JSON nested too deeply (``RecursionError``), integers past Python's digit limit
+or outside int64, lone surrogates that no UTF-8 encoder accepts (redis-py and Kafka would fail
+on them later), ids longer than ``MAX_ID_CHARS``, and ``*_json`` fields that do not hold the JSON
+shape their readers expect.
 """
 
 from __future__ import annotations
@@ -32,6 +39,9 @@ PREFERENCE_STRATEGIES = ("judge", "revision-over-initial", "contrastive")
 # constitution's bare decline, by construction (PipelineSettings.helpful_pairs).
 ANSWER_OVER_DECLINE = "answer-over-decline"
 STRATEGIES = REVISION_STRATEGIES + PREFERENCE_STRATEGIES + (ANSWER_OVER_DECLINE,)
+# Ids become Redis keys and Kafka keys: bounded, so a hostile id cannot bloat either.
+MAX_ID_CHARS = 512
+INT64 = 2**63
 
 
 class RecordError(ValueError):
@@ -68,6 +78,16 @@ class WireRecord(faust.Record, abstract=True, validation=True, serializer="json"
             if field in self._options.fields and not getattr(self, field):
                 raise RecordError(name, field, "must be a non-empty string",
                                   "give every prompt an id")
+            value = getattr(self, field, None)
+            if isinstance(value, str) and len(value) > MAX_ID_CHARS:
+                raise RecordError(name, field, f"has {len(value)} characters, more than "
+                                  f"{MAX_ID_CHARS}", "use a short id (e.g. a content hash)")
+        for field, shape in JSON_FIELDS.items():
+            value = getattr(self, field, None)
+            if isinstance(value, str) and value:
+                problem = shape(parse_json(value))
+                if problem:
+                    raise RecordError(name, field, problem)
         kind = getattr(self, "kind", None)
         if kind is not None and kind not in KINDS:
             raise RecordError(name, "kind", f"{kind!r} is not one of {', '.join(KINDS)}",
@@ -290,6 +310,8 @@ def _check_value(cls_name: str, field: str, kind: type, value: Any) -> Any:
         ok = isinstance(value, bool)
     elif kind is int:
         ok = isinstance(value, int) and not isinstance(value, bool)
+        if ok and not -INT64 <= value < INT64:
+            raise RecordError(cls_name, field, "is outside the 64-bit integer range")
     elif kind is float:
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
         if ok and not math.isfinite(value):
@@ -297,6 +319,9 @@ def _check_value(cls_name: str, field: str, kind: type, value: Any) -> Any:
         value = float(value) if ok else value
     elif kind is str:
         ok = isinstance(value, str)
+        if ok and not _encodable(value):
+            raise RecordError(cls_name, field, "holds a lone surrogate (not encodable as UTF-8)",
+                              "send valid Unicode text")
     else:  # pragma: no cover - records are flat by design
         ok = True
     if not ok:
@@ -310,6 +335,85 @@ def _check_value(cls_name: str, field: str, kind: type, value: Any) -> Any:
 def _short(value: Any, limit: int = 40) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[:limit] + "..."
+
+
+class _Invalid:
+    """What ``parse_json`` returns for text that is not JSON (or too deep, or too large)."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+def parse_json(text: Any) -> Any:
+    """``json.loads`` that never raises: an ``_Invalid`` (with the reason) for anything that is
+    not JSON, nested too deeply (RecursionError) or holds an integer past the digit limit."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        return _Invalid("JSON nested too deeply")
+    except (ValueError, TypeError) as exc:  # JSONDecodeError, the int digit limit
+        return _Invalid(f"not JSON ({str(exc)[:120]})")
+
+
+def json_value(text: Any, default: Any) -> Any:
+    """A ``*_json`` field's value for readers, or ``default`` when it is not of the same type
+    (records that reached a reader undecoded, e.g. from an older producer)."""
+    value = parse_json(text) if text else default
+    return value if isinstance(value, type(default)) else default
+
+
+_STEP_TYPES = {"round": int, "principle_id": str, "critique": str, "revision": str,
+               "strategy": str, "raw_revision": str, "revision_rejected": bool}
+
+
+def _steps_shape(value: Any) -> str | None:
+    if isinstance(value, _Invalid):
+        return value.reason
+    if not isinstance(value, list) or not all(isinstance(step, dict) for step in value):
+        return "must be a JSON list of objects"
+    for step in value:
+        for key, kind in _STEP_TYPES.items():
+            if key in step and not (isinstance(step[key], kind)
+                                    and not (kind is int and isinstance(step[key], bool))):
+                return f"step field {key!r} must be {_JSON_NAMES[kind]}"
+    return None
+
+
+def _number(value: Any) -> bool:
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value))
+
+
+def _probs_shape(value: Any) -> str | None:
+    if isinstance(value, _Invalid):
+        return value.reason
+    if not isinstance(value, list) or not all(
+            isinstance(pair, list) and len(pair) == 2 and all(map(_number, pair))
+            for pair in value):
+        return "must be a JSON list of [number, number] pairs"
+    return None
+
+
+def _metrics_shape(value: Any) -> str | None:
+    if isinstance(value, _Invalid):
+        return value.reason
+    if not isinstance(value, dict) or not all(
+            v is None or isinstance(v, (int, float, str, bool)) for v in value.values()):
+        return "must be a JSON object of numbers"
+    return None
+
+
+# Text fields that hold JSON, and the shape their readers rely on.
+JSON_FIELDS = {"steps_json": _steps_shape, "probs_json": _probs_shape,
+               "metrics_json": _metrics_shape}
+
+
+def _encodable(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def from_dict(cls: type[R], data: Any) -> R:
@@ -333,8 +437,8 @@ def from_dict(cls: type[R], data: Any) -> R:
         field = getattr(getattr(exc, "field", None), "field", None)
         raise RecordError(name, field, str(exc.reason) if hasattr(exc, "reason") else str(exc),
                           f"give {field!r} a non-empty value" if field else "") from exc
-    except (TypeError, ValueError) as exc:
-        raise RecordError(name, None, str(exc)) from exc
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise RecordError(name, None, str(exc)[:400]) from exc
 
 
 def decode(cls: type[R], raw: bytes | str | dict) -> R:
@@ -356,6 +460,12 @@ def decode(cls: type[R], raw: bytes | str | dict) -> R:
     except json.JSONDecodeError as exc:
         raise RecordError(name, None, f"payload is not JSON ({exc.msg} at char {exc.pos})",
                           "send one JSON object per message") from exc
+    except RecursionError:
+        raise RecordError(name, None, "payload is JSON nested too deeply",
+                          "send one flat JSON object per message") from None
+    except ValueError as exc:  # e.g. an integer of more than 4300 digits
+        raise RecordError(name, None, f"payload is not usable JSON ({str(exc)[:120]})",
+                          "send one flat JSON object per message") from None
     return from_dict(cls, data)
 
 

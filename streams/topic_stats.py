@@ -92,8 +92,9 @@ class TopicReader:
             return {}
         return {tp: meta.offset for tp, meta in offsets.items() if meta.offset >= 0}
 
-    def tail(self, topic: str, count: int) -> list[dict]:
-        """The newest ``count`` JSON records of ``topic`` (across partitions), oldest first."""
+    def tail(self, topic: str, count: int, record_type=None) -> list[dict]:
+        """The newest ``count`` JSON records of ``topic`` (across partitions), oldest first;
+        with ``record_type`` only those that decode strictly as it (``message_record``)."""
         parts = self.partitions(topic)
         if not parts:
             return []
@@ -110,18 +111,31 @@ class TopicReader:
         while len(records) < want and time.monotonic() < deadline:
             batch = self._consumer.poll(timeout_ms=500)
             for messages in batch.values():
-                records += filter(None, map(message_record, messages))
+                records += filter(None, (message_record(m, record_type) for m in messages))
         records.sort(key=lambda r: r.get("_timestamp", 0))
         return records[-count:]
 
 
-def message_record(message) -> dict | None:
-    """A consumed message as a JSON dict with its Kafka timestamp (seconds) in ``_timestamp``;
-    ``{"undecodable": True, ...}`` for bytes that are not JSON, None for a JSON non-object."""
-    try:
-        data = json.loads(message.value)
-    except (ValueError, TypeError):
-        data = {"undecodable": True}
+def message_record(message, record_type=None) -> dict | None:
+    """A consumed message as a JSON dict with its Kafka timestamp (seconds) in ``_timestamp``.
+
+    With ``record_type`` (a ``streams.records`` class) the message is decoded strictly and None
+    is returned for anything that does not decode: a hostile record never reaches a view (the
+    stage that reads the topic dead-letters it). Without it, ``{"undecodable": True, ...}`` for
+    bytes that are not JSON and None for a JSON non-object.
+    """
+    if record_type is not None:
+        from streams.records import RecordError, decode, to_dict
+
+        try:
+            data = to_dict(decode(record_type, message.value))
+        except RecordError:
+            return None
+    else:
+        try:
+            data = json.loads(message.value)
+        except (ValueError, TypeError, RecursionError):
+            data = {"undecodable": True}
     if not isinstance(data, dict):
         return None
     data.pop("__faust", None)
@@ -134,10 +148,13 @@ class TopicFollower:
     the end of each partition; also reads their end offsets. Topics and partitions that appear
     later are picked up by ``refresh_assignment``."""
 
-    def __init__(self, bootstrap: str, topics: dict[str, str], window: int) -> None:
+    def __init__(self, bootstrap: str, topics: dict[str, str], window: int,
+                 record_types: dict | None = None) -> None:
         from kafka import KafkaConsumer
 
         self.topics = topics  # full name -> short name
+        self.record_types = record_types or {}  # short name -> record class: decode strictly
+        self.undecodable = 0  # messages dropped because they did not decode
         self.window = window
         self._consumer = KafkaConsumer(
             bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None,
@@ -171,10 +188,13 @@ class TopicFollower:
         out = []
         for messages in self._consumer.poll(timeout_ms=int(timeout_s * 1000)).values():
             for message in messages:
-                record = message_record(message)
-                if record is not None:
+                short = self.topics[message.topic]
+                record = message_record(message, self.record_types.get(short))
+                if record is None:
+                    self.undecodable += 1
+                else:
                     record["_partition"], record["_offset"] = message.partition, message.offset
-                    out.append((self.topics[message.topic], record))
+                    out.append((short, record))
         return out
 
     def end_offsets(self) -> dict:

@@ -20,6 +20,7 @@ last promoted round's folder (or the base model) instead.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -49,6 +50,36 @@ class RoundState:
     offsets: dict[str, int]
     created_at: float = 0.0
     extra: dict = field(default_factory=dict)
+
+
+LOCK = "trainer.lock"
+
+
+class TrainerLocked(RuntimeError):
+    """Another trainer runs on the same state: two would train every record twice."""
+
+
+def lock(trainer_dir: Path):
+    """Hold the trainer folder's lock for as long as the returned file stays open (the kernel
+    drops it when the process dies, SIGKILL included). Raises ``TrainerLocked`` when another
+    process holds it."""
+    path = Path(trainer_dir) / LOCK
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(path, "a+")  # noqa: SIM115 - kept open for the process's lifetime
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise TrainerLocked(f"another trainer ({holder}) runs on {trainer_dir}; one trainer "
+                            "per state: stop it first, or give this one its own --trainer-dir"
+                            ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()}\n")
+    handle.flush()
+    return handle
 
 
 def rounds_dir(trainer_dir: Path) -> Path:
@@ -100,6 +131,46 @@ def write_published(folder: Path, version: int, announced: bool) -> None:
     tmp = folder / (PUBLISHED + ".tmp")
     _write_json(tmp, {"version": version, "announced": announced})
     os.replace(tmp, folder / PUBLISHED)
+
+
+PUBLISH_FAILURES = "publish_failures.json"
+QUARANTINED = "quarantined.json"
+
+
+def count_publish_failure(folder: Path, reason: str) -> int:
+    """Record one failed load of a round's weights; return how many there were."""
+    path = Path(folder) / PUBLISH_FAILURES
+    failures = json.loads(path.read_text()) if path.exists() else []
+    failures.append({"reason": reason[:1000]})
+    tmp = path.with_suffix(".tmp")
+    _write_json(tmp, failures)
+    os.replace(tmp, path)
+    return len(failures)
+
+
+def is_quarantined(folder: Path) -> bool:
+    return (Path(folder) / QUARANTINED).exists()
+
+
+def quarantine(folder: Path, reason: str, base: str | None = None) -> str:
+    """Turn a promoted round that serving never loads into a rejected one: ``state.json`` points
+    back at the previous weights and carries the reason. Returns that weights pointer."""
+    folder = Path(folder)
+    state = load_state(folder)
+    previous = state.extra.get("previous_weights")
+    if previous is None:  # a folder from before the pointer was kept: the round before it
+        earlier = [f for f in finished_rounds(folder.parent.parent) if f.name < folder.name]
+        previous = load_state(earlier[-1]).policy_weights if earlier else base
+    if previous is None or previous == folder.name:
+        raise ValueError(f"cannot quarantine {folder}: no earlier weights are known")
+    state.promoted = False
+    state.policy_weights = previous
+    state.extra["reasons"] = [*state.extra.get("reasons", []), reason]
+    _write_json(folder / QUARANTINED, {"reason": reason})
+    tmp = folder / (STATE + ".tmp")
+    _write_json(tmp, asdict(state))
+    os.replace(tmp, folder / STATE)
+    return previous
 
 
 def mark_committed(folder: Path) -> None:

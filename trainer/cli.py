@@ -83,6 +83,13 @@ def cmd_trainer(command: TrainerCommand, stack: StackSettings, overrides: dict,
         torch.set_default_device(device)  # the policy, its batches and the probe's generator
     base_model = resolve(config.model or models.for_role("policy"), stack.cache_dir)
     trainer_dir = command.trainer_dir or stack.state_dir / "trainer"
+    from trainer.checkpoint import TrainerLocked
+    from trainer.checkpoint import lock as lock_trainer_dir
+
+    try:
+        held = lock_trainer_dir(trainer_dir)  # noqa: F841 - held until the process exits
+    except TrainerLocked as exc:
+        raise SystemExit(f"cai trainer: {exc}") from None
     sft_topic, pref_topic = topic_name(SFT, streams), topic_name(PREFERENCES, streams)
     loop = TrainerLoop(
         config, trainer_dir, base_model,

@@ -88,6 +88,10 @@ class TrainerConfig:
     carry_limit: int = option(
         1, "how many times an example of a rejected round is carried into the next round (0 "
         "drops a rejected round's examples)")
+    publish_attempts: int = option(
+        3, "times Triton may fail to load a promoted round (across restarts) before the round is "
+        "quarantined: treated as rejected, the previous weights go on; an outage (Triton or "
+        "Redis unreachable) is waited out instead and does not count")
 
     # Which data to use.
     max_staleness: int = option(

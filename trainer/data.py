@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from serving.special_tokens import neutralise
+
 IGNORE_INDEX = -100
 
 
@@ -95,13 +97,19 @@ class Tokenised:
 
 
 def chat_prompt_text(tokenizer, prompt: str) -> str:
+    """The prompt as one user turn; special-token spellings in it are neutralised as serving
+    neutralises them (``serving/special_tokens.py``)."""
     return tokenizer.apply_chat_template(
-        [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
+        [{"role": "user", "content": neutralise(prompt, tokenizer)}], tokenize=False,
+        add_generation_prompt=True)
 
 
 def chat_full_text(tokenizer, prompt: str, answer: str) -> str:
+    """Prompt and answer as a conversation, both neutralised: a record cannot smuggle a
+    control token (``<|im_end|>``, ``<|im_start|>system``) into training."""
     return tokenizer.apply_chat_template(
-        [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}],
+        [{"role": "user", "content": neutralise(prompt, tokenizer)},
+         {"role": "assistant", "content": neutralise(answer, tokenizer)}],
         tokenize=False)
 
 

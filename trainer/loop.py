@@ -195,6 +195,8 @@ class _Pending:
     bad: list[dict] = field(default_factory=list)
     probe_added: list[str] = field(default_factory=list)
     targets_dropped: list[dict] = field(default_factory=list)
+    # Undecodable records' dead letters, sent before the round's offsets are committed.
+    dead_letters: list = field(default_factory=list)
     carried: int = 0  # examples carried over from a rejected round
     downweighted: int = 0
     first_at: float | None = None  # clock time of the first usable example
@@ -256,6 +258,7 @@ class TrainerLoop:
         self._serving_figures: dict | None = None  # the gate's dev figures, kept across rounds
         self._base_figures: dict | None = None
         self.runner: RoundRunner | None = None
+        self._stop = threading.Event()  # set by ``run``'s stop: ends a wait on an outage
 
     # --- start / resume ------------------------------------------------------------------
     def _weights_path(self, pointer: str) -> str:
@@ -292,6 +295,9 @@ class TrainerLoop:
                     self._pending.add(PreferenceExample(**data), carried=True)
             if state.promoted:
                 self._finish_publish(folder, ckpt.load_json(folder, "metrics.json"))
+                if ckpt.is_quarantined(folder):
+                    self.policy_weights = ckpt.load_state(folder).policy_weights
+                    self._serving_figures = gate_state.get("before") or self._serving_figures
             logger.info("resuming after round %d (%s): policy v%d, offsets %s", state.round,
                         folder.name, self.version, self.offsets)
         trainer_metrics.SERVING_VERSION.set(self.version)
@@ -314,17 +320,64 @@ class TrainerLoop:
         self.runner = RoundRunner(self.config, policy, preference, load_dev_set(self.config),
                                   self._serving_figures, self._base_figures)
 
+    def _publish_once(self, folder: Path) -> int:
+        # A crash after serving took the weights but before published.json was written:
+        # reuse that version instead of publishing the same weights again.
+        version = self.publisher.find_published(folder)
+        if version is not None:
+            logger.info("round %s was already serving as policy v%d", folder.name, version)
+            return version
+        return self.publisher.publish(folder)
+
+    def _publish(self, folder: Path) -> int | None:
+        """Publish ``folder``: an outage (``retryable`` error) is waited out with backoff; a
+        load failure counts against the round (in the folder, so restarts count too) and is
+        raised (the process restarts and tries again); at ``publish_attempts`` failures the
+        round is quarantined instead (None), so a round Triton never loads cannot make a
+        crash loop."""
+        attempt = 0
+        while True:
+            try:
+                return self._publish_once(folder)
+            except Exception as exc:
+                if getattr(exc, "retryable", False) or isinstance(exc, OSError):
+                    delay = min(60.0, 2.0 * 2**min(attempt, 5))
+                    attempt += 1
+                    logger.warning("publishing %s: a service is unreachable (%s); retry %d in "
+                                   "%.0fs", folder.name, exc, attempt, delay)
+                    if self._stop.wait(delay):
+                        raise
+                    continue
+                failures = ckpt.count_publish_failure(folder, str(exc))
+                logger.error("publishing %s failed (%d of %d): %s", folder.name, failures,
+                             self.config.publish_attempts, exc)
+                if failures >= self.config.publish_attempts:
+                    self._quarantine(folder, str(exc))
+                    return None
+                raise
+
+    def _quarantine(self, folder: Path, reason: str) -> None:
+        """Treat a round Triton never loads as rejected: the previous weights go on."""
+        previous = ckpt.quarantine(folder, f"quarantined: Triton failed to load it "
+                                           f"{self.config.publish_attempts} times ({reason[:300]})",
+                                   self.base_model)
+        logger.error("round %s quarantined; training goes on from %s", folder.name, previous)
+        self.policy_weights = previous
+        state = ckpt.load_state(folder)
+        gate = state.extra.get("gate") or {}
+        self._serving_figures = gate.get("before") or self._serving_figures
+        if self.runner is not None:
+            self._load_learners()
+
     def _finish_publish(self, folder: Path, metrics: dict) -> None:
         """Publish and announce a promoted round unless already done (idempotent on restart)."""
+        if ckpt.is_quarantined(folder):
+            return
         info = ckpt.read_published(folder)
         if info is None:
-            # A crash after serving took the weights but before published.json was written:
-            # reuse that version instead of publishing the same weights again.
-            version = self.publisher.find_published(folder)
-            if version is not None:
-                logger.info("round %s was already serving as policy v%d", folder.name, version)
-            else:
-                version = self.publisher.publish(folder)
+            version = self._publish(folder)
+            if version is None:
+                return
             ckpt.write_published(folder, version, announced=False)
             info = {"version": version, "announced": False}
             logger.info("round %s: published as policy v%d", folder.name, version)
@@ -356,9 +409,11 @@ class TrainerLoop:
         except DroppedTarget as exc:
             pending.targets_dropped.append({"source": where, "reason": str(exc)})
             return
-        except BadRecord as exc:
-            logger.warning("skipping undecodable record at %s: %s", where, exc)
-            pending.bad.append({"source": where, "reason": str(exc)})
+        except Exception as exc:  # noqa: BLE001 - BadRecord, or anything a hostile record raises
+            reason = str(exc) if isinstance(exc, BadRecord) else f"{type(exc).__name__}: {exc}"
+            logger.warning("skipping undecodable record at %s: %s", where, reason[:300])
+            pending.bad.append({"source": where, "reason": reason[:1000]})
+            pending.dead_letters.append(_dead_letter(message, reason))
             return
         if example.record_id:
             if example.record_id in self._seen_set:
@@ -441,6 +496,7 @@ class TrainerLoop:
             poll_s: float = 1.0) -> int:
         """Run until ``stop`` is set or ``max_rounds`` rounds finished; return rounds run."""
         stop = stop or threading.Event()
+        self._stop = stop
         if self.runner is None:
             self.resume()
         done = 0
@@ -478,6 +534,7 @@ class TrainerLoop:
             "policy/version_before": float(version_before),
         })
         folder_name = ckpt.round_dir(self.trainer_dir, self.round_no).name
+        previous_weights = self.policy_weights
         if result.promoted:
             self.policy_weights = folder_name
             if self.config.mode == "reward":
@@ -496,7 +553,7 @@ class TrainerLoop:
             round=self.round_no, promoted=result.promoted, policy_weights=self.policy_weights,
             reward_weights=self.reward_weights, policy_version=version_before,
             offsets=dict(self.offsets), created_at=time.time(),
-            extra={"reasons": result.reasons, "gate": {
+            extra={"reasons": result.reasons, "previous_weights": previous_weights, "gate": {
                 "before": result.gate["before"] if result.gate else None,
                 "after": result.gate["after"] if result.gate else None,
                 "serving": self._serving_figures, "base": self._base_figures}})
@@ -518,6 +575,10 @@ class TrainerLoop:
                                   extra_files=extra_files)
         if result.promoted:
             self._finish_publish(folder, metrics)
+        if pending.dead_letters and hasattr(self.publisher, "dead_letter"):
+            # Before the commit: a crash in between repeats them (same source position), never
+            # loses them; `cai dead-letter` shows one per position.
+            self.publisher.dead_letter(pending.dead_letters)
         self.source.commit(self.offsets)
         ckpt.mark_committed(folder)
         summary = ckpt.round_summary(folder)
@@ -548,6 +609,19 @@ class TrainerLoop:
 
     def close(self) -> None:
         self.source.close()
+
+
+def _dead_letter(message: Message, reason: str):
+    """The dead letter of a record the trainer cannot use (stage ``trainer``)."""
+    from streams.records import DeadLetterRecord, now
+
+    limit = 65536
+    payload = bytes(message.value or b"")
+    return DeadLetterRecord(
+        stage="trainer", reason=reason[:4000].encode("utf-8", "replace").decode(),
+        topic=message.topic, partition=message.partition, offset=message.offset,
+        key=message.key, payload=payload[:limit].decode("utf-8", "replace"),
+        payload_bytes=len(payload), truncated=len(payload) > limit, created_at=now())
 
 
 def _describe(example) -> dict:

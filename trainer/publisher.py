@@ -59,6 +59,27 @@ class StackPublisher:
         logger.info("announced policy v%d on %s", version,
                     topic_name(POLICY_VERSIONS, self.streams))
 
+    def dead_letter(self, records: list) -> None:
+        """Send the dead letters of records the trainer could not use (``DeadLetterRecord``s,
+        keyed by their source position) and wait for the acks."""
+        from kafka import KafkaProducer
+
+        from streams.records import encode
+        from streams.topics import DEAD_LETTER, topic_name
+
+        producer = KafkaProducer(bootstrap_servers=self.streams.kafka_address, acks="all",
+                                 client_id="cai-trainer", max_request_size=16 * 1024 * 1024,
+                                 **kafka_client_options())
+        try:
+            futures = [producer.send(topic_name(DEAD_LETTER, self.streams),
+                                     key=f"trainer:{r.key}/{r.offset}".encode(), value=encode(r))
+                       for r in records]
+            for future in futures:
+                future.get(timeout=60)
+        finally:
+            producer.close()
+        logger.info("sent %d dead letters of undecodable records", len(records))
+
     def record_round(self, summary: dict) -> None:
         """Store the round's outcome for the monitor and append it to the round history (the
         newest ``ROUNDS_KEPT``); a Redis failure only costs the live view."""
@@ -87,8 +108,11 @@ class StackPublisher:
             entries = redis.Redis.from_url(self.stack.redis_address, socket_timeout=5,
                                            decode_responses=True).hgetall(REDIS_CHECKPOINTS_KEY)
         except redis.RedisError as exc:
-            logger.warning("cannot read %s from Redis (%s)", REDIS_CHECKPOINTS_KEY, exc)
-            return None
+            # The repository's version folders say it too: never publish the same weights
+            # again under a new number because Redis is down.
+            logger.warning("cannot read %s from Redis (%s); looking in the model repository",
+                           REDIS_CHECKPOINTS_KEY, exc)
+            entries = {}
         matches = [int(v) for v, path in entries.items() if path == wanted]
         if matches:
             return max(matches)

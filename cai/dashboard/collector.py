@@ -30,6 +30,7 @@ from cai import monitor
 from cai.dashboard import views
 from core.settings import StackSettings
 from serving.publish import REDIS_VERSION_KEY, serving_version
+from stack.supervisor import recent_alarms
 from streams import topics
 from streams.settings import StreamSettings
 from trainer import checkpoint as ckpt
@@ -146,9 +147,11 @@ class Collector:
                 self._stop.wait(2.0)
 
     def _follow(self) -> None:
+        from streams.records import RECORDS
         from streams.topic_stats import TopicFollower, TopicReader
 
-        follower = TopicFollower(self.stream.kafka_address, self.names, self.window)
+        # Strictly decoded: a hostile record is dropped here and never reaches a view.
+        follower = TopicFollower(self.stream.kafka_address, self.names, self.window, RECORDS)
         reader = TopicReader(self.stream.kafka_address)
         try:
             next_assignment = 0.0
@@ -270,6 +273,7 @@ class Collector:
             "examples": views.newest_examples(by_topic["sft"], by_topic["preferences"]),
             "dead_letters": views.dead_letters(by_topic["dead-letter"]),
             "report": str(self.report_path) if self._report[1] is not None else None,
+            "alarms": recent_alarms(self.stack, 10),
             "errors": errors,
         }
         self._publish(snap)

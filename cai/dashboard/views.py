@@ -7,9 +7,9 @@ Records are the JSON objects of the topics, with their Kafka timestamp in ``_tim
 
 from __future__ import annotations
 
-import json
-
+from agents.dead_letters import reason_kind
 from benchmarks.pipeline import percentiles, stage_latencies
+from streams.records import json_value
 from trainer.checkpoint import round_outcome
 
 # The figures of the learning curve, in ``scoring.shares.Share.as_dict`` form, and their titles.
@@ -131,7 +131,7 @@ def newest_examples(sft: list[dict], preferences: list[dict], limit: int = 20) -
                      "prompt": clip(record.get("prompt"), 200),
                      "answer": clip(record.get("initial_response"), 200),
                      "final": clip(record.get("response"), 200),
-                     "rounds": len(json.loads(record.get("steps_json") or "[]")),
+                     "rounds": len(json_value(record.get("steps_json"), [])),
                      "policy_version": record.get("policy_version"),
                      "p_chosen": None if label is None else label.get("p_chosen")})
     return rows
@@ -156,15 +156,8 @@ def dead_letters(records: list[dict], stage: str | None = None, limit: int = 50,
                       "payload": clip(r.get("payload"), payload_limit)} for r in chosen]}
 
 
-def reason_kind(reason: str) -> str:
-    """The reason without its details, to group dead letters: the text before the first colon
-    or parenthesis ("PromptRecord.prompt_id", "InferenceError")."""
-    head = reason.split(":", 1)[0].split("(", 1)[0].strip()
-    return head[:80] or "?"
-
-
 def _steps(record: dict) -> list[dict]:
-    return json.loads(record.get("steps_json") or "[]")
+    return json_value(record.get("steps_json"), [])
 
 
 def lineage(prompt_id: str, found: dict[str, list[dict]], trained: list[dict]) -> dict | None:
@@ -220,7 +213,7 @@ def lineage(prompt_id: str, found: dict[str, list[dict]], trained: list[dict]) -
                     "p_chosen": r.get("p_chosen"), "orders_agree": r.get("orders_agree"),
                     "principle_ids": r.get("principle_ids"), "strategy": r.get("strategy"),
                     "judge_version": r.get("judge_version"), "pair": r.get("pair"),
-                    "probs": [pair for pair in json.loads(r.get("probs_json") or "[]")
+                    "probs": [pair for pair in json_value(r.get("probs_json"), [])
                               if isinstance(pair, list) and len(pair) == 2]}
                    for r in by_time.get("preferences", [])],
         "dead_letters": [{"stage": r.get("stage"), "reason": r.get("reason"),

@@ -97,11 +97,21 @@ def prepare(settings: StackSettings) -> tuple[list[str], Path]:
                 f"kafka: formatting storage in {data_dir} failed:\n{result.stdout}{result.stderr}"
                 f"\nFix: remove {data_dir} and run `cai stack up` again."
             )
-    argv = [
-        java, f"-Xmx{settings.kafka_heap}", "-Xms128m", "-XX:+UseG1GC",
-        "-Djava.awt.headless=true", log4j, "-cp", classpath, "kafka.Kafka", str(props),
-    ]
+    argv = [java, *jvm_options(settings), log4j, "-cp", classpath, "kafka.Kafka", str(props)]
     return argv, settings.logs_dir / "kafka.log"
+
+
+def jvm_options(settings: StackSettings) -> list[str]:
+    """The broker's JVM flags: a fixed heap of ``kafka_heap`` (env ``CAI_KAFKA_HEAP``).
+
+    With a smaller -Xms the heap grows towards -Xmx as the broker runs, and even a fixed heap
+    enters the process's RSS page by page as the collector first uses it; both read as a slow
+    leak in a soak. -Xms equal to -Xmx and every page touched at start (AlwaysPreTouch) make the
+    RSS flat from the start, so what still grows is worth a look.
+    """
+    heap = settings.kafka_heap
+    return [f"-Xms{heap}", f"-Xmx{heap}", "-XX:+AlwaysPreTouch", "-XX:+UseG1GC",
+            "-Djava.awt.headless=true"]
 
 
 def _kafka_uuid() -> str:

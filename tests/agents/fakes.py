@@ -10,6 +10,10 @@ from dataclasses import dataclass, field
 from serving.requests import Generation, JudgeResult
 
 
+class DataError(Exception):
+    """redis-py's name for a value it cannot encode (a permanent error)."""
+
+
 class FakeRedis:
     """The handful of redis.asyncio commands the ledger uses, with expiry."""
 
@@ -17,6 +21,14 @@ class FakeRedis:
         self.data: dict[str, str] = {}
         self.expiry: dict[str, float] = {}
         self.fail_next = 0
+        self.unencodable: set[str] = set()  # keys holding one of these cannot be sent
+
+    def _encode(self, *args) -> None:
+        """Like redis-py packing a command: a value it cannot encode fails before sending."""
+        for arg in args:
+            for part in (arg if isinstance(arg, list) else [arg]):
+                if isinstance(part, str) and any(bad in part for bad in self.unencodable):
+                    raise DataError(f"cannot encode {part!r}")
 
     def _alive(self, key: str) -> bool:
         exp = self.expiry.get(key)
@@ -32,10 +44,12 @@ class FakeRedis:
 
     async def exists(self, key: str) -> int:
         self._maybe_fail()
+        self._encode(key)
         return int(self._alive(key))
 
     async def set(self, key, value, nx=False, px=None, ex=None):
         self._maybe_fail()
+        self._encode(key)
         if nx and self._alive(key):
             return None
         self.data[key] = str(value)
@@ -48,6 +62,7 @@ class FakeRedis:
 
     async def get(self, key):
         self._maybe_fail()
+        self._encode(key)
         return self.data[key] if self._alive(key) else None
 
     async def pexpire(self, key, ms):
@@ -117,6 +132,8 @@ class FakePipeline:
     async def execute(self) -> list:
         self.redis._maybe_fail()
         calls, self.calls = self.calls, []
+        for _, args, kwargs in calls:  # packed before anything is sent
+            self.redis._encode(*args, *kwargs.values())
         return [await method(*args, **kwargs) for method, args, kwargs in calls]
 
 

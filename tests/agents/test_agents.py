@@ -9,7 +9,7 @@ import pytest
 
 from agents import policy, prompts
 from agents.delivery import run_batch
-from agents.idempotency import claim_key, seen_key
+from agents.idempotency import claim_key, counter_key, seen_key
 from streams import topics
 from streams.records import (
     CompareRecord,
@@ -388,18 +388,114 @@ async def test_claims_are_renewed_while_a_long_batch_runs(services, monkeypatch)
     assert claim_key("policy", "p1") not in services.ledger.redis.data
 
 
-async def test_an_unreachable_server_dead_letters_the_batch_without_retrying_one_by_one(services):
+async def test_an_outage_parks_the_batch_until_the_server_is_back(services):
     from serving.client import InferenceError
 
     calls = []
+    original = services.inference.generate
 
-    async def down(role, items, params):
+    async def down_then_up(role, items, params):
         calls.append(len(items))
-        raise InferenceError("policy at x: UNAVAILABLE", "policy", "x", retryable=True)
+        if len(calls) <= 5:       # more than max_attempts: an outage is never dead-lettered
+            raise InferenceError("policy at x: UNAVAILABLE", "policy", "x", retryable=True)
+        return await original(role, items, params)
 
-    services.inference.generate = down
+    services.inference.generate = down_then_up
     sent = await run_batch(services, policy.STAGE, [prompt("p1"), prompt("p2")])
-    assert sent == 0 and calls == [2, 2, 2]                     # max_attempts, no singles
-    dead = services.send.on(topics.DEAD_LETTER)
-    assert sorted(d.prompt_id for d in dead) == ["p1", "p2"]
-    assert all("UNAVAILABLE" in d.reason for d in dead)
+    assert sent == 2 and calls == [2] * 6                     # whole batch each time, no singles
+    assert not services.send.on(topics.DEAD_LETTER)
+    assert sorted(r.prompt_id for r in services.send.on(topics.CRITIQUE)) == ["p1", "p2"]
+
+
+async def test_a_hung_server_is_waited_on_through_its_health_check(services):
+    from serving.client import InferenceError
+
+    calls, checks = [], []
+    original = services.inference.generate
+
+    async def hung_once(role, items, params):
+        calls.append(len(items))
+        if len(calls) == 1:
+            raise InferenceError("policy at x: no answer within 300s", "policy", "x",
+                                 retryable=True)
+        return await original(role, items, params)
+
+    async def healthy():
+        checks.append(1)
+        return len(checks) > 3    # hung for three checks, then back
+
+    services.inference.generate = hung_once
+    services.inference.healthy = healthy
+    assert await run_batch(services, policy.STAGE, [prompt("p1")]) == 1
+    assert calls == [1, 1] and len(checks) == 4          # no request re-sent while it was hung
+    assert not services.send.on(topics.DEAD_LETTER)
+
+
+async def test_a_record_the_broker_never_takes_goes_to_dead_letter_not_retried_forever(services):
+    class MessageSizeTooLargeError(Exception):   # aiokafka's name for it
+        pass
+
+    real = services.send
+
+    async def send(topic, key, record):
+        if topic == topics.CRITIQUE and record.prompt_id == "big":
+            raise MessageSizeTooLargeError("The message is 2000000 bytes")
+        await real(topic, key, record)
+
+    services.send = send
+    sent = await run_batch(services, policy.STAGE, [prompt("big"), prompt("ok")])
+    assert sent == 1
+    [dead] = real.on(topics.DEAD_LETTER)
+    assert dead.prompt_id == "big" and "MessageSizeTooLargeError" in dead.reason
+    assert services.ledger.redis.data[seen_key("policy", "big")].startswith("dead:")
+    assert services.ledger.redis.data[seen_key("policy", "ok")] == "w1"
+
+
+async def test_a_key_the_ledger_refuses_dead_letters_that_record_not_its_batch(services):
+    services.ledger.redis.unencodable = {"refused"}   # the batched claim fails as a whole
+    sent = await run_batch(services, policy.STAGE,
+                           [prompt("p1"), prompt("refused"), prompt("p2"), prompt("p1")])
+    assert sent == 2
+    assert sorted(r.prompt_id for r in services.send.on(topics.CRITIQUE)) == ["p1", "p2"]
+    [dead] = services.send.on(topics.DEAD_LETTER)
+    assert dead.prompt_id == "refused" and "DataError" in dead.reason
+    data = services.ledger.redis.data
+    assert data[seen_key("policy", "p1")] == data[seen_key("policy", "p2")] == "w1"
+    assert data[counter_key("policy", "in")] == "4"          # counted once, not per try
+    assert data[counter_key("policy", "out")] == "2"
+    assert data[counter_key("policy", "skipped")] == "1"     # the second p1, not the refused
+    assert data[counter_key("policy", "dead")] == "1"
+
+
+async def test_hostile_values_never_stop_a_stage(services):
+    from benchmarks import fuzz
+
+    values = fuzz.messages("prompts", 40, "t") + [prompt("good")]
+    assert await run_batch(services, policy.STAGE, values) == 1
+    assert len(services.send.on(topics.DEAD_LETTER)) == 40
+
+
+async def test_a_claim_held_too_long_by_a_stuck_worker_is_taken_over(services):
+    services.settings.claim_wait_s = 0.2
+    await services.ledger.redis.set(claim_key("policy", "p1"), "w2", px=60_000)  # w2 is stuck
+    assert await run_batch(services, policy.STAGE, [prompt("p1")]) == 1
+    assert services.ledger.redis.data[seen_key("policy", "p1")] == "w1"
+
+
+async def test_a_retried_claim_wait_counts_the_batch_in_once(services, monkeypatch):
+    services.settings.claim_wait_s = 0.2     # then w2's claim is taken over
+    redis = services.ledger.redis
+    await redis.set(claim_key("policy", "p1"), "w2", px=60_000)   # w2 holds p1: the claim waits
+    exists, failures = redis.exists, []
+
+    async def down_once(key):  # Redis drops out once while we wait for w2's claim
+        if not failures:
+            failures.append(key)
+            raise ConnectionError("fake redis is down")
+        return await exists(key)
+
+    monkeypatch.setattr(redis, "exists", down_once)
+    assert await run_batch(services, policy.STAGE, [prompt("p1"), prompt("p2")]) == 2
+    assert failures, "the wait never ran"
+    assert redis.data[counter_key("policy", "in")] == "2"
+    assert redis.data[counter_key("policy", "out")] == "2"

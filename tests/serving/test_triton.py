@@ -246,6 +246,41 @@ def test_a_publish_killed_before_redis_is_completed_without_a_new_number(serving
     assert max(versions(serving_stack.triton_repository / "policy")) == version
 
 
+def test_with_redis_down_a_published_round_is_found_not_published_again(serving_stack,
+                                                                        cache_dir):
+    from streams.settings import StreamSettings
+    from trainer.publisher import StackPublisher
+
+    checkpoint = build_tiny(cache_dir, seed=5)
+    version = publish_policy(checkpoint, serving_stack)
+    no_redis = serving_stack.model_copy(update={"redis_url": "redis://127.0.0.1:1/0"})
+    publisher = StackPublisher(no_redis, StreamSettings(kafka_bootstrap="unused:9092"))
+    with pytest.raises(PublishError) as caught:  # found in the repository; Redis is an outage
+        publisher.find_published(checkpoint)
+    assert caught.value.retryable
+    assert max(versions(serving_stack.triton_repository / "policy")) == version  # no new number
+    assert StackPublisher(serving_stack, StreamSettings(
+        kafka_bootstrap="unused:9092")).find_published(checkpoint) == version
+
+
+def test_a_load_that_cannot_reach_triton_rolls_back_and_is_retryable(serving_stack, cache_dir,
+                                                                      tmp_path):
+    from serving.hot_swap import INSTANCES_DIR, SWAP_FILE
+
+    checkpoint = build_tiny(cache_dir, seed=6)
+    # Triton down: no instance follows the control file (a copy of the repository that none
+    # watches), so the publish reloads through Triton, which does not answer.
+    down = serving_stack.model_copy(update={"triton_http_url": "127.0.0.1:1",
+                                            "state_dir": tmp_path / "state"})
+    shutil.copytree(serving_stack.triton_repository, down.triton_repository, symlinks=True,
+                    ignore=shutil.ignore_patterns(INSTANCES_DIR, SWAP_FILE))
+    before = versions(down.triton_repository / "policy")
+    with pytest.raises(PublishError) as caught:
+        publish_policy(checkpoint, down, timeout_s=5)
+    assert caught.value.retryable and "Removed" in str(caught.value)
+    assert versions(down.triton_repository / "policy") == before
+
+
 async def test_without_hot_swap_a_publish_reloads_the_model(serving_stack, cache_dir):
     """Instances that do not follow the control file (hot_swap off, or an older model.py) get
     the new version through a Triton reload, as before."""

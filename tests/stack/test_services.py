@@ -52,3 +52,16 @@ def test_missing_binary_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setattr(redis_service, "Path", lambda p: tmp_path / "absent")
     with pytest.raises(ServiceError, match="redis-server is not installed.*cai setup"):
         redis_service.prepare(StackSettings(state_dir=tmp_path))
+
+
+def test_kafka_runs_on_a_fixed_heap_touched_at_start(monkeypatch):
+    from stack import kafka
+
+    flags = kafka.jvm_options(StackSettings())
+    assert flags[:3] == ["-Xms512m", "-Xmx512m", "-XX:+AlwaysPreTouch"]
+    monkeypatch.setenv("CAI_KAFKA_HEAP", "1g")
+    flags = kafka.jvm_options(StackSettings())
+    assert "-Xms1g" in flags and "-Xmx1g" in flags and not any(
+        f.startswith(("-Xms", "-Xmx")) and f[4:] != "1g" for f in flags)
+    with pytest.raises(ValidationError, match="kafka_heap"):
+        StackSettings(kafka_heap="-Xmx1g")
