@@ -55,6 +55,10 @@ class TrainerConfig:
         "constant", "learning rate over a round's steps: 'constant', or 'linear' (from lr down to "
         "0 at the round's last step, so a round ends on small steps instead of a full-size one)",
         choices=LR_SCHEDULES)
+    round_lr_decay: float = option(
+        1.0, "factor on lr for every version promoted since the first policy: a round that starts "
+        "from an already trained policy refines it with smaller steps instead of moving it as far "
+        "again (1.0: every round uses lr)")
     weight_decay: float = option(0.0, "AdamW weight decay")
     batch_size: int = option(4, "examples (or preference pairs) per step")
     epochs: int = option(1, "passes over a round's new examples")
@@ -70,8 +74,8 @@ class TrainerConfig:
     # When to train. Training and serving share the CPU: a round waits for the pipeline to
     # drain, and the trainer runs at a lower CPU priority than the stages and Triton.
     round_every_examples: int = option(
-        32, "K: start a round once this many usable examples have arrived, even while the "
-        "pipeline is still busy")
+        32, "K: start a round once this many new usable examples have arrived (examples carried "
+        "over from a rejected round come on top), even while the pipeline is still busy")
     round_min_examples: int = option(
         8, "start a round with this many usable examples (or more) as soon as the pipeline has "
         "drained: no stage has work waiting and every record on the sft and preferences topics "
@@ -175,6 +179,9 @@ class TrainerConfig:
             if not self.lora_targets:
                 raise ValueError("lora_targets is empty; name at least one module (e.g. q_proj) "
                                  "or set lora=False for full fine-tuning")
+        if not 0 < self.round_lr_decay <= 1:
+            raise ValueError(f"round_lr_decay={self.round_lr_decay} is outside (0, 1]; use 1.0 "
+                             "(same lr every round) or a factor such as 0.5")
         _in_unit_interval(self, "helpful_mix", "lora_dropout", "stale_weight",
                           "gate_explains_tolerance", "gate_complied_tolerance",
                           "gate_over_refusal_tolerance")
@@ -192,6 +199,11 @@ class TrainerConfig:
         if self.max_length < 16:
             raise ValueError(f"max_length={self.max_length} leaves no room for a chat turn; "
                              "use at least 16 tokens")
+
+    def round_lr(self, promoted_versions: int) -> float:
+        """The peak learning rate of a round that starts from a policy promoted
+        ``promoted_versions`` times since the first one."""
+        return self.lr * self.round_lr_decay ** max(0, promoted_versions)
 
     # --- persistence ---------------------------------------------------------------------
     def to_dict(self) -> dict:

@@ -435,13 +435,15 @@ class TrainerLoop:
         pending.add(example)
 
     def _fill(self, timeout_s: float) -> None:
-        """Ingest messages until the round has K usable examples or nothing is waiting."""
+        """Ingest messages until the round has K new usable examples or nothing is waiting
+        (examples carried over from a rejected round do not count: they alone start no round,
+        so counting them could stop the reading for good)."""
         k = self.config.round_every_examples
         if not self._backlog:
             polled = self.source.poll(timeout_s, max_records=max(k, 100))
             self._caught_up = not polled
             self._backlog.extend(polled)
-        while (self._backlog and self._pending.usable < k
+        while (self._backlog and self._pending.new < k
                and self._pending.skipped < SKIP_ONLY_ROUND):
             self._ingest(self._backlog.popleft())
 
@@ -478,7 +480,7 @@ class TrainerLoop:
         if pending.skipped >= SKIP_ONLY_ROUND:
             return "skipped"
         if pending.new:  # carried examples alone never start a round
-            if pending.usable >= cfg.round_every_examples:
+            if pending.new >= cfg.round_every_examples:
                 return "examples"
             if (cfg.wait_for_drain and pending.usable >= cfg.round_min_examples
                     and self.drained()):
@@ -518,7 +520,8 @@ class TrainerLoop:
         self.round_no += 1
         version_before = self.version
         if pending.usable:
-            result = self.runner.run(self.round_no, pending.sft, pending.preferences, self.probe)
+            result = self.runner.run(self.round_no, pending.sft, pending.preferences, self.probe,
+                                     promoted_versions=version_before - 1)
         else:
             result = RoundResult(False, {}, ["no usable examples: only skipped records"])
         metrics = dict(result.metrics)

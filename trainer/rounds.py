@@ -123,12 +123,14 @@ def epoch_budget(examples: list) -> int:
     return new or len(examples)
 
 
-def scheduled_lr(config: TrainerConfig, step: int, total: int) -> float:
+def scheduled_lr(config: TrainerConfig, step: int, total: int, peak: float | None = None) -> float:
     """The learning rate of a round's ``step``-th step (0-based) of ``total``: constant, or
-    falling linearly so that the first step uses ``lr`` and the last one ``lr / total``."""
+    falling linearly so that the first step uses the round's ``peak`` (default ``lr``) and the
+    last one ``peak / total``."""
+    peak = config.lr if peak is None else peak
     if config.lr_schedule == "constant" or total <= 0:
-        return config.lr
-    return config.lr * (total - step) / total
+        return peak
+    return peak * (total - step) / total
 
 
 def _steps(items: list, size: int) -> int:
@@ -200,8 +202,11 @@ class RoundRunner:
         return max(passing, key=lambda c: (c["figures"]["harmless"]["hits"], c["epoch"]))
 
     def run(self, round_no: int, sft: list[SFTExample], preferences: list[PreferenceExample],
-            probe: Probe) -> RoundResult:
+            probe: Probe, promoted_versions: int = 0) -> RoundResult:
+        """Train one round from the current weights, which were promoted ``promoted_versions``
+        times since the first policy (it scales the round's lr by ``round_lr_decay``)."""
         cfg = self.config
+        peak_lr = cfg.round_lr(promoted_versions)
         started = time.monotonic()
         rng = random.Random(cfg.seed * 1_000_003 + round_no)
         train_policy_sft = cfg.sft and bool(sft)
@@ -237,7 +242,7 @@ class RoundRunner:
 
         def next_lr(learner) -> None:
             nonlocal step
-            learner.set_lr(scheduled_lr(cfg, step, total_steps))
+            learner.set_lr(scheduled_lr(cfg, step, total_steps, peak_lr))
             step += 1
 
         candidates: list[dict] = []  # the gate's look at each checked epoch
@@ -299,6 +304,7 @@ class RoundRunner:
             "data/sft_helpful": float(sum(1 for e in sft if e.kind == "helpful")),
             "data/preferences": float(len(preferences)),
             "round/promoted": float(promoted),
+            "round/lr": peak_lr,
             "round/epochs": float(epochs),
             "round/epochs_trained": float(trained_epochs),
             "round/epochs_kept": float(dev["epoch"] if dev is not None else epochs),

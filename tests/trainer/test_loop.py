@@ -456,6 +456,37 @@ def test_a_linear_schedule_falls_over_every_step_of_the_round_and_constant_does_
     assert policy.lrs == [1e-3] * 7
 
 
+def test_round_lr_decay_scales_a_rounds_peak_lr_by_the_promotions_before_it():
+    from trainer.rounds import RoundRunner
+
+    sft = [SFTExample(f"s{i}", "q", "r") for i in range(8)]
+    config = TrainerConfig(lr=1e-3, lr_schedule="linear", round_lr_decay=0.5, epochs=1,
+                           batch_size=4)
+    policy = RecordingLearner()
+    RoundRunner(config, policy).run(1, sft, [], Probe(), promoted_versions=2)
+    assert policy.lrs == pytest.approx([2.5e-4, 1.25e-4])  # 1e-3 * 0.5**2, then falling
+    with pytest.raises(ValueError, match="round_lr_decay"):
+        TrainerConfig(round_lr_decay=0.0)
+
+
+def test_the_loop_decays_the_lr_after_each_promotion_not_after_a_rejection(tmp_path, tiny_path,
+                                                                           monkeypatch):
+    log, pub = Log(), FakePublisher()
+    fill(log, 6, 6)
+    loop = make_loop(tmp_path, tiny_path, log, pub, round_lr_decay=0.5)
+    assert loop.run(max_rounds=2) == 2
+    rounds = sorted(f for f in ckpt.rounds_dir(tmp_path / "trainer").glob("round-*"))
+    lrs = [json.loads((f / "metrics.json").read_text())["round/lr"] for f in rounds]
+    assert lrs == pytest.approx([1e-3, 5e-4])  # round 2 starts from promoted v2
+    monkeypatch.setattr("trainer.rounds.promotion_decision", lambda *a: (False, ["regressed"]))
+    for start in (100, 200):  # two rejected rounds
+        fill(log, 6, 6, start=start)
+        assert loop.run(max_rounds=1) == 1
+    rounds = sorted(f for f in ckpt.rounds_dir(tmp_path / "trainer").glob("round-*"))
+    lrs = [json.loads((f / "metrics.json").read_text())["round/lr"] for f in rounds[2:]]
+    assert lrs == pytest.approx([2.5e-4, 2.5e-4])  # v3 serves on: no further decay
+
+
 # --- when a round starts: the pipeline drains first, timers count from a round's first example
 
 
@@ -542,7 +573,7 @@ def test_a_rejected_rounds_examples_carry_into_the_next_round_even_after_a_resta
     loop.resume()
     given = []
 
-    def rejecting(round_no, sft, prefs, probe):
+    def rejecting(round_no, sft, prefs, probe, **_):
         given.append(sorted(e.prompt_id for e in sft + prefs))
         return RoundResult(False, {}, ["simulated: the gate said no"])
 
@@ -556,7 +587,7 @@ def test_a_rejected_rounds_examples_carry_into_the_next_round_even_after_a_resta
 
     # A restart reloads the carried examples; the next round trains them with the new ones.
     second = fill(log, 2, 2, start=10)
-    again = make_loop(tmp_path, tiny_path, log, pub, round_every_examples=8)
+    again = make_loop(tmp_path, tiny_path, log, pub, round_every_examples=4)  # 4 new ones
     again.resume()
     assert again._pending.carried == 4
     again.runner.run = rejecting
@@ -578,7 +609,7 @@ def test_carried_examples_alone_start_no_round(tmp_path, tiny_path):
     loop = make_loop(tmp_path, tiny_path, log, pub, pipeline=Stages(busy=False),
                      round_every_examples=4, round_min_examples=1)
     loop.resume()
-    loop.runner.run = lambda *args: RoundResult(False, {}, ["no"])
+    loop.runner.run = lambda *args, **_: RoundResult(False, {}, ["no"])
     loop.run(max_rounds=1, poll_s=0.01)
     _gather(loop)
     assert loop._pending.carried == 4 and loop._pending.new == 0
