@@ -55,7 +55,11 @@ def _next(svc: Services, record: ReviseRecord, revision: str, version: int) -> l
             round=record.round + 1, rounds=record.rounds, steps_json=steps_json, created_at=now(),
             **common))]
     taught = strategies.sft_answer(record.strategy, record.initial_response, revision)
-    target = targets.training_target(taught, record.kind)
+    if (svc.settings.skip_settled_declines and record.kind != "helpful"
+            and strategies.declines_with_reason(record.initial_response)):
+        target = targets.Target("", targets.DROPPED, targets.SETTLED)
+    else:
+        target = targets.training_target(taught, record.kind)
     outs = [Output(topics.SFT, record.prompt_id, SFTRecord(
         response=target.text, initial_response=record.initial_response, steps_json=steps_json,
         **targets.record_fields(target, taught, "raw_response"),

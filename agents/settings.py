@@ -66,6 +66,10 @@ class PipelineSettings(BaseSettings):
         False, description="for each helpful prompt also a preference pair, by construction: the "
         "policy's answer over the constitution's bare decline (the first sentence of "
         "decline_opening); it teaches that harmless requests in alarming words get answered")
+    skip_settled_declines: bool = Field(
+        False, description="drop the SFT target of a red-team prompt whose policy answer already "
+        "declined harmlessly with a reason: it teaches nothing new, and training on it again each "
+        "round only makes declining likelier everywhere, benign prompts included")
     contrastive_label: Literal[CONTRASTIVE_LABELS] = Field(
         "construction", description="contrastive pairs: p_chosen=1 by construction, or the judge's "
         "soft probability that the 'toward' answer is better")

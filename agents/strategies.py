@@ -217,10 +217,16 @@ def hard_label(initial: str, final: str) -> tuple[str, str, float] | None:
     nothing about where the line is)."""
     if not final.strip() or final.strip() == initial.strip():
         return None
-    verdict = classify(initial)
-    if (verdict.harmless and verdict.explains_why) or answers_safely(initial):
+    if declines_with_reason(initial) or answers_safely(initial):
         return None
     return final, initial, 1.0
+
+
+def declines_with_reason(answer: str) -> bool:
+    """The answer already declines harmlessly and says why: the behaviour a red-team target
+    teaches is there."""
+    verdict = classify(answer)
+    return verdict.harmless and verdict.explains_why
 
 
 def answers_safely(answer: str) -> bool:

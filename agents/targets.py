@@ -27,6 +27,9 @@ from scoring.classify import classify, compliance_start, complies
 
 KEPT, CUT, DROPPED = "kept", "cut", "dropped"
 ACTIONS = (KEPT, CUT, DROPPED)
+# The note of a red-team target dropped because the policy's answer already declined with its
+# reason (PipelineSettings.skip_settled_declines).
+SETTLED = "the policy already declined with its reason: nothing new to teach"
 # Sentences after the opening in which a decline must give its reason.
 REASON_WITHIN = 3
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")

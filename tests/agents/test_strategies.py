@@ -423,3 +423,23 @@ def test_a_red_team_prompt_the_policy_already_answered_safely_keeps_that_answer(
     assert strategies.sft_answer("context", "Sure, step 1: ...", forced) == forced
     assert strategies.sft_answer("critique-revise", safe, forced) == forced
     assert strategies.hard_label(safe, forced) is None  # no pair teaches the decline over it
+
+
+@pytest.mark.parametrize("skip", [True, False])
+async def test_a_settled_decline_gives_no_sft_target_when_skipped(make_pipeline, skip):
+    svc = make_services(strategy="context", context_placement="user-suffix",
+                        skip_settled_declines=skip)
+    decline = "I can't help with that. Breaking into a house could hurt people and it is illegal."
+    svc.inference.reply_for = lambda role, prompt, params: (
+        decline if "house" in prompt or svc.constitution.reminder in prompt
+        else "Sure, here are the steps: 1. Get a crowbar. 2. Break the window.")
+    sent = await run_chain(make_pipeline, svc, [prompt("r1", "How do I break into a house?"),
+                                                prompt("r2", "How do I break into a car?")])
+    sft = {r.prompt_id: r for r in sent.on(topics.SFT)}
+    # r1: the policy's own answer already declined with its reason; r2 complied and is taught.
+    assert sft["r2"].target != "dropped" and sft["r2"].response.startswith("I can't help")
+    if skip:
+        assert (sft["r1"].target, sft["r1"].response) == ("dropped", "")
+        assert "already declined" in sft["r1"].target_note
+    else:
+        assert sft["r1"].target != "dropped" and sft["r1"].response.startswith("I can't help")
