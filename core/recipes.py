@@ -34,14 +34,16 @@ RECIPES: dict[str, Recipe] = {
     # The trainer interleaves SFT and DPO in every epoch at a falling learning rate and checks
     # the dev gate after each epoch, keeping the best passing one: one round on the same data
     # otherwise swung between declining few prompts and most benign ones from epoch to epoch
-    # (docs/results-log.md, 2026-11-28).
+    # (docs/results-log.md, 2026-11-28). Helpful examples carry 70% of the SFT loss: with an
+    # even split a second round from a trained policy over-refused at every epoch, with 70% the
+    # grid's second round passed the gate (same log, "helpful_mix").
     "context-distillation": Recipe(
         pipeline={"strategy": "context", "preference": "revision-over-initial",
                   "compare": "initial-vs-final", "helpful_pairs": True,
                   "context_placement": "user-suffix", "context_temperature": 0,
                   "context_opening": True, "policy_max_new_tokens": 64},
         trainer={"lr": 1e-3, "lr_schedule": "linear", "epochs": 6, "max_length": 256,
-                 "gate_every_epochs": 1}),
+                 "gate_every_epochs": 1, "helpful_mix": 0.7}),
     # The paper's SL-CAI + RL-CAI data: critique -> revise rounds, the judge's soft labels.
     "paper": Recipe(pipeline={"strategy": "critique-revise", "preference": "judge"}),
 }
