@@ -123,11 +123,10 @@ def epoch_budget(examples: list) -> int:
     return new or len(examples)
 
 
-def scheduled_lr(config: TrainerConfig, step: int, total: int, peak: float | None = None) -> float:
-    """The learning rate of a round's ``step``-th step (0-based) of ``total``: constant, or
-    falling linearly so that the first step uses the round's ``peak`` (default ``lr``) and the
-    last one ``peak / total``."""
-    peak = config.lr if peak is None else peak
+def scheduled_lr(config: TrainerConfig, peak: float, step: int, total: int) -> float:
+    """The learning rate of a round's ``step``-th step (0-based) of ``total``: the round's
+    ``peak`` (``TrainerConfig.round_lr``) throughout, or falling linearly from it so that the
+    last step uses ``peak / total``."""
     if config.lr_schedule == "constant" or total <= 0:
         return peak
     return peak * (total - step) / total
@@ -242,7 +241,7 @@ class RoundRunner:
 
         def next_lr(learner) -> None:
             nonlocal step
-            learner.set_lr(scheduled_lr(cfg, step, total_steps, peak_lr))
+            learner.set_lr(scheduled_lr(cfg, peak_lr, step, total_steps))
             step += 1
 
         candidates: list[dict] = []  # the gate's look at each checked epoch
