@@ -5,20 +5,37 @@ meanwhile, so a record that reaches an idle stage waits for the rest of that per
 per hop with the default window). ``take_batches`` hands a batch over once ``max_`` records are
 in, or once no further record arrived for ``idle_s`` after the last one (a burst from the
 previous stage is a few milliseconds long), or ``within`` after the first; while a batch is
-being processed, the next one fills up as before. Offsets are acknowledged only after the batch
-was processed, as with ``take``: the same mechanism (a stream processor that fills a buffer,
-manual acks), with a different flush rule.
+being processed, the next one fills up as before. The same mechanism as ``take`` (a stream
+processor that fills a buffer, manual acks), with a different flush rule, and the acks left to
+the caller: each ``Batch`` is acknowledged with ``Batch.ack`` once it was processed, so a caller
+may hand the next batch over while the previous one still waits for its sends.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 
-async def take_batches(stream, max_: int, within: float, idle_s: float) -> AsyncIterator[list]:
-    """Yield lists of at most ``max_`` values from ``stream`` (see the module docstring)."""
+@dataclass
+class Batch:
+    """Values taken from a stream, and the events whose offsets ``ack`` commits."""
+
+    values: list[Any]
+    events: list[Any]
+    stream: Any
+
+    async def ack(self) -> None:
+        """Acknowledge the batch: Faust may commit its offsets (call it after processing)."""
+        for event in self.events:
+            await self.stream.ack(event)
+
+
+async def take_batches(stream, max_: int, within: float, idle_s: float) -> AsyncIterator[Batch]:
+    """Yield batches of at most ``max_`` values from ``stream`` (see the module docstring); none
+    is acknowledged here."""
     buffer: list[Any] = []
     events: list[Any] = []
     arrived = asyncio.Event()    # a record was added
@@ -37,7 +54,7 @@ async def take_batches(stream, max_: int, within: float, idle_s: float) -> Async
         arrived.set()
         return value
 
-    stream.enable_acks = False  # acked below, after the batch was processed
+    stream.enable_acks = False  # the caller acks each batch after processing it
     stream.add_processor(add_to_buffer)
     stream._enable_passive(aiter(stream.channel))  # Faust's take does the same
     loop = asyncio.get_running_loop()
@@ -57,12 +74,8 @@ async def take_batches(stream, max_: int, within: float, idle_s: float) -> Async
             await stream.wait_for_stopped(arrived, timeout=min(idle_s, left))
             if len(buffer) == count:  # nothing new for idle_s: the burst is over
                 break
-        batch, acked = list(buffer), list(events)
+        batch = Batch(list(buffer), list(events), stream)
         buffer.clear()
         events.clear()
         room.set()
-        try:
-            yield batch
-        finally:
-            for event in acked:
-                await stream.ack(event)
+        yield batch

@@ -22,7 +22,7 @@ Failures never stop the stream:
   record by record once, and what still fails goes to dead-letter (``cai dead-letter replay``
   redrives it);
 * Redis or Kafka errors (the ledger, sends) are retried until they succeed, because giving up
-  there would lose data: Faust acks a batch as soon as the agent asks for the next one. A
+  there would lose data: a batch is acknowledged as soon as its handling returns. A
   *permanent* error there (a record too large for the broker, text no encoder accepts) is not
   retried: the input goes to dead-letter with that reason instead of blocking its partition.
 
@@ -41,12 +41,13 @@ import os
 import random
 import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from agents import metrics
-from agents.batching import take_batches
+from agents.batching import Batch, take_batches
 from agents.services import Services
 from streams import topics
 from streams.records import DeadLetterRecord, RecordError, WireRecord, decode, encode, now
@@ -442,8 +443,8 @@ async def _dead_end(svc: Services, stage: Stage, record, exc: BaseException,
 
 
 def _exit_process(stage: str, exc: BaseException) -> None:
-    # Faust acks a batch when the agent leaves it, even on an exception; exiting at once keeps
-    # those offsets uncommitted, so a restarted worker replays the batch instead of losing it.
+    # Exiting at once keeps the batch's offsets (and those of every later batch in flight)
+    # uncommitted, so a restarted worker replays them instead of losing them.
     logger.critical("%s: unexpected error, exiting so the batch is replayed: %r", stage, exc,
                     exc_info=exc)
     logging.shutdown()
@@ -478,18 +479,61 @@ async def handle(svc: Services, stage: Stage, values: list) -> int:
         raise
 
 
+async def run_pipelined(batches: AsyncIterator[Batch], work: Callable[[list], Awaitable[Any]],
+                        in_flight: int, stage: str) -> None:
+    """``work`` on each batch, up to ``in_flight`` batches at once, so that one batch's claim and
+    model call overlap the previous one's wait for Kafka acks and its done mark.
+
+    A batch is acknowledged (its offsets may be committed) only after its own work and after
+    every earlier batch was acknowledged: offsets advance in order, and never past a batch that
+    was not processed. A stop request lets the batches in flight finish and ack first."""
+    running: deque[asyncio.Task] = deque()
+
+    async def work_then_ack(batch: Batch, earlier: asyncio.Task | None) -> None:
+        await work(batch.values)
+        if earlier is not None:
+            await earlier
+        await batch.ack()
+
+    try:
+        async for batch in batches:
+            running.append(asyncio.ensure_future(
+                work_then_ack(batch, running[-1] if running else None)))
+            while len(running) >= in_flight:
+                await asyncio.shield(running.popleft())
+    finally:
+        await _finish_in_flight(stage, running)
+
+
+async def _finish_in_flight(stage: str, running: deque[asyncio.Task]) -> None:
+    """Wait for the batches in flight (on a stop request or an error); one parked by an outage
+    could wait forever, so the process leaves without committing it (the next worker replays
+    it and takes our claims back)."""
+    pending = {task for task in running if not task.done()}
+    if pending:
+        logger.warning("%s: stopping; finishing the %d batch(es) in flight first", stage,
+                       len(pending))
+    while pending:
+        if any(p.startswith(f"{stage}:") for p in _parked):
+            on_fatal(stage, RuntimeError("stop requested while parked"))
+        _, pending = await asyncio.wait(pending, timeout=0.5)
+
+
 def register_agent(app, svc_ref: Callable[[], Services], source_topic, stage: Stage):
     """Add one Faust agent that feeds batches of ``source_topic`` to ``stage``.
 
-    Batches (``agents.batching.take_batches``) let Triton's dynamic batching pay off;
+    Batches (``agents.batching.take_batches``) let Triton's dynamic batching pay off, and
+    ``PipelineSettings.batches_in_flight`` of them run at once (``run_pipelined``);
     ``svc_ref()`` returns the running Services, which exist only once the worker has started.
     """
 
     @app.agent(source_topic, name=f"cai-{stage.name}")
     async def stage_agent(stream):
         settings = svc_ref().settings
-        async for batch in take_batches(stream, settings.batch_size, settings.batch_within_s,
-                                        settings.batch_idle_s):
-            await handle(svc_ref(), stage, batch)
+        await run_pipelined(
+            take_batches(stream, settings.batch_size, settings.batch_within_s,
+                         settings.batch_idle_s),
+            lambda values: handle(svc_ref(), stage, values), settings.batches_in_flight,
+            stage.name)
 
     return stage_agent

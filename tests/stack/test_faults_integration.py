@@ -113,7 +113,7 @@ def test_the_supervisor_restarts_a_crashed_child_and_a_stalled_worker(kafka_redi
     producer.close()
     sleeper = [sys.executable, "-c", "import time; time.sleep(600)"]
     supervisor = Supervisor(settings, stream, {"worker": sleeper}, dict(os.environ),
-                            backoff_s=0.1, stall_s=1.0, watch_services=False)
+                            backoff_s=0.1, stall_s=5.0, watch_services=False)
     try:
         supervisor.check()
         first = children.child(settings, "worker").read_pid()
