@@ -150,7 +150,9 @@ def run_sequential(inference: Inference, constitution, work: Workload, seed: int
 
 
 def _triton_stats(stack_settings) -> dict[str, dict]:
-    """Per model: successful requests and total ns from arrival to response (queue + compute)."""
+    """Per model: successful requests and total ns from arrival to response (queue + compute),
+    ns queued (summed over requests), and from ``batch_stats`` the batches run (executions),
+    the requests they held (inferences) and the ns spent computing them."""
     import tritonclient.http as httpclient
 
     client = httpclient.InferenceServerClient(stack_settings.triton_http)
@@ -160,11 +162,40 @@ def _triton_stats(stack_settings) -> dict[str, dict]:
         client.close()
     out = {}
     for model in stats.get("model_stats", []):
-        success = model["inference_stats"]["success"]
-        entry = out.setdefault(model["name"], {"count": 0, "ns": 0})
-        entry["count"] += int(success.get("count", 0))
-        entry["ns"] += int(success.get("ns", 0))
+        inference = model["inference_stats"]
+        entry = out.setdefault(model["name"], dict.fromkeys(
+            ("count", "ns", "queue_ns", "compute_ns", "executions", "inferences"), 0))
+        entry["count"] += int(inference["success"].get("count", 0))
+        entry["ns"] += int(inference["success"].get("ns", 0))
+        entry["queue_ns"] += int(inference.get("queue", {}).get("ns", 0))
+        for batch in model.get("batch_stats", []):
+            runs = int(batch.get("compute_infer", {}).get("count", 0))
+            entry["executions"] += runs
+            entry["inferences"] += runs * int(batch.get("batch_size", 0))
+            entry["compute_ns"] += sum(int(batch.get(part, {}).get("ns", 0)) for part in
+                                       ("compute_input", "compute_infer", "compute_output"))
     return out
+
+
+def triton_profile(before: dict[str, dict], after: dict[str, dict], wall_s: float) -> dict:
+    """Where the pipeline's time went inside Triton, per role: requests, batches run, mean
+    batch, seconds queued and computing (summed over requests' batches), and the share of the
+    run's wall time that role's instances were computing."""
+    profile = {}
+    for role, now in after.items():
+        was = before.get(role, {})
+        delta = {key: now[key] - was.get(key, 0) for key in now}
+        if not delta["count"]:
+            continue
+        executions = delta["executions"] or 1
+        profile[role] = {
+            "requests": delta["count"], "batches": delta["executions"],
+            "mean_batch": round(delta["inferences"] / executions, 1),
+            "queue_s_per_request": round(delta["queue_ns"] / delta["count"] / 1e9, 3),
+            "compute_s": round(delta["compute_ns"] / 1e9, 2),
+        }
+        profile[role]["busy_share"] = round(profile[role]["compute_s"] / wall_s, 3)
+    return profile
 
 
 def _feed_and_wait(items, stream_settings, reader, preferences_topic: str,
@@ -226,9 +257,11 @@ def run_pipeline(stack_settings, stream_settings, tokenizer, work: Workload, tim
                       step.get("raw_revision") or step.get("revision", "")]
         tokens += sum(len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts if t)
     latencies = stage_latencies(by_topic, ids)
+    profile = triton_profile(before, after, finished - started)
     roles = {"policy": "policy", "critique": "critic", "revise": "reviser", "compare": "judge"}
     detail = {"stage_latency_s": {k: percentiles(v) for k, v in latencies.items()},
-              "hop_overhead_s": {}}
+              "hop_overhead_s": {}, "triton": profile,
+              "triton_busy_s": round(sum(row["compute_s"] for row in profile.values()), 2)}
     for stage, role in roles.items():
         count = after.get(role, {}).get("count", 0) - before.get(role, {}).get("count", 0)
         ns = after.get(role, {}).get("ns", 0) - before.get(role, {}).get("ns", 0)

@@ -72,3 +72,16 @@ def test_the_summary_table_has_a_row_per_measured_figure():
     assert table["pipeline_vs_raw"] == 0.91 and table["pipeline_vs_sequential"] == 5.2
     assert table["dpo_vs_trl"] == {"time": 0.712, "peak_memory": 0.95, "step_memory_growth": 0.5}
     assert bench.summary_table({"modes": {}}) == {}  # a mode not run leaves its row out
+
+
+def test_the_triton_profile_gives_batches_mean_batch_and_busy_share():
+    before = {"policy": {"count": 10, "ns": 0, "queue_ns": 0, "compute_ns": 1e9,
+                         "executions": 2, "inferences": 10}}
+    after = {"policy": {"count": 42, "ns": 0, "queue_ns": 3.2e9, "compute_ns": 9e9,
+                        "executions": 6, "inferences": 42},
+             "judge": dict.fromkeys(("count", "ns", "queue_ns", "compute_ns", "executions",
+                                     "inferences"), 0)}
+    profile = bench.triton_profile(before, after, wall_s=16.0)
+    assert profile == {"policy": {"requests": 32, "batches": 4, "mean_batch": 8.0,
+                                  "queue_s_per_request": 0.1, "compute_s": 8.0,
+                                  "busy_share": 0.5}}  # an idle role is left out
