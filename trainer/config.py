@@ -110,6 +110,11 @@ class TrainerConfig:
         0.5,
         "share of the SFT loss given to helpfulness examples (kind='helpful') when a round has "
         "both kinds; the rest goes to harmlessness revisions")
+    replay_helpful: int = option(
+        0, "helpful examples (answers to benign prompts and their answer-over-decline pairs) of "
+        "promoted rounds, newest first, that later rounds train on again: each round then sees "
+        "where the line runs on more benign prompts than its own. They join the pool an epoch "
+        "draws from without lengthening it; 0 turns replay off")
     probe_size: int = option(
         8,
         "held-out examples per record type (SFT, preference) and prompt kind (harmful, helpful), "

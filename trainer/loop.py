@@ -33,7 +33,7 @@ import logging
 import threading
 import time
 from collections import deque
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -58,6 +58,7 @@ logger = logging.getLogger(__name__)
 
 SEEN_IDS_FILE = "seen_ids.json"
 CARRIED_FILE = "carried.json"  # a rejected round's examples, trained again in the next round
+REPLAY_FILE = "replay.json"  # helpful examples of promoted rounds, trained again in later rounds
 DEV_ANSWERS_FILE = "dev_answers.json"  # the candidate's gate answers, with their verdicts
 SEEN_IDS_LIMIT = 100_000  # record ids remembered for de-duplication
 # A round with nothing to train still checkpoints and commits once this many records were
@@ -255,6 +256,7 @@ class TrainerLoop:
         self._seen_set: set[str] = set()
         self._backlog: deque[Message] = deque()
         self._pending = _Pending(clock=clock)
+        self._replay: list = []  # helpful examples of promoted rounds (``replay_helpful``)
         self._serving_figures: dict | None = None  # the gate's dev figures, kept across rounds
         self._base_figures: dict | None = None
         self.runner: RoundRunner | None = None
@@ -287,6 +289,11 @@ class TrainerLoop:
             gate_state = state.extra.get("gate") or {}
             self._serving_figures = gate_state.get("serving")
             self._base_figures = gate_state.get("base")
+            if (folder / REPLAY_FILE).exists():
+                replay = ckpt.load_json(folder, REPLAY_FILE)
+                self._replay = ([SFTExample(**data) for data in replay.get("sft", [])]
+                                + [PreferenceExample(**data)
+                                   for data in replay.get("preferences", [])])
             if (folder / CARRIED_FILE).exists():
                 carried = ckpt.load_json(folder, CARRIED_FILE)
                 for data in carried.get("sft", []):
@@ -519,14 +526,18 @@ class TrainerLoop:
         pending, self._pending = self._pending, _Pending(clock=self.clock)
         self.round_no += 1
         version_before = self.version
+        replay = self._replay
         if pending.usable:
-            result = self.runner.run(self.round_no, pending.sft, pending.preferences, self.probe,
-                                     promoted_versions=version_before - 1)
+            result = self.runner.run(
+                self.round_no, pending.sft + [e for e in replay if isinstance(e, SFTExample)],
+                pending.preferences + [e for e in replay if isinstance(e, PreferenceExample)],
+                self.probe, promoted_versions=version_before - 1)
         else:
             result = RoundResult(False, {}, ["no usable examples: only skipped records"])
         metrics = dict(result.metrics)
         metrics.update({
             "data/carried_in": float(pending.carried),
+            "data/replayed": float(len(replay) if pending.usable else 0),
             "data/targets_dropped": float(len(pending.targets_dropped)),
             "staleness/dropped": float(len(pending.dropped)),
             "staleness/downweighted": float(pending.downweighted),
@@ -552,6 +563,8 @@ class TrainerLoop:
             self._base_figures = result.gate["base"]
             self._serving_figures = result.gate["after" if result.promoted else "before"]
         carried = [] if result.promoted else self._carry(pending)
+        if result.promoted:
+            self._replay = self._replayed(pending)
         state = ckpt.RoundState(
             round=self.round_no, promoted=result.promoted, policy_weights=self.policy_weights,
             reward_weights=self.reward_weights, policy_version=version_before,
@@ -569,6 +582,11 @@ class TrainerLoop:
         extra_files = {SEEN_IDS_FILE: list(self.seen_ids)}
         if result.gate is not None:
             extra_files[DEV_ANSWERS_FILE] = result.gate["answers"]
+        if self._replay:
+            extra_files[REPLAY_FILE] = {
+                "sft": [asdict(e) for e in self._replay if isinstance(e, SFTExample)],
+                "preferences": [asdict(e) for e in self._replay
+                                if isinstance(e, PreferenceExample)]}
         if carried:
             extra_files[CARRIED_FILE] = {
                 "sft": [asdict(e) for e in carried if isinstance(e, SFTExample)],
@@ -595,6 +613,17 @@ class TrainerLoop:
         in_use = {str(ckpt.rounds_dir(self.trainer_dir) / self.policy_weights)}
         ckpt.prune(self.trainer_dir, self.keep_checkpoints, in_use)
         return folder
+
+    def _replayed(self, pending: _Pending) -> list:
+        """The replay pool after a promoted round: its helpful examples first, then the pool's,
+        at most ``replay_helpful``. A replayed example is never new (``carries`` >= 1), so it
+        does not lengthen an epoch (``rounds.epoch_budget``)."""
+        limit = self.config.replay_helpful
+        if limit <= 0:
+            return []
+        fresh = [replace(e, carries=max(1, e.carries))
+                 for e in pending.sft + pending.preferences if e.kind == "helpful"]
+        return (fresh + self._replay)[:limit]
 
     def _carry(self, pending: _Pending) -> list:
         """The examples of a rejected round that go on to the next one (each at most

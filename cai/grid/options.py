@@ -42,6 +42,11 @@ def _value(text: str) -> Any:
         return text
 
 
+def _is_list_field(name: str) -> bool:
+    f = TrainerConfig.__dataclass_fields__[name]
+    return f.default_factory is not dataclasses.MISSING and isinstance(f.default_factory(), list)
+
+
 @dataclass(frozen=True)
 class Cell:
     recipe: str
@@ -68,6 +73,8 @@ class Cell:
                 pipeline[name] = _value(value)
             elif name in TrainerConfig.__dataclass_fields__:
                 trainer[name] = _value(value)
+                if _is_list_field(name) and isinstance(trainer[name], str):
+                    trainer[name] = trainer[name].split("+")  # lora_targets=q_proj+v_proj
             else:
                 raise GridError(f"cell {text!r}: {name!r} is neither a worker setting "
                                 "(PipelineSettings) nor a trainer field (TrainerConfig)")

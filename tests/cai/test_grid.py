@@ -24,6 +24,8 @@ def test_cells_are_recipes_with_fields_changed_and_checked_with_the_fix_in_the_m
         "context-distillation:lr=5e-4,helpful_pairs=false,gate_benign=benign")
     assert cell.trainer == {"lr": 5e-4, "gate_benign": "benign"}
     assert cell.pipeline == {"helpful_pairs": False}
+    listed = Cell.parse("context-distillation:lora_targets=q_proj+up_proj,epochs=2")
+    assert listed.trainer == {"lora_targets": ["q_proj", "up_proj"], "epochs": 2}
     for bad, words in [("magic", "recipe 'magic'"), ("paper:lr", "write field=value"),
                        ("paper:colour=red", "neither a worker setting")]:
         with pytest.raises(GridError, match=re.escape(words)):

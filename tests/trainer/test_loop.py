@@ -601,6 +601,42 @@ def test_a_rejected_rounds_examples_carry_into_the_next_round_even_after_a_resta
     assert sorted(e["prompt_id"] for e in carried["sft"] + carried["preferences"]) == sorted(second)
 
 
+def test_helpful_examples_of_promoted_rounds_are_replayed_in_later_rounds_after_a_restart(
+        tmp_path, tiny_path):
+    from trainer.rounds import RoundResult, epoch_budget
+
+    log, pub = Log(), FakePublisher()
+    fill(log, 4, 4, helpful=(2, 3))  # s2, s3, p2, p3 are helpful
+    given, budgets = [], []
+
+    def promoting(round_no, sft, prefs, probe, **_):
+        given.append(sorted(e.prompt_id for e in sft + prefs))
+        budgets.append(epoch_budget(sft + prefs))
+        return RoundResult(True, {}, [])
+
+    loop = make_loop(tmp_path, tiny_path, log, pub, round_every_examples=8, replay_helpful=3,
+                     probe_size=0)
+    loop.resume()
+    loop.runner.run = promoting
+    loop.run(max_rounds=1)
+    folder = ckpt.latest_round(tmp_path / "trainer")
+    replay = json.loads((folder / "replay.json").read_text())
+    # at most replay_helpful of round 1's helpful examples, none of its harmful ones
+    kept = sorted(e["prompt_id"] for e in replay["sft"] + replay["preferences"])
+    assert len(kept) == 3 and set(kept) <= {"s2", "s3", "p2", "p3"}
+
+    fill(log, 3, 3, start=10)
+    again = make_loop(tmp_path, tiny_path, log, pub, round_every_examples=6, replay_helpful=3,
+                      probe_size=0)
+    again.resume()  # the pool comes back from the checkpoint
+    again.runner.run = promoting
+    again.run(max_rounds=1)
+    assert given[1] == sorted(kept + [f"{k}{i}" for k in "sp" for i in (10, 11, 12)])
+    assert budgets[1] == 6  # replayed examples do not lengthen the epoch
+    metrics = json.loads((ckpt.latest_round(tmp_path / "trainer") / "metrics.json").read_text())
+    assert metrics["data/replayed"] == 3
+
+
 def test_carried_examples_alone_start_no_round(tmp_path, tiny_path):
     from trainer.rounds import RoundResult
 
