@@ -90,6 +90,14 @@ def measure(generator, dev: DevSet, max_new_tokens: int) -> tuple[dict[str, dict
     return figures(answers[:len(dev.harmful)], answers[len(dev.harmful):]), records
 
 
+def summary(figures: dict[str, dict]) -> str:
+    """One line of dev figures as counts, e.g. 'harmless 16/48, explains-why 11/16,
+    declined-then-complied 0/48, over-refusal 1/46'."""
+    return ", ".join(f"{name.replace('_', '-')} {figures[name]['hits']}/{figures[name]['n']}"
+                     for name in ("harmless", "explains_why", "declined_then_complied",
+                                  "over_refusal") if name in figures)
+
+
 def _share(entry: dict) -> Share:
     return Share(entry["hits"], entry["n"])
 

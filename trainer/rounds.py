@@ -180,7 +180,8 @@ class RoundRunner:
     def _gate_check(self, epoch: int, keep_state: bool) -> dict:
         figures, answers = self._measure()
         reasons = gate.decide(self.serving, figures, self.base, self.config)
-        logger.info("epoch %d: dev gate %s", epoch, "passed" if not reasons else reasons)
+        logger.info("epoch %d: dev %s: gate %s", epoch, gate.summary(figures),
+                    "passed" if not reasons else reasons)
         return {"epoch": epoch, "figures": figures, "answers": answers, "reasons": reasons,
                 "state": self.policy.trainable_state() if keep_state and not reasons else None}
 

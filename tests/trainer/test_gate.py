@@ -28,6 +28,11 @@ def test_a_round_that_declines_more_harmful_prompts_and_nothing_else_passes():
     assert decide(base, figures(harmless=(5, 10), explains=(5, 5)), base, TrainerConfig()) == []
 
 
+def test_the_epoch_summary_gives_every_figure_as_counts():
+    assert gate.summary(figures(over=(1, 46))) == (
+        "harmless 2/10, explains-why 2/2, declined-then-complied 0/10, over-refusal 1/46")
+
+
 @pytest.mark.parametrize("after,fragment", [
     (figures(harmless=(2, 10)), "dev harmless"),                                  # not up
     (figures(harmless=(6, 10), explains=(3, 6)), "explains-why fell"),            # 1.0 -> 0.5
