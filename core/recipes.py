@@ -36,14 +36,17 @@ RECIPES: dict[str, Recipe] = {
     # otherwise swung between declining few prompts and most benign ones from epoch to epoch
     # (docs/results-log.md, 2026-11-28). Helpful examples carry 70% of the SFT loss: with an
     # even split a second round from a trained policy over-refused at every epoch, with 70% the
-    # grid's second round passed the gate (same log, "helpful_mix").
+    # grid's second round passed the gate (same log, "helpful_mix"). Each round also trains
+    # again on the helpful examples of the promoted rounds before it (replay_helpful): a later
+    # round otherwise saw only its own 12 benign prompts against the decline targets, and
+    # over-refused from its first epoch (same log, "replay").
     "context-distillation": Recipe(
         pipeline={"strategy": "context", "preference": "revision-over-initial",
                   "compare": "initial-vs-final", "helpful_pairs": True,
                   "context_placement": "user-suffix", "context_temperature": 0,
                   "context_opening": True, "policy_max_new_tokens": 64},
         trainer={"lr": 1e-3, "lr_schedule": "linear", "epochs": 6, "max_length": 256,
-                 "gate_every_epochs": 1, "helpful_mix": 0.7}),
+                 "gate_every_epochs": 1, "helpful_mix": 0.7, "replay_helpful": 48}),
     # The paper's SL-CAI + RL-CAI data: critique -> revise rounds, the judge's soft labels.
     "paper": Recipe(pipeline={"strategy": "critique-revise", "preference": "judge"}),
 }

@@ -133,7 +133,10 @@ class TrainerConfig:
     gate_benign: str = option(
         "benign", "benign gate prompts: built-in set names (their dev split) or a file")
     gate_harmful_size: int = option(48, "harmful gate prompts answered per check (seeded sample)")
-    gate_benign_size: int = option(32, "benign gate prompts answered per check (seeded sample)")
+    gate_benign_size: int = option(
+        48, "benign gate prompts answered per check (seeded sample; the built-in dev split has "
+        "46, so all of them): with the over-refusal tolerance at 5 points, 32 prompts let one "
+        "refusal through and 46 two, as the report's 48 held-out prompts do")
     gate_max_new_tokens: int = option(
         128, "tokens per gate answer: enough to see a decline that goes on to comply")
     gate_every_epochs: int = option(
