@@ -83,9 +83,11 @@ class PipelineSettings(BaseSettings):
     batch_idle_s: float = Field(0.005, gt=0, description="a batch leaves once no record arrived "
                                 "for this long (an idle stage starts at once)")
     batches_in_flight: int = Field(
-        2, ge=1, description="batches a stage works on at once: the next batch's claim and "
-        "model call overlap the previous one's wait for Kafka acks; offsets are still committed "
-        "in order, each only after its batch was processed")
+        1, ge=1, description="batches a stage works on at once; with 2 the next batch's claim and "
+        "model call overlap the previous one's wait for Kafka acks (offsets are still committed "
+        "in order, each only after its batch was processed). It pays off only where acks are "
+        "slow (a remote broker): locally the four stages already overlap one another's waits in "
+        "the worker's event loop, and 2 measured 405 against 452 prompts/s (null models)")
     max_attempts: int = Field(3, ge=1, description="Triton attempts before a record goes to "
                               "dead-letter")
     backoff_s: float = Field(0.5, ge=0)
