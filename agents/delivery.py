@@ -42,7 +42,7 @@ import random
 import signal
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -464,15 +464,8 @@ async def handle(svc: Services, stage: Stage, values: list) -> int:
         fault_point("after-done-before-commit")
         return sent
     except asyncio.CancelledError:
-        if not task.done():
-            logger.warning("%s: stopping; finishing the batch in flight first", stage.name)
-            while not task.done():
-                if any(p.startswith(f"{stage.name}:") for p in _parked):
-                    # Waiting out an outage could take forever: leave without committing; the
-                    # batch is replayed (and our claims taken back) by the next worker.
-                    on_fatal(stage.name, RuntimeError("stop requested while parked"))
-                await asyncio.wait([task], timeout=0.5)
-            task.result()
+        await _finish_in_flight(stage.name, [task])
+        task.result()
         raise
     except Exception as exc:
         on_fatal(stage.name, exc)
@@ -505,7 +498,7 @@ async def run_pipelined(batches: AsyncIterator[Batch], work: Callable[[list], Aw
         await _finish_in_flight(stage, running)
 
 
-async def _finish_in_flight(stage: str, running: deque[asyncio.Task]) -> None:
+async def _finish_in_flight(stage: str, running: Iterable[asyncio.Task]) -> None:
     """Wait for the batches in flight (on a stop request or an error); one parked by an outage
     could wait forever, so the process leaves without committing it (the next worker replays
     it and takes our claims back)."""

@@ -290,16 +290,10 @@ class TrainerLoop:
             self._serving_figures = gate_state.get("serving")
             self._base_figures = gate_state.get("base")
             if (folder / REPLAY_FILE).exists():
-                replay = ckpt.load_json(folder, REPLAY_FILE)
-                self._replay = ([SFTExample(**data) for data in replay.get("sft", [])]
-                                + [PreferenceExample(**data)
-                                   for data in replay.get("preferences", [])])
+                self._replay = _examples_from_json(ckpt.load_json(folder, REPLAY_FILE))
             if (folder / CARRIED_FILE).exists():
-                carried = ckpt.load_json(folder, CARRIED_FILE)
-                for data in carried.get("sft", []):
-                    self._pending.add(SFTExample(**data), carried=True)
-                for data in carried.get("preferences", []):
-                    self._pending.add(PreferenceExample(**data), carried=True)
+                for example in _examples_from_json(ckpt.load_json(folder, CARRIED_FILE)):
+                    self._pending.add(example, carried=True)
             if state.promoted:
                 self._finish_publish(folder, ckpt.load_json(folder, "metrics.json"))
                 if ckpt.is_quarantined(folder):
@@ -528,10 +522,10 @@ class TrainerLoop:
         version_before = self.version
         replay = self._replay
         if pending.usable:
-            result = self.runner.run(
-                self.round_no, pending.sft + [e for e in replay if isinstance(e, SFTExample)],
-                pending.preferences + [e for e in replay if isinstance(e, PreferenceExample)],
-                self.probe, promoted_versions=version_before - 1)
+            replay_sft, replay_preferences = _by_type(replay)
+            result = self.runner.run(self.round_no, pending.sft + replay_sft,
+                                     pending.preferences + replay_preferences, self.probe,
+                                     promoted_versions=version_before - 1)
         else:
             result = RoundResult(False, {}, ["no usable examples: only skipped records"])
         metrics = dict(result.metrics)
@@ -583,14 +577,9 @@ class TrainerLoop:
         if result.gate is not None:
             extra_files[DEV_ANSWERS_FILE] = result.gate["answers"]
         if self._replay:
-            extra_files[REPLAY_FILE] = {
-                "sft": [asdict(e) for e in self._replay if isinstance(e, SFTExample)],
-                "preferences": [asdict(e) for e in self._replay
-                                if isinstance(e, PreferenceExample)]}
+            extra_files[REPLAY_FILE] = _examples_json(self._replay)
         if carried:
-            extra_files[CARRIED_FILE] = {
-                "sft": [asdict(e) for e in carried if isinstance(e, SFTExample)],
-                "preferences": [asdict(e) for e in carried if isinstance(e, PreferenceExample)]}
+            extra_files[CARRIED_FILE] = _examples_json(carried)
         folder = ckpt.write_round(self.trainer_dir, state, metrics, examples, self.probe.to_json(),
                                   self.config, save_weights if result.promoted else None,
                                   extra_files=extra_files)
@@ -654,6 +643,23 @@ def _dead_letter(message: Message, reason: str):
         topic=message.topic, partition=message.partition, offset=message.offset,
         key=message.key, payload=payload[:limit].decode("utf-8", "replace"),
         payload_bytes=len(payload), truncated=len(payload) > limit, created_at=now())
+
+
+def _by_type(examples: list) -> tuple[list[SFTExample], list[PreferenceExample]]:
+    return ([e for e in examples if isinstance(e, SFTExample)],
+            [e for e in examples if isinstance(e, PreferenceExample)])
+
+
+def _examples_json(examples: list) -> dict:
+    """Examples as a checkpoint file holds them (carried.json, replay.json)."""
+    sft, preferences = _by_type(examples)
+    return {"sft": [asdict(e) for e in sft], "preferences": [asdict(e) for e in preferences]}
+
+
+def _examples_from_json(data: dict) -> list:
+    """The examples of ``_examples_json``, SFT first."""
+    return ([SFTExample(**e) for e in data.get("sft", [])]
+            + [PreferenceExample(**e) for e in data.get("preferences", [])])
 
 
 def _describe(example) -> dict:
