@@ -92,12 +92,15 @@ def roles_called(settings: PipelineSettings) -> tuple[str, ...]:
 
 
 def recipe_roles(name: str) -> tuple[str, ...]:
-    """The model roles recipe ``name``'s pipeline calls, with the environment's CAI_PIPELINE_*
-    settings applied as the worker applies them."""
+    """The model roles recipe ``name`` calls: its pipeline's, with the environment's
+    CAI_PIPELINE_* settings applied as the worker applies them, then its trainer's (the reward
+    role for a trainer that scores samples with the preference model, ``trainer_roles``)."""
     from core.recipes import RECIPES, env_name
+    from core.settings import trainer_roles
 
-    fields = {k: v for k, v in RECIPES[name].pipeline.items() if env_name(k) not in os.environ}
-    return roles_called(PipelineSettings(**fields))
+    recipe = RECIPES[name]
+    fields = {k: v for k, v in recipe.pipeline.items() if env_name(k) not in os.environ}
+    return roles_called(PipelineSettings(**fields)) + trainer_roles(recipe.trainer)
 
 
 def chain_rounds(strategy: str, rounds: int) -> int:

@@ -1,7 +1,7 @@
 """`cai run`: the main job, end to end, on one machine.
 
 1. set up what is missing and start Kafka, Redis and Triton, loading only the roles the recipe
-   calls;
+   calls (``recipe_roles``: its pipeline's, and the reward role when its trainer scores with it);
 2. start the Faust worker, the trainer and the web dashboard as child processes (logs
    under the state folder), and print the dashboard's address;
 3. run ``--rounds`` training rounds. Each round feeds fresh prompts from the training split

@@ -1,6 +1,8 @@
 """Settings every package shares (env prefix ``CAI_``): where the stack lives and how to reach
 it (``StackSettings``), the Kafka clients' credentials (``KafkaAuth``, env ``CAI_KAFKA_SASL_*``),
-which model serves each of the four roles and on which device (``ModelSettings``, ``ROLES``).
+which model serves each of the four generation roles and on which device (``ModelSettings``,
+``ROLES``), and the fifth role, ``reward`` (the preference model), which Triton loads only for a
+trainer that scores answers with it (``REWARD_ROLE``, ``trainer_roles``).
 
 Every address can point at an external deployment (for example docker-compose):
 set ``CAI_KAFKA_BOOTSTRAP``, ``CAI_REDIS_URL`` or ``CAI_TRITON_HTTP_URL`` /
@@ -9,6 +11,7 @@ set ``CAI_KAFKA_BOOTSTRAP``, ``CAI_REDIS_URL`` or ``CAI_TRITON_HTTP_URL`` /
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -16,7 +19,10 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 KAFKA_VERSION = "3.9.1"
-ROLES = ("policy", "critic", "reviser", "judge")
+ROLES = ("policy", "critic", "reviser", "judge")  # the generation roles the pipeline calls
+REWARD_ROLE = "reward"  # the preference model: scores (prompt, answer), loaded only when needed
+# TrainerConfig modes that score the policy's samples with the served reward role.
+REWARD_MODES = ("rloo",)
 DEVICES = ("cpu", "cuda", "auto")
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 
@@ -103,14 +109,26 @@ class ModelSettings(BaseSettings):
     critic_model: str | None = None
     reviser_model: str | None = None
     judge_model: str | None = None
+    reward_model: str | None = Field(
+        None, description="Base of the reward role (CAI_REWARD_MODEL); default: the policy's "
+        "model, given a fresh score head.")
     device: Literal[DEVICES] = Field(
         "cpu", description="Where the serving engine, Triton's instances and the trainer run: "
         "cpu, cuda, or auto (cuda when torch sees a GPU).")
 
     def for_role(self, role: str) -> str:
+        if role == REWARD_ROLE:
+            return self.reward_model or self.for_role("policy")
         if role not in ROLES:
-            raise ValueError(f"unknown role {role!r}; expected one of {', '.join(ROLES)}")
+            raise ValueError(f"unknown role {role!r}; expected one of "
+                             f"{', '.join((*ROLES, REWARD_ROLE))}")
         return getattr(self, f"{role}_model") or self.model
+
+
+def trainer_roles(trainer: Mapping[str, Any]) -> tuple[str, ...]:
+    """The roles a trainer with these ``TrainerConfig`` fields calls itself: the reward role
+    when its mode scores samples with the served preference model, else none."""
+    return (REWARD_ROLE,) if trainer.get("mode") in REWARD_MODES else ()
 
 
 def resolve_device(device: str) -> str:

@@ -1,9 +1,10 @@
-"""Serving subcommands: ``cai publish CHECKPOINT``, ``cai rollback VERSION``, ``cai serve-status``
-and ``cai repository render|serve DIRECTORY``.
+"""Serving subcommands: ``cai publish CHECKPOINT [--role reward]``, ``cai rollback VERSION``,
+``cai serve-status`` and ``cai repository render|serve DIRECTORY [--recipe NAME]``.
 
 The first three act on the running stack described by ``StackSettings`` (env ``CAI_*``, or
 ``--state-dir``): the Triton model repository, Triton's HTTP endpoint and Redis. ``repository
-render`` writes a model repository for the configured models; ``repository serve`` then runs the
+render`` writes a model repository for the configured models (the four generation roles, plus
+the reward role when ``--recipe``'s trainer scores with it); ``repository serve`` then runs the
 nvidia-pytriton wheel's ``tritonserver`` on it in the foreground (the docker-compose Triton
 service), on ``CAI_HOST`` and the ``CAI_TRITON_*_PORT`` ports.
 """
@@ -17,7 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core.options import add_command, option
-from core.settings import ModelSettings, StackSettings
+from core.recipes import RECIPES
+from core.settings import REWARD_ROLE, ROLES, ModelSettings, StackSettings, trainer_roles
 
 
 @dataclass
@@ -31,6 +33,8 @@ class PublishOptions(LoadOptions):
     checkpoint: str | None = option(
         None, "folder written by save_pretrained (config.json, *.safetensors)", positional=True,
         required=True)
+    role: str = option("policy", "the role that serves it: the policy, or the reward role (a "
+                                 "saved preference model)", choices=("policy", REWARD_ROLE))
 
 
 @dataclass
@@ -50,18 +54,21 @@ class RepositoryOptions:
                                 choices=("render", "serve"))
     directory: Path | None = option(None, "model repository folder to write", positional=True,
                                     required=True)
+    recipe: str | None = option(None, "also render the roles this recipe's trainer calls (the "
+                                      "reward role for a trainer in rloo mode)",
+                                choices=sorted(RECIPES))
 
 
 def cmd_publish(options: PublishOptions, settings: StackSettings) -> int:
-    from serving.publish import PublishError, publish_policy
+    from serving.publish import PublishError, publish_role
 
     try:
-        version = publish_policy(options.checkpoint, settings, keep_last=options.keep_last,
-                                 timeout_s=options.timeout)
+        version = publish_role(options.role, options.checkpoint, settings,
+                               keep_last=options.keep_last, timeout_s=options.timeout)
     except PublishError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    print(f"policy v{version} is serving {options.checkpoint}")
+    print(f"{options.role} v{version} is serving {options.checkpoint}")
     return 0
 
 
@@ -101,7 +108,9 @@ def cmd_repository(options: RepositoryOptions, settings: StackSettings,
                    models: ModelSettings) -> int:
     from serving.repository import render_repository
 
-    target = render_repository(options.directory, models, settings.cache_dir)
+    extra = trainer_roles(RECIPES[options.recipe].trainer) if options.recipe else ()
+    target = render_repository(options.directory, models, settings.cache_dir,
+                               roles=ROLES + extra)
     print(f"rendered the model repository in {target}", flush=True)
     if options.action == "serve":
         import os
@@ -120,10 +129,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     """Add serving's subcommands to the `cai` parser."""
     state = {StackSettings: ("state_dir",)}
     add_command(sub, "publish", cmd_publish, options=PublishOptions, settings=state,
-                help="serve a policy checkpoint as the next version",
-                description="Validate CHECKPOINT (safetensors only), add it as policy/<next>/, "
-                "load it into Triton, then set Redis cai:policy:version. On failure the "
-                "previous version keeps serving.")
+                help="serve a policy (or reward model) checkpoint as the next version",
+                description="Validate CHECKPOINT (safetensors only), add it as <role>/<next>/, "
+                "load it into Triton, then set Redis cai:<role>:version (role: policy unless "
+                "--role reward). On failure the previous version keeps serving.")
     add_command(sub, "rollback", cmd_rollback, options=RollbackOptions, settings=state,
                 help="serve an earlier policy version again",
                 description="Re-publish the weights of a kept VERSION as a new version number.")
@@ -133,5 +142,6 @@ def register(sub: argparse._SubParsersAction) -> None:
                 settings={StackSettings: (), ModelSettings: ("model", "device")},
                 help="render the Triton model repository from settings (and serve it)",
                 description="Write config.pbtxt and model.py for policy, critic, reviser and judge "
-                "into DIRECTORY, using CAI_MODEL / CAI_<ROLE>_MODEL and CAI_DEVICE; `serve` then "
-                "runs tritonserver on it in the foreground (the docker-compose Triton service).")
+                "(and reward, when --recipe's trainer scores with it) into DIRECTORY, using "
+                "CAI_MODEL / CAI_<ROLE>_MODEL and CAI_DEVICE; `serve` then runs tritonserver on "
+                "it in the foreground (the docker-compose Triton service).")

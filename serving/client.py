@@ -1,8 +1,9 @@
-"""Async gRPC client for the four Triton roles (policy, critic, reviser, judge).
+"""Async gRPC client for the Triton roles (policy, critic, reviser, judge, and reward).
 
-Agents and the trainer call ``InferenceClient.generate`` / ``judge`` instead of talking to
-Triton directly. Each prompt is its own Triton request, sent concurrently, so Triton's
-dynamic batcher forms the batches and one bad prompt fails alone. While the server is
+Agents and the trainer call ``InferenceClient.generate`` / ``judge`` / ``score`` (the reward
+role's preference model) instead of talking to Triton directly. Each prompt (or prompt and
+answer pair) is its own Triton request, sent concurrently, so Triton's dynamic batcher forms the
+batches and one bad prompt fails alone. While the server is
 unavailable (starting, restarting, connection refused) a call is retried with exponential
 backoff; every error names the role, the URL and what failed. Each call is timed per role in
 the process's Prometheus metrics (``cai_triton_request_seconds``, retries included), and the
@@ -13,6 +14,7 @@ Example::
     client = InferenceClient("127.0.0.1:18001")
     [[answer]] = await client.generate("policy", ["How do I bake bread?"], GenerationParams())
     [verdict] = await client.judge(["...(A) ... (B) ... The answer is:"], ["(A)", "(B)"])
+    [scored] = await client.score(["How do I bake bread?"], ["Mix flour, water and yeast."])
     await client.close()
 """
 
@@ -27,8 +29,9 @@ import time
 import numpy as np
 from prometheus_client import Counter, Gauge, Histogram
 
+from core.settings import REWARD_ROLE
 from serving import protocol
-from serving.requests import Generation, GenerationParams, JudgeResult
+from serving.requests import Generation, GenerationParams, JudgeResult, ScoreResult
 
 logger = logging.getLogger(__name__)
 
@@ -165,6 +168,19 @@ class InferenceClient:
         return [JudgeResult(probs=a["probs"], model_version=a["model_version"],
                             reasoning=a.get("reasoning"), logprobs=a.get("logprobs", []))
                 for a in answers]
+
+    async def score(self, prompts: list[str], answers: list[str],
+                    max_length: int = 512) -> list[ScoreResult]:
+        """The reward role's reward of each (prompt, answer) pair, in order; ``max_length``:
+        tokens of the rendered conversation kept (cut from the left)."""
+        if len(prompts) != len(answers):
+            raise ValueError(f"score needs one answer per prompt, got {len(prompts)} prompts and "
+                             f"{len(answers)} answers")
+        replies = await asyncio.gather(*(
+            self._infer_one(REWARD_ROLE, protocol.encode_score(p, a, {"max_length": max_length}))
+            for p, a in zip(prompts, answers, strict=True)))
+        return [ScoreResult(reward=float(a["reward"]), model_version=a["model_version"])
+                for a in replies]
 
     async def live(self, timeout_s: float = 5.0) -> bool:
         """The server answers its liveness check within ``timeout_s`` (a hung one does not)."""

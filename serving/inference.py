@@ -1,7 +1,9 @@
-"""The four roles behind one interface, served by Triton or run in this process.
+"""The model roles behind one interface, served by Triton or run in this process.
 
 ``Inference`` is what the pipeline's stages call (``agents/services.py``): ``generate`` for the
-policy, critic and reviser, ``judge`` for the judge. Two implementations:
+policy, critic and reviser, ``judge`` for the judge; and what a trainer that scores samples
+calls: ``score`` for the reward role (the preference model, ``serving/reward_model.py``).
+Three implementations:
 
 * ``TritonInference``: the live system, through ``serving.client.InferenceClient``, one request
   per prompt so each prompt keeps its own seed while Triton's dynamic batcher still forms
@@ -10,7 +12,7 @@ policy, critic and reviser, ``judge`` for the judge. Two implementations:
   (the strategy grid runs the agents' stage functions without Kafka or Triton) and ``cai bench``
   (its in-process modes);
 * ``NullInference``: answers at once with no model, so ``cai bench --null-models`` measures the
-  stream machinery alone (``cai worker --inference null``).
+  stream machinery alone (``cai worker --inference null``); every reward is 0.
 
 Only ``LocalInference`` loads torch, and only when a role is first used.
 """
@@ -22,7 +24,14 @@ from dataclasses import replace
 from typing import Any, Protocol
 
 from core.settings import ROLES
-from serving.requests import Generation, GenerationParams, GenRequest, JudgeRequest, JudgeResult
+from serving.requests import (
+    Generation,
+    GenerationParams,
+    GenRequest,
+    JudgeRequest,
+    JudgeResult,
+    ScoreResult,
+)
 
 
 class Inference(Protocol):
@@ -31,6 +40,8 @@ class Inference(Protocol):
 
     async def judge(self, prompts: list[str], choices: list[str], cot: bool,
                     seed: int | None) -> list[JudgeResult]: ...
+
+    async def score(self, prompts: list[str], answers: list[str]) -> list[ScoreResult]: ...
 
 
 class TritonInference:
@@ -49,6 +60,9 @@ class TritonInference:
     async def judge(self, prompts: list[str], choices: list[str], cot: bool,
                     seed: int | None) -> list[JudgeResult]:
         return await self.client.judge(prompts, list(choices), cot=cot, chat=False, seed=seed)
+
+    async def score(self, prompts: list[str], answers: list[str]) -> list[ScoreResult]:
+        return await self.client.score(prompts, answers)
 
     async def healthy(self) -> bool:
         """Whether the server answers its liveness check within a few seconds."""
@@ -81,6 +95,9 @@ class NullInference:
         probs = [0.6] + [0.4 / (len(choices) - 1)] * (len(choices) - 1)
         return [JudgeResult(probs=probs, model_version=self.version) for _ in prompts]
 
+    async def score(self, prompts: list[str], answers: list[str]) -> list[ScoreResult]:
+        return [ScoreResult(reward=0.0, model_version=self.version) for _ in prompts]
+
     async def close(self) -> None:
         return None
 
@@ -90,7 +107,9 @@ class LocalInference:
 
     Every role starts on ``base_source``; the policy role serves whatever ``set_policy`` last
     installed, with a version number like Triton's. Roles with the same weights share one
-    engine. ``threads``, ``dtype`` and ``prefix_min_tokens`` are the engine's.
+    engine. ``threads``, ``dtype`` and ``prefix_min_tokens`` are the engine's. The reward role
+    is a ``RewardModel`` on ``reward_source`` (the base model with a fresh seeded head, until
+    ``set_reward`` installs a trained one), loaded on first use.
     """
 
     def __init__(self, base_source: str, threads: int | None = None, dtype: str = "float32",
@@ -102,11 +121,32 @@ class LocalInference:
         self.versions = {role: 1 for role in ROLES}
         self._loaded: dict[str, Any] = {}
         self.tokens = 0
+        self.reward_source = base_source
+        self.reward_version = 1
+        self._reward: Any = None
 
     def set_policy(self, source: str, version: int) -> None:
         self.sources["policy"], self.versions["policy"] = str(source), version
         for stale in set(self._loaded) - set(self.sources.values()):
             del self._loaded[stale]
+
+    def set_reward(self, source: str, version: int) -> None:
+        """Serve the reward model saved in ``source`` as reward ``version`` from the next call."""
+        self.reward_source, self.reward_version = str(source), version
+        self._reward = None
+
+    def reward_model(self):
+        """The ``RewardModel`` serving the reward role (loaded on first use)."""
+        if self._reward is None:
+            import torch
+
+            from serving.reward_model import RewardModel
+
+            if self.threads:
+                torch.set_num_threads(int(self.threads))
+            self._reward = RewardModel.from_pretrained(self.reward_source,
+                                                       dtype=getattr(torch, self.dtype)).eval()
+        return self._reward
 
     def generator(self, role: str):
         """The engine serving ``role`` (loaded on first use)."""
@@ -140,3 +180,7 @@ class LocalInference:
             for p in prompts])
         return [JudgeResult(probs=o.probs, model_version=self.versions["judge"],
                             reasoning=o.reasoning, logprobs=o.logprobs) for o in outputs]
+
+    async def score(self, prompts: list[str], answers: list[str]) -> list[ScoreResult]:
+        rewards = self.reward_model().score(prompts, answers)
+        return [ScoreResult(reward=r, model_version=self.reward_version) for r in rewards]

@@ -12,12 +12,17 @@ Request::
                                                   stop, num_samples, chat, system,
                                                   response_prefix}}
     {"op": "judge", "prompt": "...", "choices": ["(A)", "(B)"], "cot": false, "params": {...}}
+    {"op": "score", "prompt": "...", "answer": "...", "params": {"max_length": 512}}
 
 Response::
 
     {"model_version": 2, "role": "policy", "samples": [{"text", "prompt_tokens",
       "completion_tokens", "logprob_sum", "finish_reason"}]}
     {"model_version": 1, "role": "judge", "probs": [0.4, 0.6], "logprobs": [...], "reasoning": null}
+    {"model_version": 1, "role": "reward", "reward": 0.17}
+
+``generate`` and ``judge`` go to the generation roles (policy, critic, reviser, judge), ``score``
+to the reward role (the preference model); a request for another role's op fails alone.
 """
 
 from __future__ import annotations
@@ -26,14 +31,15 @@ import dataclasses
 import json
 from typing import Any
 
-from serving.requests import GenRequest, JudgeRequest, RequestError
+from serving.requests import GenRequest, JudgeRequest, RequestError, ScoreRequest
 
 INPUT_NAME = "request"
 OUTPUT_NAME = "response"
-OPS = ("generate", "judge")
+OPS = ("generate", "judge", "score")
 
 _GEN_FIELDS = {f.name for f in dataclasses.fields(GenRequest)} - {"prompt"}
 _JUDGE_FIELDS = {f.name for f in dataclasses.fields(JudgeRequest)} - {"prompt", "choices", "cot"}
+_SCORE_FIELDS = {f.name for f in dataclasses.fields(ScoreRequest)} - {"prompt", "answer"}
 
 
 def encode_generate(prompt: str, params: dict[str, Any]) -> bytes:
@@ -45,7 +51,12 @@ def encode_judge(prompt: str, choices: list[str], cot: bool, params: dict[str, A
                        "params": params}).encode()
 
 
-def decode_request(raw: bytes) -> GenRequest | JudgeRequest:
+def encode_score(prompt: str, answer: str, params: dict[str, Any]) -> bytes:
+    return json.dumps({"op": "score", "prompt": prompt, "answer": answer,
+                       "params": params}).encode()
+
+
+def decode_request(raw: bytes) -> GenRequest | JudgeRequest | ScoreRequest:
     """Parse and validate one request element; raises RequestError naming the bad field."""
     try:
         data = json.loads(raw)
@@ -61,14 +72,19 @@ def decode_request(raw: bytes) -> GenRequest | JudgeRequest:
     params = data.get("params") or {}
     if not isinstance(params, dict):
         raise RequestError("params must be a JSON object")
-    allowed = _GEN_FIELDS if op == "generate" else _JUDGE_FIELDS
+    allowed = {"generate": _GEN_FIELDS, "judge": _JUDGE_FIELDS, "score": _SCORE_FIELDS}[op]
     unknown = set(params) - allowed
     if unknown:
         raise RequestError(f"unknown {op} parameter(s) {sorted(unknown)}; allowed: "
                            f"{sorted(allowed)}")
     params = {k: tuple(v) if isinstance(v, list) else v for k, v in params.items()}
     if op == "generate":
-        request: GenRequest | JudgeRequest = GenRequest(prompt=data["prompt"], **params)
+        request: GenRequest | JudgeRequest | ScoreRequest = GenRequest(prompt=data["prompt"],
+                                                                       **params)
+    elif op == "score":
+        if "answer" not in data:
+            raise RequestError("score request has no 'answer' (the text whose reward is asked)")
+        request = ScoreRequest(prompt=data["prompt"], answer=data["answer"], **params)
     else:
         choices = data.get("choices")
         if not isinstance(choices, list):

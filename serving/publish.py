@@ -1,6 +1,10 @@
-"""Publish a trained policy checkpoint to the running Triton, or roll back to an earlier one.
+"""Publish a trained checkpoint of a role (the policy, or the reward role's preference model) to
+the running Triton, or roll the policy back to an earlier one.
 
-Publishing follows one order so that nobody ever sees a version that is not serving:
+Publishing follows one order so that nobody ever sees a version that is not serving (described
+for the policy; ``publish_role`` does the same for the reward role, under ``reward/`` and
+``cai:reward:version``, always through ``load_model``, since reward instances never swap in
+place):
 
 1. validate the checkpoint (``config.json``, tokenizer, ``*.safetensors`` only: pickled
    ``.bin``/``.pt`` weights are refused because loading them can run arbitrary code);
@@ -39,7 +43,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from core.settings import StackSettings
+from core.settings import REWARD_ROLE, StackSettings
 from serving.hot_swap import SwapFailed, instance_states, request_swap, wait_for_swap
 from serving.repository import (
     SOURCE_FILE,
@@ -54,8 +58,25 @@ logger = logging.getLogger(__name__)
 ROLE = "policy"
 REDIS_VERSION_KEY = "cai:policy:version"
 REDIS_CHECKPOINTS_KEY = "cai:policy:checkpoints"  # hash: version -> checkpoint folder
+PUBLISHED_ROLES = (ROLE, REWARD_ROLE)  # the roles a trainer publishes to
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
+
+
+def version_key(role: str = ROLE) -> str:
+    """Redis key of the version ``role`` serves (``cai:policy:version``, ``cai:reward:version``)."""
+    return f"cai:{role}:version"
+
+
+def checkpoints_key(role: str = ROLE) -> str:
+    """Redis hash of ``role``'s published versions: version -> checkpoint folder."""
+    return f"cai:{role}:checkpoints"
+
+
+def _check_role(role: str) -> None:
+    if role not in PUBLISHED_ROLES:
+        raise PublishError(f"cannot publish to role {role!r}: only {', '.join(PUBLISHED_ROLES)} "
+                           "take trained versions")
 
 
 def serving_version(redis_value: str | bytes | None) -> int:
@@ -149,28 +170,29 @@ def _redis(settings: StackSettings):
     return redis.Redis.from_url(settings.redis_address, socket_timeout=5, decode_responses=True)
 
 
-def _load_and_wait(settings: StackSettings, version: int, timeout_s: float) -> None:
+def _load_and_wait(settings: StackSettings, version: int, timeout_s: float,
+                   role: str = ROLE) -> None:
     from tritonclient.utils import InferenceServerException
 
     client = _triton(settings, timeout_s)
     try:
-        client.load_model(ROLE)
+        client.load_model(role)
         deadline = time.monotonic() + timeout_s
-        while not client.is_model_ready(ROLE, str(version)):
+        while not client.is_model_ready(role, str(version)):
             if time.monotonic() > deadline:
-                raise PublishError(f"policy v{version} did not become ready within "
+                raise PublishError(f"{role} v{version} did not become ready within "
                                    f"{timeout_s:.0f}s")
             time.sleep(0.2)
     except InferenceServerException as exc:
         # Keep the cause; the python traceback that follows it is in Triton's log.
         cause = str(exc.message() or exc).split("\n\nAt:")[0].strip()
-        raise PublishError(f"Triton at {settings.triton_http} could not load policy v{version}: "
+        raise PublishError(f"Triton at {settings.triton_http} could not load {role} v{version}: "
                            f"{cause} (traceback in the Triton log)",
                            retryable=_unreachable(cause)) from None
     except PublishError:
         raise
     except Exception as exc:  # noqa: BLE001 - connection refused or reset, a timeout
-        raise PublishError(f"Triton at {settings.triton_http} unreachable while loading policy "
+        raise PublishError(f"Triton at {settings.triton_http} unreachable while loading {role} "
                            f"v{version}: {type(exc).__name__}: {exc}", retryable=True) from None
     finally:
         client.close()
@@ -182,35 +204,38 @@ def _unreachable(cause: str) -> bool:
         "connection", "timed out", "timeout", "unavailable", "broken pipe", "reset by peer"))
 
 
-def _serve(settings: StackSettings, version: int, timeout_s: float) -> str:
-    """Make ``version`` the policy that serves; returns how: "in place" or "reload"."""
-    role_dir = settings.triton_repository / ROLE
+def _serve(settings: StackSettings, version: int, timeout_s: float, role: str = ROLE) -> str:
+    """Make ``version`` the one ``role`` serves; returns how: "in place" or "reload"."""
+    role_dir = settings.triton_repository / role
     token = request_swap(role_dir, version)
     try:
+        # No instance of a role without hot swap (the reward role) reports: None, a reload.
         states = wait_for_swap(role_dir, version, token, timeout_s)
     except SwapFailed as exc:
-        raise PublishError(f"the policy instances could not load policy v{version}: "
+        raise PublishError(f"the {role} instances could not load {role} v{version}: "
                            f"{exc}") from None
     except TimeoutError as exc:
         # The instances did not answer in time (a hung or overloaded Triton): try again later.
-        raise PublishError(f"policy v{version} was not swapped in: {exc}",
+        raise PublishError(f"{role} v{version} was not swapped in: {exc}",
                            retryable=True) from None
     if states is None:  # no instance follows the control file: reload through Triton
-        _load_and_wait(settings, version, timeout_s)
+        _load_and_wait(settings, version, timeout_s, role)
         return "reload"
     return "in place"
 
 
 def _install_version(settings: StackSettings, source: dict, weights_from: Path | None,
-                     keep_last: int, timeout_s: float) -> int:
-    """Stage, load and point Redis at a new policy version; the caller holds the lock."""
-    role_dir = settings.triton_repository / ROLE
+                     keep_last: int, timeout_s: float, role: str = ROLE) -> int:
+    """Stage, load and point Redis at a new version of ``role``; the caller holds the lock."""
+    role_dir = settings.triton_repository / role
     if not (role_dir / "config.pbtxt").exists():
-        raise PublishError(f"{role_dir}/config.pbtxt is missing: the model repository has not been "
-                           "rendered. Fix: start the stack (`cai stack up`) first")
+        fix = ("start the stack (`cai stack up`) first" if role == ROLE else
+               f"start the stack with a recipe whose trainer uses the {role} role first")
+        raise PublishError(f"{role_dir}/config.pbtxt is missing: the model repository has no "
+                           f"{role} role. Fix: {fix}")
     previous = versions(role_dir)
     version = (max(previous) if previous else 0) + 1
-    staging = settings.triton_repository.parent / "staging" / str(version)
+    staging = settings.triton_repository.parent / "staging" / role / str(version)
     shutil.rmtree(staging, ignore_errors=True)
     staging.parent.mkdir(parents=True, exist_ok=True)
     if weights_from is not None:
@@ -220,7 +245,7 @@ def _install_version(settings: StackSettings, source: dict, weights_from: Path |
     os.replace(staging, target)
     started = time.monotonic()
     try:
-        how = _serve(settings, version, timeout_s)
+        how = _serve(settings, version, timeout_s, role)
     except BaseException as exc:  # any load error (even an interrupt): roll back the folder
         shutil.rmtree(target, ignore_errors=True)
         if not isinstance(exc, PublishError):
@@ -229,29 +254,33 @@ def _install_version(settings: StackSettings, source: dict, weights_from: Path |
                     request_swap(role_dir, max(previous))
             raise
         try:  # make sure the previous version is what serves
-            _serve(settings, max(previous), timeout_s) if previous else None
+            _serve(settings, max(previous), timeout_s, role) if previous else None
         except PublishError as again:
-            logger.error("restoring the previous policy version failed too: %s", again)
+            logger.error("restoring the previous %s version failed too: %s", role, again)
         fix = ("start Triton (`cai stack status`), then publish again" if exc.retryable else
                "check the checkpoint loads with from_pretrained")
-        raise PublishError(f"{exc}. Removed {target}; policy v{max(previous) if previous else '-'} "
-                           f"keeps serving. Fix: {fix}", retryable=exc.retryable) from None
-    logger.info("policy v%d serving after %.2fs (%s)", version, time.monotonic() - started, how)
-    _record_serving(settings, version, source.get("checkpoint", ""))
+        raise PublishError(f"{exc}. Removed {target}; {role} "
+                           f"v{max(previous) if previous else '-'} keeps serving. Fix: {fix}",
+                           retryable=exc.retryable) from None
+    logger.info("%s v%d serving after %.2fs (%s)", role, version, time.monotonic() - started, how)
+    _record_serving(settings, version, source.get("checkpoint", ""), role)
     _prune(role_dir, keep_last, serving=version)
     return version
 
 
-def _record_serving(settings: StackSettings, version: int, checkpoint: str) -> None:
+def _record_serving(settings: StackSettings, version: int, checkpoint: str,
+                    role: str = ROLE) -> None:
     """Point Redis at the version Triton now serves, and remember which checkpoint it holds."""
+    key = version_key(role)
     try:
         redis = _redis(settings)
-        redis.set(REDIS_VERSION_KEY, str(version))
-        redis.hset(REDIS_CHECKPOINTS_KEY, str(version), checkpoint)
+        redis.set(key, str(version))
+        redis.hset(checkpoints_key(role), str(version), checkpoint)
     except Exception as exc:  # noqa: BLE001
-        raise PublishError(f"policy v{version} is serving, but setting Redis {REDIS_VERSION_KEY} "
+        fix = f"`cai rollback {version}`" if role == ROLE else "publish again"
+        raise PublishError(f"{role} v{version} is serving, but setting Redis {key} "
                            f"at {settings.redis_address} failed: {exc}. Fix: start Redis, then "
-                           f"`cai rollback {version}` or set the key by hand",
+                           f"{fix} or set the key by hand",
                            retryable=True) from None
 
 
@@ -260,7 +289,27 @@ def _prune(role_dir: Path, keep_last: int, serving: int) -> None:
     for old in published[:-keep_last] if keep_last > 0 else []:
         if old != serving:
             shutil.rmtree(role_dir / str(old), ignore_errors=True)
-            logger.info("deleted old policy v%d (keep_last=%d)", old, keep_last)
+            logger.info("deleted old %s v%d (keep_last=%d)", role_dir.name, old, keep_last)
+
+
+def publish_role(
+    role: str, checkpoint_dir: str | Path, stack_settings: StackSettings, keep_last: int = 3,
+    announce: Callable[[int, str], object] | None = None, timeout_s: float = 300.0,
+) -> int:
+    """Serve ``checkpoint_dir`` as the next version of ``role`` (policy or reward); return that
+    version number. Redis ``cai:<role>:version`` points at it once it serves."""
+    _check_role(role)
+    checkpoint = Path(checkpoint_dir).resolve()
+    validate_checkpoint(checkpoint)
+    with _publish_lock(stack_settings):
+        version = _install_version(
+            stack_settings,
+            {"model": WEIGHTS_DIR, "checkpoint": str(checkpoint), "published_at": time.time()},
+            checkpoint, keep_last, timeout_s, role,
+        )
+    if announce is not None:
+        announce(version, str(checkpoint))
+    return version
 
 
 def publish_policy(
@@ -268,24 +317,16 @@ def publish_policy(
     announce: Callable[[int, str], object] | None = None, timeout_s: float = 300.0,
 ) -> int:
     """Serve ``checkpoint_dir`` as the next policy version; return that version number."""
-    checkpoint = Path(checkpoint_dir).resolve()
-    validate_checkpoint(checkpoint)
-    with _publish_lock(stack_settings):
-        version = _install_version(
-            stack_settings,
-            {"model": WEIGHTS_DIR, "checkpoint": str(checkpoint), "published_at": time.time()},
-            checkpoint, keep_last, timeout_s,
-        )
-    if announce is not None:
-        announce(version, str(checkpoint))
-    return version
+    return publish_role(ROLE, checkpoint_dir, stack_settings, keep_last=keep_last,
+                        announce=announce, timeout_s=timeout_s)
 
 
-def published_version(checkpoint_dir: str | Path, stack_settings: StackSettings) -> int | None:
-    """The newest version in the repository that holds ``checkpoint_dir`` (not as a rollback):
-    found from the version folders alone, with Redis down too."""
+def published_version(checkpoint_dir: str | Path, stack_settings: StackSettings,
+                      role: str = ROLE) -> int | None:
+    """The newest version of ``role`` in the repository that holds ``checkpoint_dir`` (not as a
+    rollback): found from the version folders alone, with Redis down too."""
     wanted = str(Path(checkpoint_dir).resolve())
-    role_dir = stack_settings.triton_repository / ROLE
+    role_dir = stack_settings.triton_repository / role
     for version in sorted(versions(role_dir), reverse=True):
         source_file = role_dir / str(version) / SOURCE_FILE
         if version < 2 or not source_file.exists():
@@ -300,7 +341,7 @@ def published_version(checkpoint_dir: str | Path, stack_settings: StackSettings)
 
 
 def adopt_published(checkpoint_dir: str | Path, stack_settings: StackSettings,
-                    timeout_s: float = 300.0) -> int | None:
+                    timeout_s: float = 300.0, role: str = ROLE) -> int | None:
     """Finish a publish of ``checkpoint_dir`` that stopped after its version folder was installed.
 
     A publisher killed after the weights landed in the repository, but before Redis pointed at
@@ -309,19 +350,20 @@ def adopt_published(checkpoint_dir: str | Path, stack_settings: StackSettings,
     number (a Redis that is down raises a retryable ``PublishError``); an older one is returned
     as it is. None when no version holds this checkpoint (publish it normally).
     """
+    _check_role(role)
     wanted = str(Path(checkpoint_dir).resolve())
-    role_dir = stack_settings.triton_repository / ROLE
+    role_dir = stack_settings.triton_repository / role
     with _publish_lock(stack_settings):
-        found = published_version(checkpoint_dir, stack_settings)
+        found = published_version(checkpoint_dir, stack_settings, role=role)
         if found is None:
             return None
         newest = max(versions(role_dir))
         if found != newest:
             return found
-        _serve(stack_settings, newest, timeout_s)
-        _record_serving(stack_settings, newest, wanted)
-    logger.info("policy v%d was installed for %s but not recorded; completed its "
-                "publish", newest, wanted)
+        _serve(stack_settings, newest, timeout_s, role)
+        _record_serving(stack_settings, newest, wanted, role)
+    logger.info("%s v%d was installed for %s but not recorded; completed its "
+                "publish", role, newest, wanted)
     return newest
 
 
@@ -352,7 +394,7 @@ def rollback(version: int, stack_settings: StackSettings, keep_last: int = 3,
 
 
 def serving_status(stack_settings: StackSettings) -> dict:
-    """What serves per role, the policy versions on disk and the Redis pointer.
+    """What serves per role, the policy (and reward) versions on disk and the Redis pointers.
 
     Policy instances that swapped versions in place keep Triton's loaded version number; their
     entry shows the version they serve (``loaded_as``: Triton's), and ``policy_instances`` each
@@ -375,8 +417,14 @@ def serving_status(stack_settings: StackSettings) -> dict:
     status["policy_versions_on_disk"] = versions(role_dir)
     status["policy_instances"] = [{k: s.get(k) for k in ("id", "version", "error")}
                                   for s in instances]
+    reward_dir = stack_settings.triton_repository / REWARD_ROLE
+    if reward_dir.is_dir():
+        status["reward_versions_on_disk"] = versions(reward_dir)
     try:
-        status["redis_policy_version"] = _redis(stack_settings).get(REDIS_VERSION_KEY)
+        store = _redis(stack_settings)
+        status["redis_policy_version"] = store.get(REDIS_VERSION_KEY)
+        if reward_dir.is_dir():
+            status["redis_reward_version"] = store.get(version_key(REWARD_ROLE))
     except Exception as exc:  # noqa: BLE001
         status["redis_error"] = str(exc)
     return status

@@ -1,4 +1,5 @@
-"""Render the Triton model repository (policy, critic, reviser, judge) from settings.
+"""Render the Triton model repository from settings: the four generation roles (policy, critic,
+reviser, judge) and, when a recipe's trainer needs it, the reward role (the preference model).
 
 Layout, one folder per role::
 
@@ -6,12 +7,15 @@ Layout, one folder per role::
                                         (CAI_DEVICE), knobs
     <repo>/<role>/<version>/model.py    a copy of serving/triton_model.py
     <repo>/<role>/<version>/source.json {"model": <folder or hub id>, ...}: the weights it serves
-    <repo>/policy/<version>/weights/    a published checkpoint (versions >= 2, see publish.py)
+    <repo>/<role>/<version>/weights/    a published checkpoint (policy or reward, versions >= 2,
+                                        see publish.py)
 
-Version 1 of every role points at the model resolved from ``ModelSettings``. Published
-policy versions are never touched by a re-render, so ``render_repository`` is idempotent and
-safe to run against a live repository. The policy's ``version_policy`` is ``latest 1``:
-Triton serves only the newest version, and loading a newer one swaps it in atomically.
+Version 1 of every role points at the model resolved from ``ModelSettings``; the reward role's
+is the policy's base model (or ``CAI_REWARD_MODEL``), which it serves with a fresh, seeded score
+head until a trained preference model is published. Published versions are never touched by a
+re-render, so ``render_repository`` is idempotent and safe to run against a live repository.
+Every ``version_policy`` is ``latest 1``: Triton serves only the newest version, and loading a
+newer one swaps it in atomically.
 """
 
 from __future__ import annotations
@@ -128,7 +132,8 @@ def render_repository(
     prefix_min_tokens: int | None = None, share_cores: bool | None = None,
     hot_swap: bool | None = None,
 ) -> Path:
-    """Write config.pbtxt and version 1 of every role; refresh model.py in existing versions.
+    """Write config.pbtxt and version 1 of every role in ``roles`` (any of ``ROLES`` and
+    ``REWARD_ROLE``); refresh model.py in existing versions.
 
     Knobs left as None come from ``ServingSettings`` (env ``CAI_SERVING_*``): ``threads``
     (torch threads per instance), ``instances`` (processes per role), ``max_batch_size`` and

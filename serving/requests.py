@@ -1,13 +1,14 @@
-"""Request and response types of text generation and judging, free of torch.
+"""Request and response types of text generation, judging and reward scoring, free of torch.
 
-Two pairs of types, both plain dataclasses:
+Two sets of types, all plain dataclasses:
 
-* the engine's (``serving/textgen.py``) and the Triton wire format's (``serving/protocol.py``):
-  ``GenRequest`` / ``GenResult`` for one prompt to complete, ``JudgeRequest`` / ``JudgeOutput``
-  for a multiple-choice judgement, ``RequestError`` for a bad parameter;
-* the ``Inference`` interface's (``serving/inference.py``), which the agents and the strategy
-  grid call: ``GenerationParams`` (sampling knobs of one call), ``Generation`` and
-  ``JudgeResult`` (answers carrying the model version that produced them).
+* the engine's (``serving/textgen.py``, ``serving/reward_model.py``) and the Triton wire
+  format's (``serving/protocol.py``): ``GenRequest`` / ``GenResult`` for one prompt to complete,
+  ``JudgeRequest`` / ``JudgeOutput`` for a multiple-choice judgement, ``ScoreRequest`` for the
+  reward of one (prompt, answer) pair, ``RequestError`` for a bad parameter;
+* the ``Inference`` interface's (``serving/inference.py``), which the agents, the trainer and
+  the strategy grid call: ``GenerationParams`` (sampling knobs of one call), ``Generation``,
+  ``JudgeResult`` and ``ScoreResult`` (answers carrying the model version that produced them).
 
 The Faust worker builds requests and reads answers through these types only, so it never
 imports torch.
@@ -100,6 +101,25 @@ class JudgeRequest:
 
 
 @dataclass
+class ScoreRequest:
+    """The reward of ``answer`` to ``prompt`` (the reward role); the conversation is cut from
+    the left to ``max_length`` tokens."""
+
+    prompt: str
+    answer: str
+    max_length: int = 512
+
+    def validate(self) -> None:
+        if not isinstance(self.prompt, str):
+            raise RequestError(f"prompt must be a string, got {type(self.prompt).__name__}")
+        if not isinstance(self.answer, str):
+            raise RequestError(f"answer must be a string, got {type(self.answer).__name__}")
+        if (not isinstance(self.max_length, int) or isinstance(self.max_length, bool)
+                or self.max_length < 1):
+            raise RequestError(f"max_length must be an integer >= 1, got {self.max_length!r}")
+
+
+@dataclass
 class JudgeOutput:
     probs: list[float]
     logprobs: list[float]  # per-choice log-likelihood before normalisation
@@ -137,3 +157,9 @@ class JudgeResult:
     model_version: int
     reasoning: str | None = None
     logprobs: list[float] = field(default_factory=list)
+
+
+@dataclass
+class ScoreResult:
+    reward: float
+    model_version: int

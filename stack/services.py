@@ -152,7 +152,8 @@ def up(settings: StackSettings, models: ModelSettings | None = None,
        services: tuple[str, ...] = SERVICES,
        roles: tuple[str, ...] = ROLES) -> dict[str, ServiceStatus]:
     """Start every local service that is not running yet; wait until each is healthy. Triton
-    loads only ``roles`` (a recipe that never calls the judge does not load it)."""
+    loads only ``roles`` (a recipe that never calls the judge does not load it; the reward role
+    is rendered and loaded only when given, ``agents.strategies.recipe_roles``)."""
     started: dict[str, float] = {}
     for name in services:
         if is_external(settings, name):

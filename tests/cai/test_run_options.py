@@ -57,6 +57,18 @@ def test_only_the_roles_a_recipe_calls_are_loaded(monkeypatch):
     assert recipe_roles("context-distillation") == ("policy", "judge")
 
 
+def test_the_reward_role_is_loaded_only_for_a_trainer_that_scores_with_it(monkeypatch):
+    _clear_recipe_env(monkeypatch)
+    from agents.strategies import recipe_roles
+
+    assert all("reward" not in recipe_roles(name) for name in recipes.RECIPES
+               if recipes.RECIPES[name].trainer.get("mode") != "rloo")
+    base = recipes.RECIPES["context-distillation"]
+    monkeypatch.setitem(recipes.RECIPES, "rl-test",
+                        recipes.Recipe(pipeline=base.pipeline, trainer={"mode": "rloo"}))
+    assert recipe_roles("rl-test") == ("policy", "reward")
+
+
 def test_each_round_feeds_fresh_training_prompts_half_benign():
     from scoring import splits
 
