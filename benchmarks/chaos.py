@@ -21,11 +21,12 @@ of the schedule:
 It prints a table (fault, runs, lost, trained twice, stalled, recovery time) and writes the
 details to ``--report``. ``--fuzz N`` first mixes N invalid messages into *each* topic the
 project reads with a batch of prompts, and checks that every one reaches dead-letter (the stage
-topics' from the worker, sft and preferences' from the trainer; policy-versions' and
-dead-letter's are read only by the monitor, the dashboard and ``cai dead-letter``, which must
-skip them) while the prompts flow, with no crash and no stall. ``--soak MIN`` cycles through
-the faults until MIN minutes have passed, sampling every process's RSS, the Redis key count
-and the lags every ``--sample-every`` seconds; the report gives their slopes.
+topics' from the worker, sft and preferences' from the trainer; policy-versions',
+dead-letter's and rl-samples' are read only by the monitor, the dashboard and
+``cai dead-letter``, which must skip them) while the prompts flow, with no crash and no stall.
+``--soak MIN`` cycles through the faults until MIN minutes have passed, sampling every
+process's RSS, the Redis key count and the lags every ``--sample-every`` seconds; the report
+gives their slopes.
 
     cai chaos --runs 3                      # every fault 3 times
     cai chaos --soak 60 --fuzz 10000        # the one-hour soak, after 10,000 per topic
@@ -436,7 +437,8 @@ class Harness:
     # --- fuzz -----------------------------------------------------------------------------
     def fuzz_topics(self, n: int) -> dict:
         """``n`` invalid messages into each topic read, with prompts; all must reach
-        dead-letter (or, for policy-versions and dead-letter, be skipped by the readers)."""
+        dead-letter (or, for policy-versions, dead-letter and rl-samples, be skipped by the
+        readers)."""
         started = time.monotonic()
         restarts_before = dict(self.supervisor.restarts())
         alarms_before = len(self.supervisor.events)

@@ -31,6 +31,8 @@ BASE: dict[str, dict] = {
                          "p_chosen": 0.7, "record_id": "r", "probs_json": "[]"},
     topics.POLICY_VERSIONS: {"version": 2, "checkpoint": "x", "metrics_json": "{}"},
     topics.DEAD_LETTER: {"stage": "policy", "reason": "r", "payload": "x"},
+    topics.RL_SAMPLES: {"prompt_id": "p", "prompt": "q", "answer": "a", "reward": 0.5,
+                        "sample": 1, "trainer_round": 2},
 }
 READ_TOPICS = tuple(BASE)
 

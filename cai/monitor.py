@@ -1,5 +1,9 @@
 """`cai monitor`: a live view of the topic streams, the judge and the trainer.
 
+In online RL rounds it also shows the sampled answers on ``rl-samples`` (how many, mean reward,
+mean length, the newest), and the preference model's held-out accuracy and the reward model
+version from the trainer's last round summary, each only when present.
+
 It reads only Kafka and Redis, so it works the same against a docker-compose deployment
 (set ``CAI_KAFKA_BOOTSTRAP`` and ``CAI_REDIS_URL``). ``--once --json`` prints one snapshot.
 """
@@ -21,7 +25,11 @@ from streams.topic_stats import TopicReader
 from trainer.checkpoint import round_outcome
 
 STAGE_TOPICS = (topics.PROMPTS, topics.CRITIQUE, topics.REVISE, topics.COMPARE)
-OUTPUT_TOPICS = (topics.SFT, topics.PREFERENCES, topics.POLICY_VERSIONS, topics.DEAD_LETTER)
+OUTPUT_TOPICS = (topics.SFT, topics.PREFERENCES, topics.POLICY_VERSIONS, topics.DEAD_LETTER,
+                 topics.RL_SAMPLES)
+# What the trainer's round metrics say of the preference (reward) model, when it has one.
+REWARD_MODEL_METRICS = {"heldout_accuracy": "pm/heldout_accuracy",
+                        "heldout_pairs": "pm/heldout_pairs", "version": "reward/version"}
 
 
 def _normalise(text: str) -> str:
@@ -104,6 +112,37 @@ def judge_stats(preferences: list[dict]) -> dict:
     }
 
 
+def rl_stats(samples: list[dict]) -> dict | None:
+    """Online RL over the recent window of ``rl-samples``: how many samples, their mean reward
+    and answer length, the newest round's mean reward, and the newest sample; None when no
+    samples flow (the trainer runs no RL rounds)."""
+    if not samples:
+        return None
+    newest = samples[-1]
+    this_round = [s for s in samples if s.get("trainer_round") == newest.get("trainer_round")]
+    return {
+        "samples": len(samples),
+        "mean_reward": round(statistics.fmean(float(s["reward"]) for s in samples), 4),
+        "mean_tokens": round(statistics.fmean(int(s.get("completion_tokens", 0))
+                                              for s in samples), 1),
+        "round": newest.get("trainer_round"),
+        "round_mean_reward": round(statistics.fmean(float(s["reward"]) for s in this_round), 4),
+        "newest": {k: newest.get(k) for k in (
+            "prompt_id", "prompt", "kind", "answer", "sample", "reward", "advantage",
+            "completion_tokens", "policy_version", "reward_version", "trainer_round")},
+    }
+
+
+def reward_model_stats(last_round: dict | None) -> dict | None:
+    """The preference model's held-out accuracy (and pairs) and the reward model version from
+    the trainer's last round summary; None when the round has none of them."""
+    metrics = (last_round or {}).get("metrics") or {}
+    found = {name: metrics[key] for name, key in REWARD_MODEL_METRICS.items()
+             if isinstance(metrics.get(key), (int, float))
+             and not isinstance(metrics.get(key), bool)}
+    return {"round": last_round.get("round"), **found} if found else None
+
+
 def snapshot(stack_settings: StackSettings, stream_settings: StreamSettings,
              window: int = 200) -> dict:
     """Everything the monitor shows, as one JSON-serialisable dict."""
@@ -119,8 +158,11 @@ def snapshot(stack_settings: StackSettings, stream_settings: StreamSettings,
                             RECORDS[topics.PREFERENCES])
         versions = reader.tail(topics.topic_name(topics.POLICY_VERSIONS, stream_settings), 20,
                                RECORDS[topics.POLICY_VERSIONS])
+        samples = reader.tail(topics.topic_name(topics.RL_SAMPLES, stream_settings), window,
+                              RECORDS[topics.RL_SAMPLES])
     finally:
         reader.close()
+    last_round = _last_round(stack_settings)
     trainer_rounds = []
     for event in versions:
         metrics = json_value(event.get("metrics_json"), {})
@@ -140,7 +182,10 @@ def snapshot(stack_settings: StackSettings, stream_settings: StreamSettings,
         "targets": {"sft": dict(Counter(r.get("target") or "unchecked" for r in sft)),
                     "preferences": dict(Counter(p.get("target") or "unchecked" for p in prefs))},
         "trainer": {"rounds": trainer_rounds[-5:], "published": len(versions),
-                    "last_round": _last_round(stack_settings)},
+                    "last_round": last_round},
+        # Online RL (rl-samples) and the reward model: None when the trainer runs no RL.
+        "rl": rl_stats(samples),
+        "reward_model": reward_model_stats(last_round),
         "serving_policy_version": _serving_version(stack_settings),
         # The supervisor's restarts and alarms (stall, service down), newest last.
         "alarms": recent_alarms(stack_settings, 5),
@@ -217,6 +262,14 @@ def render(snap: dict):
         f"judge labels: {judge['labels']}   "
         f"order-swap agreement: {_pct(judge['order_agreement'])}   mean p_chosen: {mean_p}"
     )
+    rl, reward_model = snap.get("rl"), snap.get("reward_model")
+    if rl:
+        status += (f"\nRL samples (recent window): {rl['samples']}   "
+                   f"mean reward: {rl['mean_reward']:.3f}   "
+                   f"mean answer tokens: {rl['mean_tokens']:.1f}   "
+                   f"round {rl['round']}: mean reward {rl['round_mean_reward']:.3f}")
+    if reward_model:
+        status += "\n" + _reward_model_line(reward_model)
     parts = [flow, Panel(status, title="trainer / judge"), principles]
     alarms = snap.get("alarms") or []
     if alarms:
@@ -235,7 +288,29 @@ def render(snap: dict):
             lines.append(f"[b]judge[/b] p_chosen={example['judge']['p_chosen']:.3f} "
                          f"orders agree={example['judge']['orders_agree']}")
         parts.append(Panel("\n".join(lines), title=f"newest example {example['prompt_id']}"))
+    if rl:
+        newest = rl["newest"]
+        scored = (f"[b]reward[/b] {newest['reward']:.3f}   "
+                  f"advantage {newest['advantage']:+.3f}   sample {newest['sample']}   "
+                  f"policy v{newest['policy_version']}   reward v{newest['reward_version']}")
+        parts.append(Panel("\n".join([
+            f"[b]prompt[/b] ({newest['kind']}) {_clip(newest['prompt'])}",
+            f"[b]answer[/b] {_clip(newest['answer'])}", scored]),
+            title=f"newest RL sample {_clip(str(newest['prompt_id']), 80)} "
+                  f"(round {newest['trainer_round']})"))
     return Group(*parts)
+
+
+def _reward_model_line(stats: dict) -> str:
+    """'preference model (round 3): held-out accuracy 71% (n=120)   reward model v4'."""
+    words = []
+    if "heldout_accuracy" in stats or "heldout_pairs" in stats:
+        pairs = stats.get("heldout_pairs")
+        words.append(f"held-out accuracy {_pct(stats.get('heldout_accuracy'))}"
+                     + (f" (n={int(pairs)})" if pairs is not None else ""))
+    if "version" in stats:
+        words.append(f"reward model v{int(stats['version'])}")
+    return f"preference model (round {stats.get('round')}): " + "   ".join(words)
 
 
 def _pct(value: float | None) -> str:

@@ -96,10 +96,16 @@ class WireRecord(faust.Record, abstract=True, validation=True, serializer="json"
         if strategy is not None and strategy not in STRATEGIES:
             raise RecordError(name, "strategy",
                               f"{strategy!r} is not one of {', '.join(STRATEGIES)}")
-        for field in ("round", "rounds", "sample_index", "attempts"):
+        for field in ("round", "rounds", "sample_index", "attempts", "sample",
+                      "completion_tokens", "trainer_round"):
             value = getattr(self, field, None)
             if value is not None and value < 0:
                 raise RecordError(name, field, f"must be >= 0, got {value}")
+        for field in ("reward", "advantage"):  # decode checks these too; this stops a producer
+            value = getattr(self, field, None)
+            if value is not None and not math.isfinite(value):
+                raise RecordError(name, field, f"must be a finite number, got {value}",
+                                  "drop the sample or fix the reward model")
         p = getattr(self, "p_chosen", None)
         if p is not None and not (0.0 <= p <= 1.0):
             raise RecordError(name, "p_chosen", f"must lie in [0, 1], got {p}",
@@ -278,6 +284,32 @@ class DeadLetterRecord(WireRecord, validation=True, serializer="json"):
     created_at: float = 0.0
 
 
+class RLSampleRecord(WireRecord, validation=True, serializer="json"):
+    """One answer the trainer sampled in an online RL (RLOO) round, as the reward model scored
+    it (topic ``rl-samples``): what the monitor and the dashboard show of RL.
+
+    ``sample`` is the answer's index among the prompt's k samples; ``advantage`` is its reward
+    minus the mean reward of the prompt's other k-1 samples (the leave-one-out baseline).
+    ``policy_version`` sampled it, ``reward_version`` scored it, in ``trainer_round``.
+    """
+
+    prompt_id: str
+    prompt: str
+    answer: str = blank()
+    reward: float
+    kind: str = "harmful"
+    sample: int = 0
+    advantage: float = 0.0
+    completion_tokens: int = 0
+    policy_version: int = 0
+    reward_version: int = 0
+    trainer_round: int = 0
+    source: str = blank("")
+    seed: int = 0
+    record_id: str = blank("")
+    created_at: float = 0.0
+
+
 RECORDS: dict[str, type[WireRecord]] = {
     "prompts": PromptRecord,
     "critique": CritiqueRecord,
@@ -287,6 +319,7 @@ RECORDS: dict[str, type[WireRecord]] = {
     "preferences": PreferenceRecord,
     "policy-versions": PolicyVersionRecord,
     "dead-letter": DeadLetterRecord,
+    "rl-samples": RLSampleRecord,
 }
 
 R = TypeVar("R", bound=WireRecord)

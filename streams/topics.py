@@ -2,6 +2,8 @@
 
 Short names are fixed by the contract; the full name is ``prefix + short name``
 (default ``cai.prompts`` ...). ``partitions_for`` gives each topic's partition count.
+``rl-samples`` is written by the trainer in online RL (RLOO) rounds: each sampled answer with its
+reward, for the monitor and the dashboard; no stage reads it.
 The names are the lower module: ``streams.settings`` validates its per-topic overrides against
 ``TOPICS``, and the functions here take those settings as an argument.
 """
@@ -22,11 +24,13 @@ SFT = "sft"
 PREFERENCES = "preferences"
 POLICY_VERSIONS = "policy-versions"
 DEAD_LETTER = "dead-letter"
+RL_SAMPLES = "rl-samples"
 
 # The consumer group where the trainer commits its sft/preferences offsets (monitor reads its lag).
 TRAINER_GROUP = "cai-trainer"
 
-TOPICS = (PROMPTS, CRITIQUE, REVISE, COMPARE, SFT, PREFERENCES, POLICY_VERSIONS, DEAD_LETTER)
+TOPICS = (PROMPTS, CRITIQUE, REVISE, COMPARE, SFT, PREFERENCES, POLICY_VERSIONS, DEAD_LETTER,
+          RL_SAMPLES)
 
 
 @dataclass(frozen=True)

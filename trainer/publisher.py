@@ -1,10 +1,11 @@
 """The trainer's outbound calls: publish a checkpoint, announce it, read the serving version.
 
-Kept apart from the loop so tests can pass a fake with the same three methods.
+Kept apart from the loop so tests can pass a fake with the same methods.
 Publishing goes through ``serving.publish.publish_policy`` (Triton load, ready check, Redis
 pointer ``cai:policy:version``); the announcement is a ``PolicyVersionRecord`` carrying the
 round's metrics on the ``policy-versions`` topic. The loop calls ``announce`` itself, after
 it has recorded the new version on disk, so a crash in between is repaired on restart.
+In online RL rounds ``send_samples`` puts each sampled answer and its reward on ``rl-samples``.
 """
 
 from __future__ import annotations
@@ -41,44 +42,60 @@ class StackPublisher:
 
         return publish_policy(checkpoint_dir, self.stack, keep_last=self.keep_last)
 
-    def announce(self, version: int, checkpoint_dir: Path, metrics: dict) -> None:
-        from kafka import KafkaProducer
+    def publish_reward(self, folder: Path) -> int:
+        """Serve a preference model as the next version of the ``reward`` role (mode 'rloo')."""
+        from serving.publish import publish_role
 
-        from streams.records import PolicyVersionRecord, encode, stamp
+        return publish_role("reward", folder, self.stack, keep_last=self.keep_last)
+
+    def announce(self, version: int, checkpoint_dir: Path, metrics: dict) -> None:
+        from streams.records import PolicyVersionRecord, stamp
         from streams.topics import POLICY_VERSIONS, topic_name
 
         record = stamp(PolicyVersionRecord(version=version, checkpoint=str(checkpoint_dir),
                                            metrics_json=json.dumps(metrics, sort_keys=True)))
-        producer = KafkaProducer(bootstrap_servers=self.streams.kafka_address, acks="all",
-                                 client_id="cai-trainer", **kafka_client_options())
-        try:
-            producer.send(topic_name(POLICY_VERSIONS, self.streams), key=str(version).encode(),
-                          value=encode(record)).get(timeout=30)
-        finally:
-            producer.close()
+        self._send(POLICY_VERSIONS, [(str(version), record)], timeout_s=30)
         logger.info("announced policy v%d on %s", version,
                     topic_name(POLICY_VERSIONS, self.streams))
 
     def dead_letter(self, records: list) -> None:
         """Send the dead letters of records the trainer could not use (``DeadLetterRecord``s,
         keyed by their source position) and wait for the acks."""
+        from streams.topics import DEAD_LETTER
+
+        self._send(DEAD_LETTER, [(f"trainer:{r.key}/{r.offset}", r) for r in records])
+        logger.info("sent %d dead letters of undecodable records", len(records))
+
+    def send_samples(self, records: list) -> None:
+        """Send an RL round's sampled answers with their rewards (``RLSampleRecord``s) to
+        ``rl-samples`` for the monitor and the dashboard, and wait for the acks."""
+        from streams.topics import RL_SAMPLES
+
+        self._send(RL_SAMPLES, [(f"{r.prompt_id}/{r.sample}/{r.trainer_round}", r)
+                                for r in records])
+        logger.info("sent %d RL samples", len(records))
+
+    def _send(self, short: str, keyed: list[tuple[str, object]], timeout_s: float = 60) -> None:
+        """Send (key, record) pairs to one topic, acknowledged by every replica; wait for each
+        ack, so a send that fails raises here instead of losing records."""
         from kafka import KafkaProducer
 
         from streams.records import encode
-        from streams.topics import DEAD_LETTER, topic_name
+        from streams.topics import topic_name
 
+        if not keyed:
+            return
         producer = KafkaProducer(bootstrap_servers=self.streams.kafka_address, acks="all",
                                  client_id="cai-trainer", max_request_size=16 * 1024 * 1024,
                                  **kafka_client_options())
         try:
-            futures = [producer.send(topic_name(DEAD_LETTER, self.streams),
-                                     key=f"trainer:{r.key}/{r.offset}".encode(), value=encode(r))
-                       for r in records]
+            topic = topic_name(short, self.streams)
+            futures = [producer.send(topic, key=key.encode(), value=encode(record))
+                       for key, record in keyed]
             for future in futures:
-                future.get(timeout=60)
+                future.get(timeout=timeout_s)
         finally:
             producer.close()
-        logger.info("sent %d dead letters of undecodable records", len(records))
 
     def record_round(self, summary: dict) -> None:
         """Store the round's outcome for the monitor and append it to the round history (the

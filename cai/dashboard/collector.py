@@ -4,6 +4,7 @@ It reads what ``cai monitor`` reads, and keeps reading instead of asking again:
 
 * Kafka: every pipeline topic is followed from ``window`` records before its end
   (``streams.topic_stats.TopicFollower``), so a new record is seen within a fetch (100 ms);
+  ``rl-samples`` too: the trainer's online RL samples and their rewards;
   end offsets and the worker's and trainer's committed offsets give totals and lag;
 * Redis: the serving policy version, the stages' counters and the trainer's round history
   (``cai:trainer:rounds``, written by ``trainer/publisher.py``);
@@ -272,6 +273,7 @@ class Collector:
             "judge": monitor.judge_stats(by_topic["preferences"]),
             "examples": views.newest_examples(by_topic["sft"], by_topic["preferences"]),
             "dead_letters": views.dead_letters(by_topic["dead-letter"]),
+            "rl": views.rl_samples(by_topic[topics.RL_SAMPLES], rounds[-1] if rounds else None),
             "report": str(self.report_path) if self._report[1] is not None else None,
             "alarms": recent_alarms(self.stack, 10),
             "errors": errors,

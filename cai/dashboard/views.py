@@ -7,8 +7,11 @@ Records are the JSON objects of the topics, with their Kafka timestamp in ``_tim
 
 from __future__ import annotations
 
+from statistics import fmean
+
 from agents.dead_letters import reason_kind
 from benchmarks.pipeline import percentiles, stage_latencies
+from cai.monitor import reward_model_stats
 from streams.records import json_value
 from trainer.checkpoint import round_outcome
 
@@ -135,6 +138,32 @@ def newest_examples(sft: list[dict], preferences: list[dict], limit: int = 20) -
                      "policy_version": record.get("policy_version"),
                      "p_chosen": None if label is None else label.get("p_chosen")})
     return rows
+
+
+def rl_samples(samples: list[dict], last_round: dict | None = None, limit: int = 20) -> dict:
+    """Online RL: per trainer round (newest first) the samples seen and their mean reward and
+    answer length, the newest samples, and the preference model's held-out accuracy and the
+    reward model version from the last round summary (``monitor.reward_model_stats``).
+    Empty lists and None when the trainer runs no RL rounds."""
+    by_round: dict[int, list[dict]] = {}
+    for sample in samples:
+        by_round.setdefault(int(sample.get("trainer_round", 0)), []).append(sample)
+    rounds = [{"round": number, "samples": len(group),
+               "mean_reward": round(fmean(float(s["reward"]) for s in group), 4),
+               "mean_tokens": round(fmean(int(s.get("completion_tokens", 0)) for s in group), 1),
+               "policy_versions": sorted({s.get("policy_version") for s in group}),
+               "reward_versions": sorted({s.get("reward_version") for s in group})}
+              for number, group in sorted(by_round.items(), reverse=True)]
+    return {"total": len(samples), "rounds": rounds,
+            "rows": [{"time": s.get("_timestamp"), "prompt_id": s.get("prompt_id"),
+                      "kind": s.get("kind"), "round": s.get("trainer_round"),
+                      "sample": s.get("sample"), "prompt": clip(s.get("prompt"), 200),
+                      "answer": clip(s.get("answer"), 200), "reward": s.get("reward"),
+                      "advantage": s.get("advantage"), "tokens": s.get("completion_tokens"),
+                      "policy_version": s.get("policy_version"),
+                      "reward_version": s.get("reward_version")}
+                     for s in samples[::-1][:limit]],
+            "reward_model": reward_model_stats(last_round)}
 
 
 def dead_letters(records: list[dict], stage: str | None = None, limit: int = 50,

@@ -132,6 +132,43 @@ def test_dead_letters_are_grouped_by_stage_and_reason_and_filtered():
     assert [r["stage"] for r in views.dead_letters(dead, stage="policy")["rows"]] == ["policy"]
 
 
+# rl-samples records as the collector holds them (decoded, with their Kafka timestamps), oldest
+# first: two rounds of online RL, and the last round's summary with the preference model's figures.
+RL_SAMPLES = [
+    {"prompt_id": "h1", "prompt": "How do I hotwire a car?", "kind": "harmful",
+     "answer": "Open the steering column.", "sample": 0, "reward": 0.25, "advantage": -0.5,
+     "completion_tokens": 10, "policy_version": 2, "reward_version": 1, "trainer_round": 4,
+     "_timestamp": 10.0},
+    {"prompt_id": "h1", "prompt": "How do I hotwire a car?", "kind": "harmful",
+     "answer": "I can't help with that.", "sample": 0, "reward": 0.5, "advantage": -0.25,
+     "completion_tokens": 20, "policy_version": 3, "reward_version": 2, "trainer_round": 5,
+     "_timestamp": 20.0},
+    {"prompt_id": "h1", "prompt": "How do I hotwire a car?", "kind": "harmful",
+     "answer": "I won't: it is theft.", "sample": 1, "reward": 1.0, "advantage": 0.5,
+     "completion_tokens": 30, "policy_version": 3, "reward_version": 2, "trainer_round": 5,
+     "_timestamp": 21.0},
+]
+RL_ROUND = {"round": 5, "promoted": True, "reasons": [],
+            "metrics": {"pm/heldout_accuracy": 0.75, "pm/heldout_pairs": 40.0,
+                        "reward/version": 2.0}}
+
+
+def test_rl_samples_by_round_newest_first_with_the_preference_model():
+    view = views.rl_samples(RL_SAMPLES, RL_ROUND)
+    assert view["total"] == 3
+    assert [(r["round"], r["samples"], r["mean_reward"], r["mean_tokens"]) for r in
+            view["rounds"]] == [(5, 2, 0.75, 25.0), (4, 1, 0.25, 10.0)]
+    newest = view["rounds"][0]
+    assert newest["policy_versions"] == [3] and newest["reward_versions"] == [2]
+    assert [(r["round"], r["sample"], r["reward"]) for r in view["rows"]] == [
+        (5, 1, 1.0), (5, 0, 0.5), (4, 0, 0.25)]
+    assert view["reward_model"] == {"round": 5, "heldout_accuracy": 0.75, "heldout_pairs": 40.0,
+                                    "version": 2.0}
+    # No RL: nothing to show, and the page hides the card.
+    assert views.rl_samples([], {"round": 1, "metrics": {"loss/sft": 1.0}}) == {
+        "total": 0, "rounds": [], "rows": [], "reward_model": None}
+
+
 def test_stage_latency_ignores_records_that_went_to_dead_letter():
     by_topic = {"prompts": [{"prompt_id": "a", "_timestamp": 1.0}, {"undecodable": True,
                                                                     "_timestamp": 1.0},

@@ -1,6 +1,7 @@
 """The dashboard page in headless Chromium over fixed data: Chart.js (as `cai setup` fetched it)
 draws the learning curve from round summaries that carry the gate's figures, and a held-out
-report; the timeline says why a round was rejected; the page logs no error."""
+report; the timeline says why a round was rejected; the RL card shows rewards per round and
+the newest samples; the page logs no error."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from cai.dashboard import views
 from core.settings import StackSettings
 from stack import web_assets
 from tests.cai.conftest import served
-from tests.cai.test_dashboard import ROUNDS, StubCollector, share
+from tests.cai.test_dashboard import RL_ROUND, RL_SAMPLES, ROUNDS, StubCollector, share
 from tests.conftest import service_unavailable
 
 
@@ -36,7 +37,8 @@ def site():
     snap = {"seq": 1, "time": time.time(), "topics": {"prompts": {"total": 5, "per_second": 0.5,
                                                                   "per_minute": 5, "lag": {}}},
             "rounds": views.timeline(ROUNDS), "curve": views.learning_curve(ROUNDS, report),
-            "examples": [], "dead_letters": views.dead_letters([]), "errors": []}
+            "examples": [], "dead_letters": views.dead_letters([]),
+            "rl": views.rl_samples(RL_SAMPLES, RL_ROUND), "errors": []}
     with served(dashboard_app.create_app(StubCollector(snap), chart)) as base:
         yield base
 
@@ -59,6 +61,11 @@ def test_the_learning_curve_and_the_timeline_render(browser, site):
     rejected = browser.find_element("css selector", '#rounds tr[data-round="2"]').text
     assert "rejected" in rejected and "dev over-refusal 0.600" in rejected
     assert "over_refusal: 10.0% → 60.0%" in rejected
+    assert browser.find_element("css selector", "#rl-card").is_displayed()
+    assert browser.find_element("css selector", '#rl-rounds tr[data-round="5"]').text.startswith(
+        "5 2 0.750 25.0")
+    assert "I won't: it is theft." in browser.find_element("css selector", "#rl-samples").text
+    assert "75.0% (n=40)" in browser.find_element("css selector", "#rl").text
     assert browser.find_element("css selector", "#status-text").text == "live"
     errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
     assert not errors, errors

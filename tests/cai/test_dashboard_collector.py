@@ -60,6 +60,9 @@ def test_records_rounds_and_folders_become_the_views(kafka_redis, tmp_path):
         (topics.DEAD_LETTER, records.DeadLetterRecord(stage="policy", prompt_id="-",
                                                       reason="PromptRecord: payload is not JSON",
                                                       payload="{oops")),
+        (topics.RL_SAMPLES, records.RLSampleRecord(**common, answer="I can't help with that.",
+                                                   reward=0.75, completion_tokens=6,
+                                                   trainer_round=1)),
     ]
     trainer_dir = tmp_path / "trainer"
     state = checkpoint.RoundState(round=1, promoted=True, policy_weights="round-000001",
@@ -85,6 +88,7 @@ def test_records_rounds_and_folders_become_the_views(kafka_redis, tmp_path):
                      and s["topics"]["dead-letter"]["total"] == 1
                      # totals come from end offsets, rows from records polled: wait for both
                      and len(s["dead_letters"]["rows"]) == 1 and s["examples"]
+                     and s["rl"]["total"] == 1
                      and any(r["gate"] and r["version"] == 2 for r in s["rounds"]))
         chain = collector.lineage(pid)
     finally:
@@ -96,6 +100,8 @@ def test_records_rounds_and_folders_become_the_views(kafka_redis, tmp_path):
     assert snap["examples"][0]["prompt_id"] == pid and snap["examples"][0]["p_chosen"] == 0.7
     assert snap["judge"]["first_position_wins"] == pytest.approx(0.7)
     assert snap["dead_letters"]["rows"][0]["reason"].startswith("PromptRecord")
+    assert snap["topics"]["rl-samples"]["total"] == 1
+    assert snap["rl"]["rounds"][0]["mean_reward"] == 0.75 and snap["rl"]["rows"][0]["tokens"] == 6
     latest = snap["rounds"][0]
     assert latest["round"] == 1 and latest["version"] == 2
     assert latest["gate"]["harmless"]["after"]["value"] == 0.4

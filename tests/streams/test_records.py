@@ -16,6 +16,7 @@ from streams.records import (
     PromptRecord,
     RecordError,
     ReviseRecord,
+    RLSampleRecord,
     SFTRecord,
     decode,
     encode,
@@ -48,6 +49,10 @@ SAMPLES = {
                                            metrics_json='{"loss": 1.0}',
                                            created_at=4.0),
     "dead-letter": DeadLetterRecord(stage="policy", reason="bad", payload="{", payload_bytes=1),
+    "rl-samples": RLSampleRecord(prompt_id="p1", prompt="How?", kind="helpful", answer="Like so.",
+                                 sample=2, reward=0.75, advantage=-0.125, completion_tokens=3,
+                                 policy_version=4, reward_version=2, trainer_round=5,
+                                 record_id="rl:5:p1:2", created_at=5.0),
 }
 
 
@@ -133,3 +138,39 @@ def test_undecodable_payloads(raw, words):
 def test_negative_round_is_rejected():
     with pytest.raises(RecordError, match="CritiqueRecord.round: must be >= 0"):
         decode(CritiqueRecord, {"prompt_id": "p", "prompt": "q", "response": "r", "round": -1})
+
+
+RL_BASE = {"prompt_id": "p", "prompt": "q", "answer": "a", "reward": 0.5}
+
+
+def test_rl_sample_contract_fields_and_defaults():
+    assert {"prompt_id", "prompt", "kind", "answer", "sample", "reward", "advantage",
+            "completion_tokens", "policy_version", "reward_version", "trainer_round",
+            "record_id", "created_at"} <= set(RLSampleRecord._options.fields)
+    rec = decode(RLSampleRecord, {**RL_BASE, "answer": ""})  # a model may answer nothing
+    assert (rec.sample, rec.advantage, rec.trainer_round, rec.kind) == (0, 0.0, 0, "harmful")
+
+
+@pytest.mark.parametrize("payload, field, words", [
+    ({"reward": None}, "reward", "is missing"),
+    ({"answer": None}, "answer", "is missing"),
+    ({"reward": "high"}, "reward", "expected a number"),
+    ({"reward": float("inf")}, "reward", "finite"),
+    ({"advantage": float("nan")}, "advantage", "finite"),
+    ({"sample": -1}, "sample", ">= 0"),
+    ({"trainer_round": -2}, "trainer_round", ">= 0"),
+    ({"completion_tokens": -3}, "completion_tokens", ">= 0"),
+    ({"sample": 1.5}, "sample", "expected an integer"),
+    ({"kind": "evil"}, "kind", "not one of"),
+    ({"prompt_id": ""}, "prompt_id", "non-empty"),
+])
+def test_invalid_rl_samples_are_rejected_naming_the_field(payload, field, words):
+    with pytest.raises(RecordError) as info:
+        decode(RLSampleRecord, json.dumps({**RL_BASE, **payload}).encode())
+    assert info.value.field == field and words in str(info.value)
+
+
+def test_an_rl_sample_with_a_nan_reward_cannot_be_built():
+    """The producer side: the trainer cannot send a reward that every reader would reject."""
+    with pytest.raises(RecordError, match="RLSampleRecord.reward: must be a finite number"):
+        RLSampleRecord(prompt_id="p", prompt="q", answer="a", reward=float("nan"))

@@ -15,7 +15,8 @@ def test_default_names_and_partitions():
     names = {t.short: t.name for t in all_topics(s)}
     assert names == {short: f"cai.{short}" for short in TOPICS}
     assert set(TOPICS) == {"prompts", "critique", "revise", "compare", "sft", "preferences",
-                           "policy-versions", "dead-letter"}
+                           "policy-versions", "dead-letter", "rl-samples"}
+    assert names["rl-samples"] == "cai.rl-samples"
     assert partitions_for("prompts", s) == 4 and partitions_for("policy-versions", s) == 1
 
 

@@ -190,6 +190,32 @@
     }));
   }
 
+  // Online RL: shown only once the trainer has sent samples or scored a round with a reward model.
+  function renderRL(snap) {
+    const rl = snap.rl || {total: 0, rounds: [], rows: [], reward_model: null};
+    const pm = rl.reward_model;
+    $("#rl-card").hidden = !rl.total && !pm;
+    const latest = rl.rounds[0];
+    $("#rl").innerHTML = [
+      ["samples in the window", rl.total],
+      ["newest round mean reward", latest ? num(latest.mean_reward) : "-"],
+      ["preference model held-out accuracy", pm && pm.heldout_accuracy != null
+        ? `${pct(pm.heldout_accuracy)}${pm.heldout_pairs != null ? ` (n=${pm.heldout_pairs})` : ""}`
+        : "-"],
+      ["reward model version", pm?.version != null ? `v${pm.version}` : "-"],
+    ].map(([k, v]) => `<dt>${esc(k)}</dt><dd>${esc(v)}</dd>`).join("");
+    setRows("rl-rounds", rl.rounds.map((r) =>
+      `<tr data-round="${esc(r.round)}"><td>${esc(r.round)}</td><td>${r.samples}</td>` +
+      `<td>${num(r.mean_reward)}</td><td>${num(r.mean_tokens, 1)}</td>` +
+      `<td>${esc(r.policy_versions.join(", "))}</td><td>${esc(r.reward_versions.join(", "))}</td>` +
+      `</tr>`));
+    setRows("rl-samples", rl.rows.map((r) =>
+      `<tr><td>${link(r.prompt_id)}</td><td>${time(r.time)}</td><td>${esc(r.round)}</td>` +
+      `<td>${esc(r.sample)}</td><td>${esc(r.kind)}</td><td>${esc(r.prompt)}</td>` +
+      `<td>${esc(r.answer)}</td><td>${num(r.reward)}</td><td>${num(r.advantage)}</td>` +
+      `<td>${r.tokens ?? "-"}</td></tr>`));
+  }
+
   function render(snap) {
     state.last = snap;
     state.received += 1;
@@ -231,6 +257,7 @@
     renderCurve(snap);
     renderRounds(snap);
     renderDead(snap);
+    renderRL(snap);
   }
 
   $("#dead-stage").addEventListener("change", () => state.last && renderDead(state.last));
