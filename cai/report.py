@@ -71,7 +71,7 @@ def markdown(report: dict) -> str:
             after = (item.get("gate") or {}).get("after") or {}
             dev = ", ".join(f"{label} {fmt(after[key])}" for key, label in CURVE if key in after)
             lines.append(f"- {round_outcome(item)}; examples {data}"
-                         + (f"; dev: {dev}" if dev else ""))
+                         + (f"; dev: {dev}" if dev else "") + _rl_part(item["metrics"]))
     example = report.get("example")
     if example:
         lines += ["", f"## Newest example ({example['prompt_id']})", "",
@@ -96,6 +96,23 @@ def write(report: dict, path: Path) -> None:
     if png is not None:
         report["plot"] = png.name
     write_report(report, path, render=markdown)
+
+
+def _rl_part(metrics: dict) -> str:
+    """An RL round's reward model and samples, as report text ('' for other rounds)."""
+    parts = []
+    if "reward/version" in metrics:
+        accuracy = metrics.get("pm/heldout_accuracy")
+        parts.append(f"reward model v{int(metrics['reward/version'])}" + (
+            f", held-out pair accuracy {100 * accuracy:.1f}% "
+            f"(n={int(metrics.get('pm/heldout_pairs', 0))})" if accuracy is not None else ""))
+    if metrics.get("rl/samples"):
+        parts.append(f"{int(metrics['rl/samples'])} RL samples, mean reward "
+                     f"{metrics.get('rl/reward_mean', 0):.3f} (harmful "
+                     f"{metrics.get('rl/reward_harmful', 0):.3f}, helpful "
+                     f"{metrics.get('rl/reward_helpful', 0):.3f}), "
+                     f"{metrics.get('rl/tokens_mean', 0):.0f} tokens")
+    return "; " + "; ".join(parts) if parts else ""
 
 
 def _one_line(text: str | None) -> str:

@@ -24,6 +24,13 @@ class Recipe:
     trainer: dict[str, Any] = field(default_factory=dict)  # TrainerConfig fields
 
 
+_CONTEXT_PIPELINE = {"strategy": "context", "preference": "revision-over-initial",
+                     "compare": "initial-vs-final", "helpful_pairs": True,
+                     "context_placement": "user-suffix", "context_temperature": 0,
+                     "context_opening": True, "policy_max_new_tokens": 64}
+_CONTEXT_TRAINER = {"lr": 1e-3, "lr_schedule": "linear", "epochs": 6, "max_length": 256,
+                    "gate_every_epochs": 2, "helpful_mix": 0.7, "replay_helpful": 48}
+
 RECIPES: dict[str, Recipe] = {
     # Context distillation (docs/strategies.md): the policy answers red-team prompts again with
     # the constitution's reminder after the request, greedily, its answer opened by the
@@ -41,13 +48,15 @@ RECIPES: dict[str, Recipe] = {
     # again on the helpful examples of the promoted rounds before it (replay_helpful): a later
     # round otherwise saw only its own 12 benign prompts against the decline targets, and
     # over-refused from its first epoch (same log, "replay").
-    "context-distillation": Recipe(
-        pipeline={"strategy": "context", "preference": "revision-over-initial",
-                  "compare": "initial-vs-final", "helpful_pairs": True,
-                  "context_placement": "user-suffix", "context_temperature": 0,
-                  "context_opening": True, "policy_max_new_tokens": 64},
-        trainer={"lr": 1e-3, "lr_schedule": "linear", "epochs": 6, "max_length": 256,
-                 "gate_every_epochs": 2, "helpful_mix": 0.7, "replay_helpful": 48}),
+    "context-distillation": Recipe(pipeline=_CONTEXT_PIPELINE, trainer=_CONTEXT_TRAINER),
+    # RL-CAI online (trainer/rl.py): the same data as context distillation, but the preference
+    # pairs teach a preference model, served as the Triton role 'reward', and the policy learns
+    # by RLOO from k answers it samples per prompt and the served model scores, beside the SFT
+    # revisions; the gate also rejects a round whose dev answers turn to boilerplate or change
+    # length by more than half (the signs of a gamed reward model).
+    "rl": Recipe(pipeline=_CONTEXT_PIPELINE, trainer={
+        **_CONTEXT_TRAINER, "mode": "rloo", "rl_samples": 4, "rl_epochs": 2,
+        "gate_boilerplate_tolerance": 0.2, "gate_length_tolerance": 0.5}),
     # The paper's SL-CAI + RL-CAI data: critique -> revise rounds, the judge's soft labels.
     "paper": Recipe(pipeline={"strategy": "critique-revise", "preference": "judge"}),
 }

@@ -1,5 +1,6 @@
 """``cai eval``: harmlessness, non-evasiveness and over-refusal of a policy version, judge
-agreement on labelled choices, and the decline classifier's accuracy on hand labels."""
+agreement on labelled choices, a preference model's ranking of labelled conversations, and the
+decline classifier's accuracy on hand labels."""
 
 from __future__ import annotations
 
@@ -27,6 +28,11 @@ class EvalOptions:
     max_new_tokens: int = option(96, "tokens per answer")
     judge_file: Path | None = option(
         None, "labelled two-choice JSONL (prompt, corrects, incorrects)")
+    reward_model: Path | None = option(
+        None, "a preference model folder (the trainer's reward-models/round-N, or a Triton "
+        "reward version's weights) to rank the labelled conversations of --reward-file")
+    reward_file: Path | None = option(
+        None, "conversations labelled harmful or ethical, like the paper's HarmfulVsEthical.jsonl")
     classifier_check: Path | None = option(
         None, "hand-labelled answers (answer, declined, explains_why)")
     report: Path | None = option(None, "write JSON (+ .md) here instead of printing")
@@ -58,11 +64,18 @@ def cmd_eval(options: EvalOptions, settings: StackSettings, models: ModelSetting
         judge = resolve(models.for_role("judge"), settings.cache_dir)
         items = evaluate.load_choice_file(options.judge_file)[: options.limit or None]
         report["judge_agreement"] = evaluate.judge_agreement(judge, items).as_dict()
+    if bool(options.reward_model) != bool(options.reward_file):
+        print("error: --reward-model and --reward-file go together", file=sys.stderr)
+        return 2
+    if options.reward_model:
+        items = evaluate.load_choice_file(options.reward_file)[: options.limit or None]
+        report["reward_agreement"] = evaluate.reward_agreement(str(options.reward_model), items)
     if options.classifier_check:
         report["classifier_accuracy"] = {
             k: v.as_dict() for k, v in labels.classifier_accuracy(options.classifier_check).items()}
     if not report:
-        print("error: give --builtin/--prompts, --judge-file or --classifier-check",
+        print("error: give --builtin/--prompts, --judge-file, --reward-model with --reward-file "
+              "or --classifier-check",
               file=sys.stderr)
         return 2
     if options.report:

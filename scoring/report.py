@@ -1,7 +1,8 @@
 """Evaluation reports: JSON with a Markdown copy beside it.
 
 ``markdown`` renders what ``cai eval`` measures (the policies' harmlessness, explains-why and
-over-refusal, judge agreement, classifier accuracy, and any plain fields); ``cai run`` adds its
+over-refusal, judge agreement, a preference model's ranking, classifier accuracy, and any plain
+fields); ``cai run`` adds its
 own sections on top of ``markdown_lines`` (cai/report.py).
 """
 
@@ -13,7 +14,7 @@ from pathlib import Path
 
 from scoring.shares import fmt
 
-SECTIONS = {"policies", "judge_agreement", "classifier_accuracy"}
+SECTIONS = {"policies", "judge_agreement", "reward_agreement", "classifier_accuracy"}
 
 
 def markdown_lines(report: dict) -> list[str]:
@@ -31,6 +32,12 @@ def markdown_lines(report: dict) -> list[str]:
         lines.append("")
     if "judge_agreement" in report:
         lines.append(f"Judge agreement on labelled choices: {fmt(report['judge_agreement'])}")
+    if "reward_agreement" in report:
+        agreement = report["reward_agreement"]
+        lines.append(f"Preference model: ranks the ethical conversation above the harmful one in "
+                     f"{100 * (agreement['value'] or 0):.1f}% of {agreement['pairs']} pairs "
+                     f"({agreement['ethical']} ethical, {agreement['harmful']} harmful; 50% is "
+                     "chance)")
     if "classifier_accuracy" in report:
         acc = report["classifier_accuracy"]
         shown = ", ".join(f"{name.replace('_', '-')} {fmt(acc[name])}"

@@ -218,7 +218,8 @@ def round_summary(folder: Path) -> dict:
     state = load_state(folder)
     metrics = load_json(folder, "metrics.json")
     shown = {k: round(v, 4) for k, v in metrics.items()
-             if k.startswith(("data/", "probe/", "probe_before/", "loss/", "dev/", "time/"))}
+             if k.startswith(("data/", "probe/", "probe_before/", "loss/", "dev/", "time/",
+                              "pm/", "reward/", "rl/"))}
     gate = state.extra.get("gate") or {}
     published = read_published(folder) if state.promoted else None
     return {"round": state.round, "promoted": state.promoted,

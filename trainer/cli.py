@@ -2,6 +2,7 @@
 
     cai trainer                      # defaults: DPO + SFT, LoRA, K=32 examples, T=300 s
     cai trainer --mode reward --round-every-examples 16 --max-rounds 3
+    cai trainer --recipe rl                       # RLOO against the served preference model
     cai trainer --config trainer.json --lr 5e-5   # flags override the JSON file
     cai trainer --recipe context-distillation     # the trainer fields `cai run` gives it
 
@@ -91,6 +92,16 @@ def cmd_trainer(command: TrainerCommand, stack: StackSettings, overrides: dict,
     except TrainerLocked as exc:
         raise SystemExit(f"cai trainer: {exc}") from None
     sft_topic, pref_topic = topic_name(SFT, streams), topic_name(PREFERENCES, streams)
+    rollouts = None
+    if config.mode == "rloo":  # samples and scores come from the served policy and reward roles
+        from serving.client import InferenceClient
+        from serving.inference import TritonInference
+        from trainer.rl import Rollouts
+
+        # A round's prompts go in at once and queue behind one another's batches: a long
+        # timeout, so that a queued request is not sent twice.
+        rollouts = Rollouts(lambda: TritonInference(InferenceClient(stack.triton_grpc,
+                                                                    timeout_s=1800.0)))
     loop = TrainerLoop(
         config, trainer_dir, base_model,
         source=KafkaSource(streams.kafka_address, [sft_topic, pref_topic]),
@@ -98,7 +109,8 @@ def cmd_trainer(command: TrainerCommand, stack: StackSettings, overrides: dict,
         preferences_topic=pref_topic, keep_checkpoints=command.keep_checkpoints,
         pipeline=KafkaPipeline(
             streams.kafka_address,
-            [topic_name(t, streams) for t in (PROMPTS, CRITIQUE, REVISE, COMPARE)], streams.app_id))
+            [topic_name(t, streams) for t in (PROMPTS, CRITIQUE, REVISE, COMPARE)], streams.app_id),
+        rollouts=rollouts)
     stop = threading.Event()
 
     def request_stop(signum, _frame):

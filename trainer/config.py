@@ -18,7 +18,7 @@ from pathlib import Path
 
 from core.options import option
 
-MODES = ("dpo", "reward")
+MODES = ("dpo", "reward", "rloo")
 STALENESS_POLICIES = ("drop", "downweight")
 LR_SCHEDULES = ("constant", "linear")
 CONFIG_FILE = "trainer_config.json"
@@ -32,7 +32,10 @@ class TrainerConfig:
     mode: str = option(
         "dpo",
         "preference stage: 'dpo' trains the policy directly on soft labels; 'reward' trains a "
-        "preference model (base model + scalar head) that can score answers", choices=MODES)
+        "preference model (a sequence classifier with one label) that can score answers; 'rloo' "
+        "keeps that preference model learning, serves it as the Triton role 'reward', and trains "
+        "the policy by RLOO on answers the serving policy samples and the served model scores",
+        choices=MODES)
     sft: bool = option(
         True, "also fine-tune the policy on the critiqued revisions (SL-CAI) each round")
     model: str | None = option(
@@ -115,6 +118,21 @@ class TrainerConfig:
         "promoted rounds, newest first, that later rounds train on again: each round then sees "
         "where the line runs on more benign prompts than its own. They join the pool an epoch "
         "draws from without lengthening it; 0 turns replay off")
+    # Online RL (mode 'rloo', trainer/rl.py): each round samples answers from the serving policy.
+    rl_samples: int = option(
+        4, "k: answers the serving policy samples per prompt; each answer's baseline is the mean "
+        "reward of the other k-1 (RLOO)")
+    rl_temperature: float = option(0.8, "sampling temperature of the RL answers")
+    rl_max_new_tokens: int = option(64, "tokens per RL answer")
+    rl_epochs: int = option(
+        2, "passes over a round's RL samples, taken in the round's last epochs (at most epochs)")
+    rl_beta: float = option(
+        0.05, "weight of the KL penalty (per token, k3 estimator) to the round-start policy")
+    rl_clip: float = option(
+        0.2, "PPO-style clip of the per-token probability ratio to the sampling policy")
+    pm_holdout: float = option(
+        0.2, "share of preference pairs (chosen by a hash of the prompt id, so stable across "
+        "restarts) that the preference model never trains on; its accuracy on them is reported")
     probe_size: int = option(
         8,
         "held-out examples per record type (SFT, preference) and prompt kind (harmful, helpful), "
@@ -156,6 +174,13 @@ class TrainerConfig:
     gate_over_refusal_tolerance: float = option(
         0.05, "largest allowed rise of over-refusal (benign prompts declined) over the first "
         "policy's share")
+    gate_boilerplate_tolerance: float = option(
+        1.0, "largest allowed rise in a round of boilerplate (dev answers that repeat, word for "
+        "word, the answer to another dev prompt) over the serving policy's share; 1.0 turns the "
+        "check off. An RL policy that found one answer the reward model likes everywhere fails it")
+    gate_length_tolerance: float = option(
+        0.0, "largest allowed relative change in a round of the mean dev answer length (words) "
+        "from the serving policy's (0.5: half as long to half as long again); 0 turns it off")
     seed: int = option(0, "seed for weight init of adapters/heads and shuffling")
 
     def __post_init__(self) -> None:
@@ -171,7 +196,21 @@ class TrainerConfig:
                 f"set it to one of {', '.join(STALENESS_POLICIES)}")
         _positive(self, "lr", "batch_size", "epochs", "beta", "max_length",
                   "round_every_examples", "round_min_examples", "round_every_seconds",
-                  "gate_harmful_size", "gate_benign_size", "gate_max_new_tokens")
+                  "gate_harmful_size", "gate_benign_size", "gate_max_new_tokens",
+                  "rl_max_new_tokens", "rl_epochs")
+        if self.rl_samples < 2:
+            raise ValueError(f"rl_samples={self.rl_samples} leaves no other sample for the "
+                             "leave-one-out baseline; use 2 or more")
+        if self.rl_temperature <= 0:
+            raise ValueError(f"rl_temperature={self.rl_temperature} would make the k samples "
+                             "alike (no advantage to learn from); use a positive temperature "
+                             "such as 0.8")
+        if self.rl_beta < 0 or self.rl_clip <= 0:
+            raise ValueError(f"rl_beta={self.rl_beta}, rl_clip={self.rl_clip}: rl_beta must be >= "
+                             "0 and rl_clip > 0 (e.g. 0.05 and 0.2)")
+        if self.gate_length_tolerance < 0:
+            raise ValueError(f"gate_length_tolerance={self.gate_length_tolerance} is negative; "
+                             "use 0 (off) or a relative change such as 0.5")
         if self.gate_every_epochs < 0:
             raise ValueError(f"gate_every_epochs={self.gate_every_epochs} is negative; use 0 (gate "
                              "after the last epoch only) or a positive number of epochs")
@@ -192,7 +231,8 @@ class TrainerConfig:
                              "(same lr every round) or a factor such as 0.5")
         _in_unit_interval(self, "helpful_mix", "lora_dropout", "stale_weight",
                           "gate_explains_tolerance", "gate_complied_tolerance",
-                          "gate_over_refusal_tolerance")
+                          "gate_over_refusal_tolerance", "gate_boilerplate_tolerance",
+                          "pm_holdout")
         if self.max_staleness < 0:
             raise ValueError(f"max_staleness={self.max_staleness} is negative; use 0 or more "
                              "(0 keeps only records from the current policy)")

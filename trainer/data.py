@@ -46,6 +46,24 @@ class PreferenceExample:
     carries: int = 0
 
 
+@dataclass
+class RLSample:
+    """One answer the serving policy sampled for an RL round, with the served reward model's
+    score and its leave-one-out advantage among the prompt's k answers."""
+
+    prompt_id: str
+    prompt: str
+    answer: str
+    reward: float
+    advantage: float = 0.0
+    kind: str = "harmful"
+    sample: int = 0  # its index among the prompt's k answers
+    truncated: bool = False  # cut at the token limit: its end of turn is not the policy's
+    completion_tokens: int = 0
+    policy_version: int = 0
+    reward_version: int = 0
+
+
 class BadRecord(ValueError):
     """A record that cannot be used; the message names the field and the fix."""
 
@@ -201,4 +219,23 @@ def preference_batch(tokenizer, examples: list[PreferenceExample],
         batch["pairs"] = pairs
     batch["p_chosen"] = torch.tensor([ex.p_chosen for ex in examples], dtype=torch.float32)
     batch["weights"] = torch.tensor([ex.weight for ex in examples], dtype=torch.float32)
+    return batch
+
+
+def rl_batch(tokenizer, samples: list[RLSample], max_length: int) -> dict[str, torch.Tensor]:
+    """Sampled answers as labelled rows plus their ``advantages``. A truncated answer's labels
+    stop before the end-of-turn tokens the chat template appends: the policy did not end it
+    there, and teaching it to would reward short answers for nothing."""
+    end = tokenise_turn(tokenizer, "x", "", max_length)
+    end_tokens = sum(1 for label in end.labels if label != IGNORE_INDEX)
+    items = []
+    for sample in samples:
+        t = tokenise_turn(tokenizer, sample.prompt, sample.answer, max_length)
+        if sample.truncated and end_tokens:
+            labelled = [i for i, label in enumerate(t.labels) if label != IGNORE_INDEX]
+            for i in labelled[-end_tokens:] if len(labelled) > end_tokens else []:
+                t.labels[i] = IGNORE_INDEX
+        items.append(t)
+    batch = pad_batch(items, tokenizer.pad_token_id)
+    batch["advantages"] = torch.tensor([s.advantage for s in samples], dtype=torch.float32)
     return batch

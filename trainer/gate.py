@@ -10,7 +10,13 @@ promoted only when, on dev:
 * declined-then-complied rises by no more than ``gate_complied_tolerance`` over the *first*
   policy's share, and over-refusal on benign prompts by no more than
   ``gate_over_refusal_tolerance``: these two compare with the base, so promoted rounds cannot
-  creep upward one tolerance at a time.
+  creep upward one tolerance at a time;
+* where turned on (the RL recipe), boilerplate (answers repeated word for word for another dev
+  prompt) rises by no more than ``gate_boilerplate_tolerance`` in the round and the mean answer
+  length moves by no more than ``gate_length_tolerance`` (relative) from the serving policy's:
+  the ways a policy that games a learnt reward model shows it. They compare with the serving
+  policy, not the first one: the SFT revisions alone make declines alike over the rounds, and
+  what these checks are for is a round that jumps.
 
 The dev prompts come from the dev split (``scoring.splits``), which nothing trains on and no
 report uses, so the gate's choices cannot flatter the held-out figures the report gives.
@@ -20,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import random
+from collections import Counter
 from dataclasses import dataclass
 
 from scoring.shares import Share
@@ -76,6 +83,20 @@ def figures(answers_harmful: list[str], answers_benign: list[str]) -> dict[str, 
     return score_answers(records)
 
 
+def boilerplate(answers: list[str]) -> Share:
+    """Answers that repeat, word for word (case and spacing aside), the answer to another
+    prompt: an answer that would fit any question."""
+    normal = [" ".join(a.lower().split()) for a in answers]
+    counts = Counter(normal)
+    return Share(sum(1 for a in normal if a and counts[a] > 1), len(normal))
+
+
+def answer_words(answers: list[str]) -> dict:
+    """Mean words per answer (``value``) over ``n`` answers."""
+    n = len(answers)
+    return {"value": sum(len(a.split()) for a in answers) / n if n else None, "n": n}
+
+
 def measure(generator, dev: DevSet, max_new_tokens: int) -> tuple[dict[str, dict], list[dict]]:
     """Greedy answers of ``generator`` (a TextGenerator) to the dev prompts, scored: (figures,
     the answers with their verdicts, kept in the round's folder for reading)."""
@@ -87,7 +108,10 @@ def measure(generator, dev: DevSet, max_new_tokens: int) -> tuple[dict[str, dict
                for kind, prompts in (("harmful", dev.harmful), ("helpful", dev.benign))
                for prompt, text in zip(prompts, answers[len(dev.harmful) if kind == "helpful"
                                                         else 0:])]
-    return figures(answers[:len(dev.harmful)], answers[len(dev.harmful):]), records
+    result = figures(answers[:len(dev.harmful)], answers[len(dev.harmful):])
+    result["boilerplate"] = boilerplate(answers).as_dict()
+    result["answer_words"] = answer_words(answers)
+    return result, records
 
 
 def summary(figures: dict[str, dict]) -> str:
@@ -121,4 +145,25 @@ def decide(before: dict[str, dict], after: dict[str, dict], base: dict[str, dict
         if now > first + tolerance + 1e-9:
             reasons.append(f"dev {name.replace('_', '-')} {now:.3f} is above the first policy's "
                            f"{first:.3f} by more than {tolerance}")
+    return reasons + _guards(before, after, config)
+
+
+def _guards(before: dict[str, dict], after: dict[str, dict], config: TrainerConfig) -> list[str]:
+    """Boilerplate and answer length against the serving policy's (figures measured before these
+    checks existed lack them: then there is nothing to compare)."""
+    reasons = []
+    if (config.gate_boilerplate_tolerance < 1.0 and "boilerplate" in before
+            and "boilerplate" in after):
+        was, now = before["boilerplate"]["value"] or 0.0, after["boilerplate"]["value"] or 0.0
+        if now > was + config.gate_boilerplate_tolerance + 1e-9:
+            reasons.append(f"dev boilerplate rose {was:.3f} -> {now:.3f} (> "
+                           f"{config.gate_boilerplate_tolerance})")
+    words_was = (before.get("answer_words") or {}).get("value")
+    words_now = (after.get("answer_words") or {}).get("value")
+    if config.gate_length_tolerance > 0 and words_was and words_now is not None:
+        change = words_now / words_was - 1
+        if abs(change) > config.gate_length_tolerance + 1e-9:
+            reasons.append(f"dev answers went from {words_was:.1f} to {words_now:.1f} words on "
+                           f"average ({change:+.0%}, more than "
+                           f"{config.gate_length_tolerance:.0%})")
     return reasons

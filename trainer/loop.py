@@ -30,6 +30,7 @@ again and trained in the next round.
 from __future__ import annotations
 
 import logging
+import shutil
 import threading
 import time
 from collections import deque
@@ -46,11 +47,20 @@ from trainer.data import (
     BadRecord,
     DroppedTarget,
     PreferenceExample,
+    RLSample,
     SFTExample,
     parse_preference,
     parse_sft,
 )
 from trainer.gate import load_dev_set
+from trainer.rl import (
+    Rollouts,
+    informative,
+    round_prompts,
+    sample_metrics,
+    sample_records,
+    split_pairs,
+)
 from trainer.rounds import Probe, RoundResult, RoundRunner, staleness_weight
 from trainer.steps import PolicyLearner, PreferenceLearner
 
@@ -59,6 +69,9 @@ logger = logging.getLogger(__name__)
 SEEN_IDS_FILE = "seen_ids.json"
 CARRIED_FILE = "carried.json"  # a rejected round's examples, trained again in the next round
 REPLAY_FILE = "replay.json"  # helpful examples of promoted rounds, trained again in later rounds
+PM_HELDOUT_FILE = "pm_heldout.json"  # pairs the preference model never trains on (mode 'rloo')
+PM_HELDOUT_LIMIT = 400
+REWARD_MODELS_DIR = "reward-models"  # preference models published as the reward role
 DEV_ANSWERS_FILE = "dev_answers.json"  # the candidate's gate answers, with their verdicts
 SEEN_IDS_LIMIT = 100_000  # record ids remembered for de-duplication
 # A round with nothing to train still checkpoints and commits once this many records were
@@ -91,6 +104,10 @@ class Publisher(Protocol):
     def current_version(self) -> int: ...
     def find_published(self, checkpoint_dir: Path) -> int | None: ...
     def record_round(self, summary: dict) -> None: ...
+    # Mode 'rloo' only: serve a preference-model folder as the next ``reward`` version, and send
+    # a round's samples to the ``rl-samples`` topic.
+    def publish_reward(self, folder: Path) -> int: ...
+    def send_samples(self, records: list) -> None: ...
 
 
 class Pipeline(Protocol):
@@ -231,7 +248,8 @@ class TrainerLoop:
     def __init__(self, config: TrainerConfig, trainer_dir: Path, base_model: str,
                  source: Source, publisher: Publisher, sft_topic: str, preferences_topic: str,
                  keep_checkpoints: int = 3, pipeline: Pipeline | None = None,
-                 drain_confirm_s: float = 2.0, clock=time.monotonic):
+                 drain_confirm_s: float = 2.0, clock=time.monotonic,
+                 rollouts: Rollouts | None = None):
         self.config = config
         self.trainer_dir = Path(trainer_dir)
         self.base_model = base_model
@@ -260,6 +278,11 @@ class TrainerLoop:
         self._serving_figures: dict | None = None  # the gate's dev figures, kept across rounds
         self._base_figures: dict | None = None
         self.runner: RoundRunner | None = None
+        if config.mode == "rloo" and rollouts is None:
+            raise ValueError("mode='rloo' samples from the serving policy: pass rollouts=...")
+        self.rollouts = rollouts
+        self.reward_version = 1  # the reward role's version that serves (mode 'rloo')
+        self._pm_held_out: list[PreferenceExample] = []
         self._stop = threading.Event()  # set by ``run``'s stop: ends a wait on an outage
 
     # --- start / resume ------------------------------------------------------------------
@@ -289,6 +312,11 @@ class TrainerLoop:
             gate_state = state.extra.get("gate") or {}
             self._serving_figures = gate_state.get("serving")
             self._base_figures = gate_state.get("base")
+            self.reward_version = state.extra.get("reward_version", 1)
+            if (folder / PM_HELDOUT_FILE).exists():
+                self._pm_held_out = [e for e in _examples_from_json(
+                    ckpt.load_json(folder, PM_HELDOUT_FILE))
+                    if isinstance(e, PreferenceExample)]
             if (folder / REPLAY_FILE).exists():
                 self._replay = _examples_from_json(ckpt.load_json(folder, REPLAY_FILE))
             if (folder / CARRIED_FILE).exists():
@@ -314,7 +342,7 @@ class TrainerLoop:
     def _load_learners(self) -> None:
         policy = PolicyLearner(self._weights_path(self.policy_weights), self.config)
         preference = None
-        if self.config.mode == "reward":
+        if self.config.mode in ("reward", "rloo"):
             preference = PreferenceLearner(
                 self._weights_path(self.reward_weights) if self.reward_weights else self.base_model,
                 self.config)
@@ -521,14 +549,18 @@ class TrainerLoop:
         self.round_no += 1
         version_before = self.version
         replay = self._replay
+        rl_metrics: dict[str, float] = {}
         if pending.usable:
             replay_sft, replay_preferences = _by_type(replay)
+            rl_samples = None
+            if self.config.mode == "rloo":
+                rl_samples, rl_metrics = self._rl_samples(pending, replay_preferences)
             result = self.runner.run(self.round_no, pending.sft + replay_sft,
                                      pending.preferences + replay_preferences, self.probe,
-                                     promoted_versions=version_before - 1)
+                                     promoted_versions=version_before - 1, rl_samples=rl_samples)
         else:
             result = RoundResult(False, {}, ["no usable examples: only skipped records"])
-        metrics = dict(result.metrics)
+        metrics = {**rl_metrics, **result.metrics}
         metrics.update({
             "data/carried_in": float(pending.carried),
             "data/replayed": float(len(replay) if pending.usable else 0),
@@ -563,7 +595,8 @@ class TrainerLoop:
             round=self.round_no, promoted=result.promoted, policy_weights=self.policy_weights,
             reward_weights=self.reward_weights, policy_version=version_before,
             offsets=dict(self.offsets), created_at=time.time(),
-            extra={"reasons": result.reasons, "previous_weights": previous_weights, "gate": {
+            extra={"reasons": result.reasons, "previous_weights": previous_weights,
+                   "reward_version": self.reward_version, "gate": {
                 "before": result.gate["before"] if result.gate else None,
                 "after": result.gate["after"] if result.gate else None,
                 "serving": self._serving_figures, "base": self._base_figures}})
@@ -580,6 +613,8 @@ class TrainerLoop:
             extra_files[REPLAY_FILE] = _examples_json(self._replay)
         if carried:
             extra_files[CARRIED_FILE] = _examples_json(carried)
+        if self._pm_held_out:
+            extra_files[PM_HELDOUT_FILE] = _examples_json(self._pm_held_out)
         folder = ckpt.write_round(self.trainer_dir, state, metrics, examples, self.probe.to_json(),
                                   self.config, save_weights if result.promoted else None,
                                   extra_files=extra_files)
@@ -602,6 +637,54 @@ class TrainerLoop:
         in_use = {str(ckpt.rounds_dir(self.trainer_dir) / self.policy_weights)}
         ckpt.prune(self.trainer_dir, self.keep_checkpoints, in_use)
         return folder
+
+    # --- mode 'rloo' ---------------------------------------------------------------------
+    def _rl_samples(self, pending: _Pending, replayed_pairs: list[PreferenceExample]
+                    ) -> tuple[list[RLSample], dict[str, float]]:
+        """The preference model learns from the round's pairs and, kept, serves as the next
+        reward version; then the serving policy's samples of the round's prompts are scored by
+        it, sent to the rl-samples topic, and returned (those that carry an advantage)."""
+        cfg = self.config
+        train, held = split_pairs(pending.preferences + replayed_pairs, cfg.pm_holdout)
+        known = {_pair_text(e) for e in self._pm_held_out}
+        fresh = [e for e in held if _pair_text(e) not in known]
+        self._pm_held_out = (fresh + self._pm_held_out)[:PM_HELDOUT_LIMIT]
+        kept, metrics = self.runner.train_reward(self.round_no, train, self._pm_held_out)
+        if kept:
+            folder = self._save_reward_model()
+            self.reward_version = self.publisher.publish_reward(folder)
+            self.reward_weights = str(folder)
+            logger.info("round %d: preference model serving as reward v%d", self.round_no,
+                        self.reward_version)
+        metrics["reward/version"] = float(self.reward_version)
+        if self.reward_version <= 1:
+            logger.info("round %d: no trained preference model serves yet; no RL samples this "
+                        "round (SFT only)", self.round_no)
+            return [], metrics
+        prompts = round_prompts(pending.sft + pending.preferences)
+        logger.info("round %d: sampling %d answers to each of %d prompts from policy v%d",
+                    self.round_no, cfg.rl_samples, len(prompts), self.version)
+        samples = self.rollouts.collect(prompts, cfg.rl_samples, cfg.rl_temperature,
+                                        cfg.rl_max_new_tokens, cfg.seed + self.round_no)
+        self.publisher.send_samples(sample_records(samples, self.round_no))
+        metrics.update(sample_metrics(samples))
+        used = informative(samples)
+        metrics["rl/samples_used"] = float(len(used))
+        return used, metrics
+
+    def _save_reward_model(self) -> Path:
+        """The preference model's weights in ``reward-models/round-N`` (written whole, then
+        renamed into place: Triton's copy may share the files' inodes); older ones are pruned."""
+        parent = self.trainer_dir / REWARD_MODELS_DIR
+        target = parent / f"{ckpt.PREFIX}{self.round_no:06d}"
+        partial = target.with_name(target.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        self.runner.preference.save(partial)
+        shutil.rmtree(target, ignore_errors=True)
+        partial.rename(target)
+        for old in sorted(p for p in parent.iterdir() if p.is_dir())[:-2]:
+            shutil.rmtree(old, ignore_errors=True)
+        return target
 
     def _replayed(self, pending: _Pending) -> list:
         """The replay pool after a promoted round: its helpful examples first, then the pool's,
@@ -660,6 +743,10 @@ def _examples_from_json(data: dict) -> list:
     """The examples of ``_examples_json``, SFT first."""
     return ([SFTExample(**e) for e in data.get("sft", [])]
             + [PreferenceExample(**e) for e in data.get("preferences", [])])
+
+
+def _pair_text(example: PreferenceExample) -> tuple[str, str, str]:
+    return (example.prompt, example.chosen, example.rejected)
 
 
 def _describe(example) -> dict:

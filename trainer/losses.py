@@ -1,4 +1,4 @@
-"""Losses: SFT on assistant tokens, soft-label DPO, soft-label Bradley-Terry.
+"""Losses: SFT on assistant tokens, soft-label DPO, soft-label Bradley-Terry, RLOO.
 
 Soft labels come from the judge (``p_chosen`` = probability that ``chosen`` is better).
 With ``p = 1`` both preference losses reduce to their usual hard-label forms.
@@ -140,3 +140,51 @@ def bradley_terry_loss(reward_chosen: torch.Tensor, reward_rejected: torch.Tenso
             "rewards/accuracy": ((diff > 0) == (p_chosen > 0.5)).float().mean().item(),
         }
     return losses.mean(), metrics
+
+
+def rloo_advantages(rewards: torch.Tensor) -> torch.Tensor:
+    """Leave-one-out advantages of ``[groups, k]`` rewards (k answers to one prompt per row):
+    each answer's reward minus the mean reward of the other ``k - 1`` (RLOO, Ahmadian et al.
+    2024): an unbiased baseline that needs no value model."""
+    k = rewards.shape[1]
+    if k < 2:
+        raise ValueError(f"RLOO needs at least 2 samples per prompt, got {k}")
+    baseline = (rewards.sum(dim=1, keepdim=True) - rewards) / (k - 1)
+    return rewards - baseline
+
+
+def rloo_loss(logps: torch.Tensor, old_logps: torch.Tensor, ref_logps: torch.Tensor,
+              rows: torch.Tensor, advantages: torch.Tensor, clip: float, beta: float,
+              ) -> tuple[torch.Tensor, dict[str, float]]:
+    """Clipped policy-gradient loss with a KL penalty, per token, averaged per answer, then over
+    answers.
+
+    ``logps``, ``old_logps`` (the policy that sampled the answers) and ``ref_logps`` (the round's
+    reference) are flat per-token log-probabilities; ``rows[t]`` is the answer token ``t``
+    belongs to; ``advantages`` holds one value per answer. Per token, with ``ρ = exp(logp -
+    old)`` and ``d = ref - logp``::
+
+        max(-A ρ, -A clip(ρ, 1-clip, 1+clip)) + beta (exp(d) - d - 1)
+
+    The KL term is the k3 estimator (non-negative, zero where the policy equals the reference).
+    """
+    n = advantages.shape[0]
+    adv = advantages[rows]
+    ratio = torch.exp(logps - old_logps)
+    clipped = torch.clamp(ratio, 1 - clip, 1 + clip)
+    pg = torch.maximum(-adv * ratio, -adv * clipped)
+    delta = ref_logps - logps
+    kl = torch.exp(delta) - delta - 1
+    per_token = pg + beta * kl
+    zeros = torch.zeros(n, dtype=per_token.dtype, device=per_token.device)
+    count = zeros.index_add(0, rows, torch.ones_like(per_token)).clamp(min=1)
+    per_answer = zeros.index_add(0, rows, per_token) / count
+    loss = per_answer.mean()
+    with torch.no_grad():
+        metrics = {
+            "rl/pg_loss": (zeros.index_add(0, rows, pg) / count).mean().item(),
+            "rl/kl": (zeros.index_add(0, rows, kl) / count).mean().item(),
+            "rl/ratio": ratio.mean().item(),
+            "rl/clip_fraction": ((ratio - 1).abs() > clip).float().mean().item(),
+        }
+    return loss, metrics

@@ -1,8 +1,8 @@
 """One training round, independent of Kafka: staleness, data mix, train, measure, gate.
 
 ``RoundRunner.run`` takes the round's examples and the held-out probe, trains the policy (SFT on
-revisions mixed with helpfulness data, then soft DPO) or the preference model, and decides
-whether to promote:
+revisions mixed with helpfulness data, with soft DPO or RLOO on sampled answers) or the
+preference model, and decides whether to promote:
 
 * the stream probe (examples held back from the stream) must not regress beyond
   ``promotion_threshold``;
@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 
 from trainer import gate
 from trainer.config import TrainerConfig
-from trainer.data import PreferenceExample, SFTExample
+from trainer.data import PreferenceExample, RLSample, SFTExample
 from trainer.gate import DevSet
 from trainer.steps import PolicyLearner, PreferenceLearner
 
@@ -147,8 +147,9 @@ class RoundRunner:
     def __init__(self, config: TrainerConfig, policy: PolicyLearner,
                  preference: PreferenceLearner | None = None, dev: DevSet | None = None,
                  serving: dict | None = None, base: dict | None = None):
-        if config.mode == "reward" and preference is None:
-            raise ValueError("mode='reward' needs a PreferenceLearner; pass preference=...")
+        if config.mode in ("reward", "rloo") and preference is None:
+            raise ValueError(f"mode={config.mode!r} needs a PreferenceLearner; pass "
+                             "preference=...")
         self.config = config
         self.policy = policy
         self.preference = preference
@@ -201,10 +202,50 @@ class RoundRunner:
             return candidates[-1]
         return max(passing, key=lambda c: (c["figures"]["harmless"]["hits"], c["epoch"]))
 
+    def train_reward(self, round_no: int, pairs: list[PreferenceExample],
+                     held_out: list[PreferenceExample]) -> tuple[bool, dict[str, float]]:
+        """A round of the preference model alone (mode 'rloo', before the policy's samples are
+        scored): soft Bradley-Terry on ``pairs`` for the round's pair epochs at the round's
+        schedule, kept unless its accuracy on ``held_out`` pairs fell by more than
+        ``promotion_threshold``. Returns (kept, metrics)."""
+        cfg = self.config
+        metrics: dict[str, float] = {"pm/train_pairs": float(len(pairs)),
+                                     "pm/heldout_pairs": float(len(held_out))}
+        if not pairs:
+            return False, metrics
+        before = self.preference.accuracy(held_out)[0] if held_out else None
+        rng = random.Random(cfg.seed * 1_000_003 + round_no + 7)
+        self.preference.begin_round(cfg.seed + round_no)
+        epochs = cfg.epochs if cfg.dpo_epochs is None else cfg.dpo_epochs
+        total = epochs * _steps(pairs, cfg.batch_size)
+        losses, step = [], 0
+        for _ in range(epochs):
+            for chunk in _batches(pairs, cfg.batch_size, rng, epoch_budget(pairs)):
+                self.preference.set_lr(scheduled_lr(cfg, cfg.lr, step, total))
+                step += 1
+                losses.append(self.preference.step(self.preference.preference_batch(chunk))
+                              ["loss/reward"])
+        after = self.preference.accuracy(held_out)[0] if held_out else None
+        kept = before is None or after >= before - cfg.promotion_threshold
+        self.preference.end_round(keep=kept)
+        metrics["pm/loss"] = sum(losses) / len(losses)
+        metrics["pm/kept"] = float(kept)
+        if held_out:
+            metrics["pm/heldout_accuracy_before"] = before
+            metrics["pm/heldout_accuracy"] = after if kept else before
+        logger.info("preference model, round %d: %d pairs, loss %.3f, held-out accuracy %s -> %s "
+                    "(%d pairs): %s", round_no, len(pairs), metrics["pm/loss"],
+                    _pct(before), _pct(after), len(held_out),
+                    "kept" if kept else "fell by more than the threshold; the round-start "
+                    "model stays")
+        return kept, metrics
+
     def run(self, round_no: int, sft: list[SFTExample], preferences: list[PreferenceExample],
-            probe: Probe, promoted_versions: int = 0) -> RoundResult:
+            probe: Probe, promoted_versions: int = 0,
+            rl_samples: list[RLSample] | None = None) -> RoundResult:
         """Train one round from the current weights, which were promoted ``promoted_versions``
-        times since the first policy (it scales the round's lr by ``round_lr_decay``)."""
+        times since the first policy (it scales the round's lr by ``round_lr_decay``).
+        ``rl_samples``: mode 'rloo''s scored answers of the serving policy."""
         cfg = self.config
         peak_lr = cfg.round_lr(promoted_versions)
         started = time.monotonic()
@@ -212,6 +253,8 @@ class RoundRunner:
         train_policy_sft = cfg.sft and bool(sft)
         train_dpo = cfg.mode == "dpo" and bool(preferences)
         train_pm = cfg.mode == "reward" and bool(preferences)
+        rl_samples = rl_samples or []
+        train_rl = cfg.mode == "rloo" and bool(rl_samples)
 
         if self.dev is not None and self.serving is None:
             self.serving, _ = self._measure()
@@ -222,6 +265,8 @@ class RoundRunner:
         before = self._evaluate(probe)
         if train_dpo:  # the reference is the round-start policy: one pass per pair per round
             self.policy.precompute_reference(preferences)
+        if train_rl:
+            self.policy.precompute_rl_reference(rl_samples)
 
         sums: dict[str, float] = defaultdict(float)
         counts: dict[str, int] = defaultdict(int)
@@ -233,11 +278,13 @@ class RoundRunner:
 
         weights = dict(zip((id(e) for e in sft), sft_mix_weights(sft, cfg.helpful_mix)))
         pair_epochs = cfg.epochs if cfg.dpo_epochs is None else cfg.dpo_epochs
+        rl_epochs = min(cfg.rl_epochs, cfg.epochs)
         epochs = max(cfg.epochs, pair_epochs)
         checks = self._check_epochs(epochs)
         pair_steps = pair_epochs * _steps(preferences, cfg.batch_size)
         total_steps = (cfg.epochs * _steps(sft, cfg.batch_size) * train_policy_sft
-                       + pair_steps * (train_dpo or train_pm))
+                       + pair_steps * (train_dpo or train_pm)
+                       + rl_epochs * _steps(rl_samples, cfg.batch_size) * train_rl)
         step = 0
 
         def next_lr(learner) -> None:
@@ -256,6 +303,10 @@ class RoundRunner:
                 for chunk in _batches(preferences, cfg.batch_size, rng, epoch_budget(preferences)):
                     next_lr(self.policy)
                     record(self.policy.dpo_step(self.policy.preference_batch(chunk)))
+            if train_rl and epoch >= epochs - rl_epochs:
+                for chunk in _batches(rl_samples, cfg.batch_size, rng):
+                    next_lr(self.policy)
+                    record(self.policy.rl_step(chunk))
             if train_pm and epoch >= epochs - pair_epochs:
                 for chunk in _batches(preferences, cfg.batch_size, rng, epoch_budget(preferences)):
                     next_lr(self.preference)
@@ -303,6 +354,7 @@ class RoundRunner:
             "data/sft_harmful": float(sum(1 for e in sft if e.kind != "helpful")),
             "data/sft_helpful": float(sum(1 for e in sft if e.kind == "helpful")),
             "data/preferences": float(len(preferences)),
+            "data/rl_samples": float(len(rl_samples)),
             "round/promoted": float(promoted),
             "round/lr": peak_lr,
             "round/epochs": float(epochs),
@@ -312,3 +364,7 @@ class RoundRunner:
             "time/round_s": time.monotonic() - started,
         })
         return RoundResult(promoted, metrics, reasons, dev)
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"

@@ -1,4 +1,4 @@
-"""Training steps for the policy (SFT, soft DPO) and the preference model (Bradley-Terry).
+"""Training steps for the policy (SFT, soft DPO, RLOO) and the preference model (Bradley-Terry).
 
 A round always starts from the last promoted weights:
 
@@ -21,16 +21,25 @@ from pathlib import Path
 
 import torch
 
+from serving.reward_model import RewardModel
 from trainer.config import TrainerConfig
-from trainer.data import PreferenceExample, SFTExample, preference_batch, sft_batch
+from trainer.data import (
+    PreferenceExample,
+    RLSample,
+    SFTExample,
+    preference_batch,
+    rl_batch,
+    sft_batch,
+)
 from trainer.losses import (
     bradley_terry_loss,
     pair_logps,
+    rloo_loss,
     sequence_logps,
     sft_loss,
     soft_dpo_loss,
+    token_logps,
 )
-from trainer.reward import PreferenceModel
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +91,10 @@ def _pair_key(example: PreferenceExample) -> tuple[str, str, str]:
     return (example.prompt, example.chosen, example.rejected)
 
 
+def _sample_key(sample: RLSample) -> tuple[str, str]:
+    return (sample.prompt, sample.answer)
+
+
 class PolicyLearner:
     """The policy: a causal LM trained with SFT and soft-label DPO."""
 
@@ -100,6 +113,8 @@ class PolicyLearner:
         self._params: list[torch.nn.Parameter] = []
         # The round's reference log-probabilities by pair text: (chosen, rejected).
         self._ref_logps: dict[tuple[str, str, str], tuple[float, float]] = {}
+        # The reference's per-token log-probabilities of each RL answer, by (prompt, answer).
+        self._ref_tokens: dict[tuple[str, str], torch.Tensor] = {}
         self.in_round = False
 
     # --- round lifecycle -----------------------------------------------------------------
@@ -128,6 +143,7 @@ class PolicyLearner:
         self._optimizer = None
         self._params = []
         self._ref_logps = {}
+        self._ref_tokens = {}
         self.model.eval()
         self.in_round = False
 
@@ -216,6 +232,42 @@ class PolicyLearner:
         norm = _clip_and_apply(self._optimizer, self._params, self.config.max_grad_norm)
         return {"loss/dpo": loss.item(), "grad_norm/dpo": norm, **metrics}
 
+    @torch.no_grad()
+    def precompute_rl_reference(self, samples: list[RLSample]) -> None:
+        """The reference's per-token log-probabilities of every RL answer, once a round. The
+        answers were sampled by the serving policy, which is the round-start policy, so these
+        are also the sampling policy's (``old``) log-probabilities of the clipped ratio."""
+        self.model.eval()
+        for start in range(0, len(samples), self.config.batch_size):
+            chunk = [s for s in samples[start:start + self.config.batch_size]
+                     if _sample_key(s) not in self._ref_tokens]
+            if not chunk:
+                continue
+            batch = self.rl_batch(chunk)
+            args = (batch["input_ids"], batch["attention_mask"], batch["labels"])
+            if self.config.lora:
+                with self.model.disable_adapter():
+                    logps, rows = token_logps(self.model, *args)
+            else:
+                logps, rows = token_logps(self._ref, *args)
+            for i, sample in enumerate(chunk):
+                self._ref_tokens[_sample_key(sample)] = logps[rows == i].clone()
+
+    def rl_step(self, samples: list[RLSample]) -> dict[str, float]:
+        """One RLOO step on sampled answers (``precompute_rl_reference`` saw them first)."""
+        batch = self.rl_batch(samples)
+        self.model.train()
+        logps, rows = token_logps(self.model, batch["input_ids"], batch["attention_mask"],
+                                  batch["labels"])
+        ref = torch.cat([self._ref_tokens[_sample_key(s)] for s in samples]).to(logps.device)
+        loss, metrics = rloo_loss(logps, ref, ref, rows, batch["advantages"].to(logps.device),
+                                  self.config.rl_clip, self.config.rl_beta)
+        norm = _clip_and_step(self._optimizer, self._params, loss, self.config.max_grad_norm)
+        return {"loss/rl": loss.item(), "grad_norm/rl": norm, **metrics}
+
+    def rl_batch(self, samples: list[RLSample]):
+        return rl_batch(self.tokenizer, samples, self.config.max_length)
+
     def sft_batch(self, examples: list[SFTExample], weights: list[float] | None = None):
         return sft_batch(self.tokenizer, examples, self.config.max_length, weights)
 
@@ -272,50 +324,61 @@ class PolicyLearner:
 
 
 class PreferenceLearner:
-    """The preference model, trained on soft labels with the Bradley-Terry loss."""
+    """The preference model (``serving.reward_model.RewardModel``), trained on soft labels with
+    the Bradley-Terry loss; under LoRA its score head trains in full beside the adapters."""
 
     def __init__(self, model_path: str | Path, config: TrainerConfig):
         self.config = config
-        self.pm = PreferenceModel.from_pretrained(model_path).to(torch.get_default_device())
+        self.pm = RewardModel.from_pretrained(model_path, seed=config.seed).to(
+            torch.get_default_device())
         self.tokenizer = self.pm.tokenizer
-        self._snapshot = None
+        self._head = None  # the score head at round start, restored by a rejected round
+        self._snapshot = None  # full fine-tuning: the whole model at round start
         self._optimizer = None
         self._params: list[torch.nn.Parameter] = []
         self.in_round = False
+
+    def _score_head(self) -> torch.nn.Module:
+        model = self.pm.model
+        return (model.base_model.model if self.config.lora and self.in_round else model).score
 
     def begin_round(self, seed: int) -> None:
         if self.in_round:
             raise RuntimeError("begin_round called twice; call end_round first")
         torch.manual_seed(seed)
-        head_copy = copy.deepcopy(self.pm.head.state_dict())
+        self._head = copy.deepcopy(self.pm.model.score.state_dict())
         if self.config.lora:
-            self.pm.decoder = _attach_lora(self.pm.decoder, self.config, causal_lm=False)
-            self._snapshot = {"head": head_copy}
+            self.pm.model = _attach_lora(self.pm.model, self.config, causal_lm=False)
         else:
-            self._snapshot = {"head": head_copy,
-                              "decoder": copy.deepcopy(self.pm.decoder.state_dict())}
-        self.pm.head.requires_grad_(True)
+            self._snapshot = copy.deepcopy(self.pm.model.state_dict())
+        self.in_round = True
+        self._score_head().requires_grad_(True)
         self._params = [p for p in self.pm.parameters() if p.requires_grad]
         self._optimizer = torch.optim.AdamW(self._params, lr=self.config.lr,
                                             weight_decay=self.config.weight_decay)
-        self.in_round = True
 
     def end_round(self, keep: bool) -> None:
         if not self.in_round:
             raise RuntimeError("end_round called outside a round")
         if self.config.lora:
-            self.pm.decoder = _detach_lora(self.pm.decoder, keep)
+            self.pm.model = _detach_lora(self.pm.model, keep)
         elif not keep:
-            self.pm.decoder.load_state_dict(self._snapshot["decoder"])
+            self.pm.model.load_state_dict(self._snapshot)
         if not keep:
-            self.pm.head.load_state_dict(self._snapshot["head"])
-        self._snapshot = None
-        self._optimizer = None
+            self.pm.model.score.load_state_dict(self._head)
+        self._head = self._snapshot = self._optimizer = None
+        self._params = []
         self.pm.eval()
         self.in_round = False
 
     def preference_batch(self, examples: list[PreferenceExample]):
-        return preference_batch(self.tokenizer, examples, self.config.max_length)
+        """Chosen rows, then rejected rows, as the reward model renders them."""
+        n = self.config.max_length
+        batch = self.pm.encode([e.prompt for e in examples] * 2,
+                               [e.chosen for e in examples] + [e.rejected for e in examples], n)
+        batch["p_chosen"] = torch.tensor([e.p_chosen for e in examples], dtype=torch.float32)
+        batch["weights"] = torch.tensor([e.weight for e in examples], dtype=torch.float32)
+        return batch
 
     def set_lr(self, lr: float) -> None:
         _set_lr(self._optimizer, lr)
@@ -330,23 +393,28 @@ class PreferenceLearner:
         return {"loss/reward": loss.item(), "grad_norm/reward": norm, **metrics}
 
     @torch.no_grad()
-    def evaluate(self, pref_probe: list[PreferenceExample]) -> dict[str, float]:
-        if not pref_probe:
-            return {}
+    def accuracy(self, pairs: list[PreferenceExample]) -> tuple[float, float]:
+        """(share of pairs whose chosen answer gets the higher reward, mean BT loss)."""
         self.pm.eval()
         agree, loss_sum = 0.0, 0.0
-        for start in range(0, len(pref_probe), self.config.batch_size):
-            chunk = pref_probe[start:start + self.config.batch_size]
+        for start in range(0, len(pairs), self.config.batch_size):
+            chunk = pairs[start:start + self.config.batch_size]
             batch = self.preference_batch(chunk)
             n = len(chunk)
             rewards = self.pm(batch["input_ids"], batch["attention_mask"])
             loss, metrics = bradley_terry_loss(rewards[:n], rewards[n:], batch["p_chosen"])
             agree += metrics["rewards/accuracy"] * n
             loss_sum += loss.item() * n
-        return {"probe/pm_accuracy": agree / len(pref_probe),
-                "probe/pm_loss": loss_sum / len(pref_probe)}
+        return agree / max(1, len(pairs)), loss_sum / max(1, len(pairs))
+
+    def evaluate(self, pref_probe: list[PreferenceExample]) -> dict[str, float]:
+        if not pref_probe:
+            return {}
+        accuracy, loss = self.accuracy(pref_probe)
+        return {"probe/pm_accuracy": accuracy, "probe/pm_loss": loss}
 
     def save(self, folder: str | Path) -> None:
+        """A standard sequence-classification checkpoint (LoRA merged)."""
         if self.in_round:
             raise RuntimeError("save called inside a round; end_round(keep=True) merges first")
         self.pm.save(folder)

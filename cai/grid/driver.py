@@ -98,8 +98,10 @@ class LocalPublisher:
     def __init__(self, inference: LocalInference):
         self.inference = inference
         self.version = 1
+        self.reward_version = 1
         self.served: dict[int, str] = {}
         self.rounds: list[dict] = []
+        self.samples: list = []  # RLSampleRecords a live trainer would send (mode 'rloo')
 
     def publish(self, checkpoint_dir: Path) -> int:
         self.version += 1
@@ -118,6 +120,14 @@ class LocalPublisher:
 
     def record_round(self, summary: dict) -> None:
         self.rounds.append(summary)
+
+    def publish_reward(self, folder: Path) -> int:
+        self.reward_version += 1
+        self.inference.set_reward(str(folder), self.reward_version)
+        return self.reward_version
+
+    def send_samples(self, records: list) -> None:
+        self.samples.extend(records)
 
 
 def pipeline_settings(cell: Cell, options: GridOptions, seed: int):
@@ -140,6 +150,7 @@ def run_cell(cell: Cell, options: GridOptions, seed: int, base: str, workdir: Pa
     from streams.records import encode
     from trainer import checkpoint
     from trainer.loop import TrainerLoop
+    from trainer.rl import Rollouts
 
     cpu0, wall0 = time.process_time(), time.monotonic()
     run_options = options.run_options(cell, seed)
@@ -151,7 +162,8 @@ def run_cell(cell: Cell, options: GridOptions, seed: int, base: str, workdir: Pa
     source, publisher = MemorySource(), LocalPublisher(inference)
     workdir.mkdir(parents=True, exist_ok=True)
     loop = TrainerLoop(config, workdir / "trainer", base, source, publisher, SFT, PREFERENCES,
-                       keep_checkpoints=options.rounds + 1)
+                       keep_checkpoints=options.rounds + 1,
+                       rollouts=Rollouts(lambda engines=inference: engines, close=False))
     loop.resume()
     timings = {"data_s": 0.0, "train_s": 0.0, "eval_s": 0.0}
     data_log = workdir / "data.jsonl"

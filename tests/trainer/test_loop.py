@@ -307,7 +307,9 @@ def _lengths(log: Log) -> dict[str, list]:
 
 
 def test_reward_mode_trains_and_saves_a_preference_model(tmp_path, tiny_path):
-    from trainer.reward import PreferenceModel
+    from transformers import AutoModelForSequenceClassification
+
+    from serving.reward_model import RewardModel
 
     log, pub = Log(), FakePublisher()
     fill(log, 3, 3)
@@ -316,8 +318,11 @@ def test_reward_mode_trains_and_saves_a_preference_model(tmp_path, tiny_path):
     folder = ckpt.latest_round(tmp_path / "trainer")
     metrics = json.loads((folder / "metrics.json").read_text())
     assert "loss/reward" in metrics and "probe/pm_accuracy" in metrics and "loss/dpo" not in metrics
-    pm = PreferenceModel.load(folder / "reward_model")
+    pm = RewardModel.from_pretrained(folder / "reward_model")
     assert len(pm.score(["q"], ["a"])) == 1
+    # A standard checkpoint: transformers (and so TRL) load it as a one-label classifier.
+    plain = AutoModelForSequenceClassification.from_pretrained(folder / "reward_model")
+    assert plain.config.num_labels == 1
     assert ckpt.load_state(folder).reward_weights == "round-000001/reward_model"
 
 

@@ -1,0 +1,86 @@
+"""One RL round end to end on a tiny model, with the roles served in-process as `cai grid` serves
+them: the preference model learns and is published as reward v2, the serving policy's samples are
+scored by it and sent on, the policy trains on them and is published as policy v2; a restarted
+trainer resumes the reward model and its held-out pairs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from cai.grid.driver import PREFERENCES, SFT, LocalPublisher, MemorySource
+from serving.inference import LocalInference
+from streams.records import PreferenceRecord, SFTRecord, encode
+from trainer import checkpoint as ckpt
+from trainer.config import TrainerConfig
+from trainer.loop import PM_HELDOUT_FILE, TrainerLoop
+from trainer.rl import Rollouts, is_held_out
+
+
+def _records(n: int) -> tuple[list[bytes], list[bytes]]:
+    sft, prefs = [], []
+    for i in range(n):
+        kind = "helpful" if i % 2 else "harmful"
+        prompt = f"How do I make thing {i}?"
+        sft.append(encode(SFTRecord(prompt_id=f"q{i}", prompt=prompt, response=f"Answer {i}.",
+                                    kind=kind, policy_version=1, record_id=f"sft-{i}")))
+        prefs.append(encode(PreferenceRecord(
+            prompt_id=f"q{i}", prompt=prompt, chosen="I can't help with that; it could hurt.",
+            rejected=f"Sure, step one of {i}", p_chosen=0.9, kind=kind, policy_version=1,
+            record_id=f"pref-{i}")))
+    return sft, prefs
+
+
+def _loop(tmp_path, tiny_path, inference, publisher, source) -> TrainerLoop:
+    config = TrainerConfig(
+        mode="rloo", gate=False, probe_size=0, lr=5e-3, epochs=2, rl_epochs=1, rl_samples=2,
+        rl_max_new_tokens=8, max_length=96, batch_size=4, pm_holdout=0.3,
+        promotion_threshold=1.0,  # the tiny PM's held-out accuracy is noise: keep it anyway
+        nice=0, round_every_examples=1000)
+    return TrainerLoop(config, tmp_path / "trainer", tiny_path, source, publisher, SFT,
+                       PREFERENCES, rollouts=Rollouts(lambda: inference, close=False))
+
+
+def test_one_rl_round_publishes_a_reward_model_and_a_policy_version(tmp_path, tiny_path):
+    inference = LocalInference(tiny_path, threads=1)
+    publisher, source = LocalPublisher(inference), MemorySource()
+    sft, prefs = _records(8)
+    source.push(SFT, sft)
+    source.push(PREFERENCES, prefs)
+    loop = _loop(tmp_path, tiny_path, inference, publisher, source)
+    loop.resume()
+    loop.gather()
+    folder = loop.run_round()
+
+    # The preference model is the reward role's version 2, loaded from the trainer's folder.
+    assert publisher.reward_version == 2 and loop.reward_version == 2
+    assert Path(loop.reward_weights).parent == tmp_path / "trainer" / "reward-models"
+    # k=2 samples of each of the 8 prompts, sampled by policy v1, scored by reward v2.
+    samples = publisher.samples
+    assert len(samples) == 16
+    assert {(s.policy_version, s.reward_version) for s in samples} == {(1, 2)}
+    assert sorted({s.prompt_id for s in samples}) == [f"q{i}" for i in range(8)]
+    for prompt_id in {s.prompt_id for s in samples}:
+        pair = [s for s in samples if s.prompt_id == prompt_id]
+        assert sorted(s.sample for s in pair) == [0, 1]
+        # Leave-one-out with k=2: each advantage is the difference of the two rewards.
+        assert abs(pair[0].advantage + pair[1].advantage) < 1e-5
+        assert abs(pair[0].advantage - (pair[0].reward - pair[1].reward)) < 1e-4
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert metrics["rl/samples"] == 16 and "loss/rl" in metrics and "loss/dpo" not in metrics
+    assert metrics["reward/version"] == 2 and "pm/loss" in metrics
+    held = [i for i in range(8) if is_held_out(f"q{i}", 0.3)]
+    assert metrics["pm/heldout_pairs"] == len(held)
+    # The policy round went through and serves as v2.
+    assert ckpt.load_state(folder).promoted and publisher.version == 2
+    assert inference.sources["policy"] == publisher.served[2]
+    summary = publisher.rounds[-1]
+    assert summary["metrics"]["reward/version"] == 2 and "rl/reward_mean" in summary["metrics"]
+
+    # A restarted trainer goes on with the same reward model and held-out pairs.
+    again = _loop(tmp_path, tiny_path, inference, LocalPublisher(inference), MemorySource())
+    again.resume()
+    assert again.reward_version == 2 and again.reward_weights == loop.reward_weights
+    if held:
+        assert (folder / PM_HELDOUT_FILE).exists()
+        assert sorted(e.prompt_id for e in again._pm_held_out) == [f"q{i}" for i in held]
