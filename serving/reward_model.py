@@ -47,6 +47,10 @@ class RewardModel(nn.Module):
         """A saved reward model, or a causal LM given a new head (seeded, small)."""
         from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
+        if (Path(path) / "reward_head.safetensors").exists():
+            raise ValueError(f"{path} is a preference model saved by an earlier version (a decoder "
+                             "plus reward_head.safetensors); train it again: it now saves as a "
+                             "standard sequence-classification checkpoint")
         tokenizer = AutoTokenizer.from_pretrained(path)
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token

@@ -94,6 +94,13 @@ def _write_json(path: Path, data) -> None:
     path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
+def write_json_atomic(path: Path, data) -> None:
+    """Replace ``path`` by ``data`` as JSON in one rename: a reader sees the old or the new."""
+    tmp = path.with_name(path.name + ".tmp")
+    _write_json(tmp, data)
+    os.replace(tmp, path)
+
+
 def write_round(trainer_dir: Path, state: RoundState, metrics: dict, examples: dict,
                 probe: dict, config, save_weights: Callable[[Path], None] | None,
                 extra_files: dict[str, object] | None = None) -> Path:
@@ -128,9 +135,7 @@ def _fsync_tree(folder: Path) -> None:
 
 def write_published(folder: Path, version: int, announced: bool) -> None:
     """Record (atomically) that serving runs this round as ``version`` and if it was announced."""
-    tmp = folder / (PUBLISHED + ".tmp")
-    _write_json(tmp, {"version": version, "announced": announced})
-    os.replace(tmp, folder / PUBLISHED)
+    write_json_atomic(folder / PUBLISHED, {"version": version, "announced": announced})
 
 
 PUBLISH_FAILURES = "publish_failures.json"
@@ -142,9 +147,7 @@ def count_publish_failure(folder: Path, reason: str) -> int:
     path = Path(folder) / PUBLISH_FAILURES
     failures = json.loads(path.read_text()) if path.exists() else []
     failures.append({"reason": reason[:1000]})
-    tmp = path.with_suffix(".tmp")
-    _write_json(tmp, failures)
-    os.replace(tmp, path)
+    write_json_atomic(path, failures)
     return len(failures)
 
 

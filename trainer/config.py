@@ -125,7 +125,8 @@ class TrainerConfig:
     rl_temperature: float = option(0.8, "sampling temperature of the RL answers")
     rl_max_new_tokens: int = option(64, "tokens per RL answer")
     rl_epochs: int = option(
-        2, "passes over a round's RL samples, taken in the round's last epochs (at most epochs)")
+        2, "passes over a round's RL samples in all, spread over the round's epochs (each epoch "
+        "takes its share of them, beside its SFT steps)")
     rl_beta: float = option(
         0.05, "weight of the KL penalty (per token, k3 estimator) to the round-start policy")
     rl_clip: float = option(

@@ -72,6 +72,7 @@ REPLAY_FILE = "replay.json"  # helpful examples of promoted rounds, trained agai
 PM_HELDOUT_FILE = "pm_heldout.json"  # pairs the preference model never trains on (mode 'rloo')
 PM_HELDOUT_LIMIT = 400
 REWARD_MODELS_DIR = "reward-models"  # preference models published as the reward role
+REWARD_SERVING_FILE = "serving.json"  # in REWARD_MODELS_DIR: which of them serves, as what
 DEV_ANSWERS_FILE = "dev_answers.json"  # the candidate's gate answers, with their verdicts
 SEEN_IDS_LIMIT = 100_000  # record ids remembered for de-duplication
 # A round with nothing to train still checkpoints and commits once this many records were
@@ -313,6 +314,7 @@ class TrainerLoop:
             self._serving_figures = gate_state.get("serving")
             self._base_figures = gate_state.get("base")
             self.reward_version = state.extra.get("reward_version", 1)
+            self._adopt_serving_reward()
             if (folder / PM_HELDOUT_FILE).exists():
                 self._pm_held_out = [e for e in _examples_from_json(
                     ckpt.load_json(folder, PM_HELDOUT_FILE))
@@ -339,13 +341,30 @@ class TrainerLoop:
             self.source.commit(self.offsets)
             ckpt.mark_committed(folder)
 
+    def _adopt_serving_reward(self) -> None:
+        """Take the reward model that serves from ``reward-models/serving.json``: it is written
+        as soon as one is published, so it is newer than a round folder when the process died
+        in between."""
+        path = self.trainer_dir / REWARD_MODELS_DIR / REWARD_SERVING_FILE
+        if not path.exists():
+            return
+        serving = ckpt.load_json(path.parent, path.name)
+        folder = path.parent / serving["folder"]
+        if serving["version"] > self.reward_version and folder.is_dir():
+            logger.info("reward v%d (%s) was published after the last round folder; going on "
+                        "with it", serving["version"], folder.name)
+            self.reward_version, self.reward_weights = serving["version"], str(folder)
+
+    def _preference_learner(self) -> PreferenceLearner:
+        """The preference model that serves (or a new one on the base model)."""
+        return PreferenceLearner(
+            self._weights_path(self.reward_weights) if self.reward_weights else self.base_model,
+            self.config)
+
     def _load_learners(self) -> None:
         policy = PolicyLearner(self._weights_path(self.policy_weights), self.config)
-        preference = None
-        if self.config.mode in ("reward", "rloo"):
-            preference = PreferenceLearner(
-                self._weights_path(self.reward_weights) if self.reward_weights else self.base_model,
-                self.config)
+        preference = (self._preference_learner() if self.config.mode in ("reward", "rloo")
+                      else None)
         self.runner = RoundRunner(self.config, policy, preference, load_dev_set(self.config),
                                   self._serving_figures, self._base_figures)
 
@@ -643,7 +662,9 @@ class TrainerLoop:
                     ) -> tuple[list[RLSample], dict[str, float]]:
         """The preference model learns from the round's pairs and, kept, serves as the next
         reward version; then the serving policy's samples of the round's prompts are scored by
-        it, sent to the rl-samples topic, and returned (those that carry an advantage)."""
+        it, sent to the rl-samples topic, and returned (those that carry an advantage). A
+        serving role that fails (after retries of an outage) costs the round its RL part, not
+        the round: it trains on its SFT revisions alone."""
         cfg = self.config
         train, held = split_pairs(pending.preferences + replayed_pairs, cfg.pm_holdout)
         known = {_pair_text(e) for e in self._pm_held_out}
@@ -652,10 +673,21 @@ class TrainerLoop:
         kept, metrics = self.runner.train_reward(self.round_no, train, self._pm_held_out)
         if kept:
             folder = self._save_reward_model()
-            self.reward_version = self.publisher.publish_reward(folder)
-            self.reward_weights = str(folder)
-            logger.info("round %d: preference model serving as reward v%d", self.round_no,
-                        self.reward_version)
+            try:
+                version = self._with_retries("publishing the preference model",
+                                             lambda: self.publisher.publish_reward(folder))
+            except Exception as exc:  # noqa: BLE001 - Triton refused it: the old PM serves on
+                logger.error("round %d: the preference model was not published (%s); reward "
+                             "v%d serves on", self.round_no, exc, self.reward_version)
+                self.runner.preference = self._preference_learner()  # back to what serves
+            else:
+                self.reward_version, self.reward_weights = version, str(folder)
+                # At once, not with the round folder: a crash before that must not leave the
+                # trainer's idea of the serving reward model behind Triton's.
+                ckpt.write_json_atomic(folder.parent / REWARD_SERVING_FILE,
+                                       {"version": version, "folder": folder.name})
+                logger.info("round %d: preference model serving as reward v%d", self.round_no,
+                            version)
         metrics["reward/version"] = float(self.reward_version)
         if self.reward_version <= 1:
             logger.info("round %d: no trained preference model serves yet; no RL samples this "
@@ -664,17 +696,50 @@ class TrainerLoop:
         prompts = round_prompts(pending.sft + pending.preferences)
         logger.info("round %d: sampling %d answers to each of %d prompts from policy v%d",
                     self.round_no, cfg.rl_samples, len(prompts), self.version)
-        samples = self.rollouts.collect(prompts, cfg.rl_samples, cfg.rl_temperature,
-                                        cfg.rl_max_new_tokens, cfg.seed + self.round_no)
-        self.publisher.send_samples(sample_records(samples, self.round_no))
+        try:
+            samples = self._with_retries("sampling and scoring", lambda: self.rollouts.collect(
+                prompts, cfg.rl_samples, cfg.rl_temperature, cfg.rl_max_new_tokens,
+                cfg.seed + self.round_no))
+        except Exception as exc:  # noqa: BLE001
+            logger.error("round %d: no RL samples (%s); the round trains on SFT alone",
+                         self.round_no, exc)
+            return [], metrics
+        stale = [s for s in samples if s.policy_version != self.version]
+        if stale:  # e.g. a rollback between rounds: the ratio's reference would be wrong
+            logger.warning("round %d: %d samples came from another policy version than v%d; "
+                           "left out", self.round_no, len(stale), self.version)
+            samples = [s for s in samples if s.policy_version == self.version]
+        try:
+            self.publisher.send_samples(sample_records(samples, self.round_no))
+        except Exception as exc:  # noqa: BLE001 - the topic is for watching; training goes on
+            logger.warning("round %d: RL samples not sent to the topic: %s", self.round_no, exc)
         metrics.update(sample_metrics(samples))
         used = informative(samples)
         metrics["rl/samples_used"] = float(len(used))
         return used, metrics
 
+    def _with_retries(self, what: str, call):
+        """``call()``, with an outage (a ``retryable`` error, or a refused connection) waited
+        out with backoff for a few minutes; other errors are raised at once."""
+        delay = 2.0
+        for attempt in range(1, 7):
+            try:
+                return call()
+            except Exception as exc:
+                if not (getattr(exc, "retryable", False) or isinstance(exc, OSError)) \
+                        or attempt == 6:
+                    raise
+                logger.warning("%s: a service is unreachable (%s); retry %d in %.0fs", what, exc,
+                               attempt, delay)
+                if self._stop.wait(delay):
+                    raise
+                delay = min(60.0, delay * 2)
+        raise AssertionError("unreachable")
+
     def _save_reward_model(self) -> Path:
         """The preference model's weights in ``reward-models/round-N`` (written whole, then
-        renamed into place: Triton's copy may share the files' inodes); older ones are pruned."""
+        renamed into place: Triton's copy may share the files' inodes). Older ones are pruned,
+        except the one that serves."""
         parent = self.trainer_dir / REWARD_MODELS_DIR
         target = parent / f"{ckpt.PREFIX}{self.round_no:06d}"
         partial = target.with_name(target.name + ".partial")
@@ -682,7 +747,10 @@ class TrainerLoop:
         self.runner.preference.save(partial)
         shutil.rmtree(target, ignore_errors=True)
         partial.rename(target)
-        for old in sorted(p for p in parent.iterdir() if p.is_dir())[:-2]:
+        serving = Path(self.reward_weights).name if self.reward_weights else None
+        saved = sorted(p for p in parent.iterdir() if p.is_dir() and not p.name.endswith(
+            ".partial") and p.name not in (target.name, serving))
+        for old in saved[:-1]:
             shutil.rmtree(old, ignore_errors=True)
         return target
 

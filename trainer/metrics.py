@@ -83,7 +83,8 @@ def observe_round(summary: dict, metrics: dict[str, float], seconds: float,
 def observe_figures(version: int, figures: dict[str, dict]) -> None:
     """Evaluation figures of one policy version, each in ``Share.as_dict`` form."""
     for figure, share in figures.items():
-        if not isinstance(share, dict) or share.get("value") is None:
+        # Shares only: the gate's ``answer_words`` is a mean word count, not a share.
+        if not isinstance(share, dict) or share.get("value") is None or "hits" not in share:
             continue
         labels = (str(version), figure)
         EVAL_SHARE.labels(*labels).set(share["value"])

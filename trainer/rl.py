@@ -83,8 +83,11 @@ class Rollouts:
     async def _collect(self, prompts, k, temperature, max_new_tokens, seed) -> list[RLSample]:
         inference = self.connect()
         try:
+            # top_p 1: the loss's ratio reads the policy's full distribution, so sampling
+            # should not cut its tail. (The ratio is taken at temperature 1 while the answers
+            # were sampled at ``temperature``: an approximation that the clip bounds.)
             params = GenerationParams(max_new_tokens=max_new_tokens, temperature=temperature,
-                                      num_samples=k)
+                                      top_p=1.0, num_samples=k)
             items = [(p.prompt, seed * 1_000_003 + i * k) for i, p in enumerate(prompts)]
             generations = await inference.generate("policy", items, params)
             flat = [(p, g) for p, gens in zip(prompts, generations, strict=True) for g in gens]

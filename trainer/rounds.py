@@ -260,7 +260,7 @@ class RoundRunner:
             self.serving, _ = self._measure()
             self.base = self.base or self.serving
         self.policy.begin_round(cfg.seed + round_no)
-        if self.preference is not None:
+        if train_pm:  # mode 'rloo' trains its preference model apart (``train_reward``)
             self.preference.begin_round(cfg.seed + round_no)
         before = self._evaluate(probe)
         if train_dpo:  # the reference is the round-start policy: one pass per pair per round
@@ -278,13 +278,16 @@ class RoundRunner:
 
         weights = dict(zip((id(e) for e in sft), sft_mix_weights(sft, cfg.helpful_mix)))
         pair_epochs = cfg.epochs if cfg.dpo_epochs is None else cfg.dpo_epochs
-        rl_epochs = min(cfg.rl_epochs, cfg.epochs)
         epochs = max(cfg.epochs, pair_epochs)
+        # RL steps are spread over every epoch, as many samples an epoch as rl_epochs passes
+        # need in all: the gate checks between epochs then see RL too, and the RL steps do not
+        # all fall at the end of the learning-rate schedule.
+        rl_budget = -(-len(rl_samples) * cfg.rl_epochs // epochs) if train_rl else 0
         checks = self._check_epochs(epochs)
         pair_steps = pair_epochs * _steps(preferences, cfg.batch_size)
         total_steps = (cfg.epochs * _steps(sft, cfg.batch_size) * train_policy_sft
                        + pair_steps * (train_dpo or train_pm)
-                       + rl_epochs * _steps(rl_samples, cfg.batch_size) * train_rl)
+                       + epochs * -(-rl_budget // cfg.batch_size))
         step = 0
 
         def next_lr(learner) -> None:
@@ -303,8 +306,8 @@ class RoundRunner:
                 for chunk in _batches(preferences, cfg.batch_size, rng, epoch_budget(preferences)):
                     next_lr(self.policy)
                     record(self.policy.dpo_step(self.policy.preference_batch(chunk)))
-            if train_rl and epoch >= epochs - rl_epochs:
-                for chunk in _batches(rl_samples, cfg.batch_size, rng):
+            if train_rl:
+                for chunk in _batches(rl_samples, cfg.batch_size, rng, rl_budget):
                     next_lr(self.policy)
                     record(self.policy.rl_step(chunk))
             if train_pm and epoch >= epochs - pair_epochs:
@@ -341,7 +344,7 @@ class RoundRunner:
                 if chosen["state"] is not None:  # an earlier epoch passed where the last did not
                     self.policy.load_trainable_state(chosen["state"])
         self.policy.end_round(keep=promoted)
-        if self.preference is not None:
+        if train_pm:
             self.preference.end_round(keep=promoted)
 
         metrics = {key: sums[key] / counts[key] for key in sums}

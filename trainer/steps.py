@@ -91,8 +91,8 @@ def _pair_key(example: PreferenceExample) -> tuple[str, str, str]:
     return (example.prompt, example.chosen, example.rejected)
 
 
-def _sample_key(sample: RLSample) -> tuple[str, str]:
-    return (sample.prompt, sample.answer)
+def _sample_key(sample: RLSample) -> tuple[str, str, bool]:
+    return (sample.prompt, sample.answer, sample.truncated)
 
 
 class PolicyLearner:
@@ -114,7 +114,7 @@ class PolicyLearner:
         # The round's reference log-probabilities by pair text: (chosen, rejected).
         self._ref_logps: dict[tuple[str, str, str], tuple[float, float]] = {}
         # The reference's per-token log-probabilities of each RL answer, by (prompt, answer).
-        self._ref_tokens: dict[tuple[str, str], torch.Tensor] = {}
+        self._ref_tokens: dict[tuple[str, str, bool], torch.Tensor] = {}
         self.in_round = False
 
     # --- round lifecycle -----------------------------------------------------------------

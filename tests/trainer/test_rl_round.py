@@ -84,3 +84,54 @@ def test_one_rl_round_publishes_a_reward_model_and_a_policy_version(tmp_path, ti
     if held:
         assert (folder / PM_HELDOUT_FILE).exists()
         assert sorted(e.prompt_id for e in again._pm_held_out) == [f"q{i}" for i in held]
+
+
+def test_a_reward_model_published_after_the_last_round_folder_is_the_one_resumed(tmp_path,
+                                                                                 tiny_path):
+    """A crash between publishing the preference model and writing the round folder: the
+    restarted trainer goes on with what serves (reward-models/serving.json), not the older
+    round's pointer."""
+    from trainer.loop import REWARD_MODELS_DIR, REWARD_SERVING_FILE
+
+    inference = LocalInference(tiny_path, threads=1)
+    publisher, source = LocalPublisher(inference), MemorySource()
+    sft, prefs = _records(4)
+    source.push(SFT, sft)
+    source.push(PREFERENCES, prefs)
+    loop = _loop(tmp_path, tiny_path, inference, publisher, source)
+    loop.resume()
+    loop.gather()
+    loop.run_round()
+    models = tmp_path / "trainer" / REWARD_MODELS_DIR
+    assert json.loads((models / REWARD_SERVING_FILE).read_text()) == {
+        "version": 2, "folder": "round-000001"}
+    # As if round 2's preference model was published as v3, and the process then died.
+    (models / "round-000002").mkdir()
+    loop.runner.preference.save(models / "round-000002")
+    (models / REWARD_SERVING_FILE).write_text(json.dumps({"version": 3,
+                                                          "folder": "round-000002"}))
+    again = _loop(tmp_path, tiny_path, inference, LocalPublisher(inference), MemorySource())
+    again.resume()
+    assert again.reward_version == 3
+    assert Path(again.reward_weights) == models / "round-000002"
+
+
+class _RefusingPublisher(LocalPublisher):
+    def publish_reward(self, folder):
+        raise RuntimeError("Triton could not load reward v2: corrupt weights")
+
+
+def test_a_reward_model_triton_refuses_costs_the_round_its_rl_part_only(tmp_path, tiny_path):
+    inference = LocalInference(tiny_path, threads=1)
+    publisher, source = _RefusingPublisher(inference), MemorySource()
+    sft, prefs = _records(4)
+    source.push(SFT, sft)
+    source.push(PREFERENCES, prefs)
+    loop = _loop(tmp_path, tiny_path, inference, publisher, source)
+    loop.resume()
+    loop.gather()
+    folder = loop.run_round()
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert loop.reward_version == 1 and metrics["reward/version"] == 1
+    assert publisher.samples == [] and "loss/rl" not in metrics and "loss/sft" in metrics
+    assert ckpt.load_state(folder).promoted  # the SFT part went through
