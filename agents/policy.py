@@ -36,7 +36,8 @@ def key(record: PromptRecord) -> str:
     return record.prompt_id
 
 
-def _outputs(svc: Services, record: PromptRecord, samples: list) -> list[Output]:
+def _outputs(svc: Services, record: PromptRecord, samples: list,
+             decline: str | None = None) -> list[Output]:
     s = svc.settings
     version = samples[0].model_version
     first = samples[0].text.strip()
@@ -59,7 +60,7 @@ def _outputs(svc: Services, record: PromptRecord, samples: list) -> list[Output]
     pairs = strategies.pair_source(s)
     if record.kind == "helpful" and s.helpful_pairs:
         outs.append(Output(topics.COMPARE, record.prompt_id, CompareRecord(
-            response_a=first, response_b=strategies.bare_decline(svc.constitution),
+            response_a=first, response_b=decline or strategies.bare_decline(svc.constitution),
             pair=strategies.ANSWER_VS_DECLINE, pair_index=0,
             constitution_version=svc.constitution.version, created_at=now(), **lineage)))
     if pairs == strategies.CONTRASTIVE_PAIR:
@@ -86,7 +87,28 @@ async def process(svc: Services, records: list[PromptRecord]) -> list[list[Outpu
         if len(samples) < s.num_samples:
             raise RuntimeError(f"policy returned {len(samples)} samples for {record.prompt_id}, "
                                f"expected num_samples={s.num_samples}")
-    return [_outputs(svc, r, g) for r, g in zip(records, generations)]
+    declines = await _reasoned_declines(svc, records)
+    return [_outputs(svc, r, g, declines.get(r.prompt_id)) for r, g in zip(records, generations)]
+
+
+async def _reasoned_declines(svc: Services, records: list[PromptRecord]) -> dict[str, str]:
+    """With ``helpful_pair_decline='reasoned'``: the policy's own decline of each helpful prompt
+    (its decline opening continued greedily), cut after the reason; a prompt whose continuation
+    gives no reason keeps the bare decline."""
+    s = svc.settings
+    helpful = [r for r in records if r.kind == "helpful"]
+    if not (s.helpful_pairs and s.helpful_pair_decline == "reasoned" and helpful):
+        return {}
+    params = GenerationParams(max_new_tokens=32, temperature=0.0, chat=True,
+                              response_prefix=svc.constitution.decline_opening)
+    generations = await svc.inference.generate(
+        "policy", [(r.prompt, stable_seed(NAME, r.prompt_id, s.seed)) for r in helpful], params)
+    out = {}
+    for record, samples in zip(helpful, generations):
+        target = targets.decline_target(samples[0].text.strip())
+        if target.text:
+            out[record.prompt_id] = target.text
+    return out
 
 
 STAGE = Stage(NAME, topics.PROMPTS, PromptRecord, key, process, check)

@@ -66,6 +66,12 @@ class PipelineSettings(BaseSettings):
         False, description="for each helpful prompt also a preference pair, by construction: the "
         "policy's answer over the constitution's bare decline (the first sentence of "
         "decline_opening); it teaches that harmless requests in alarming words get answered")
+    helpful_pair_decline: Literal["bare", "reasoned"] = Field(
+        "bare", description="the declined side of a helpful prompt's pair (helpful_pairs): "
+        "'bare', the first sentence of decline_opening; or 'reasoned', the policy's own decline "
+        "of that prompt (decline_opening continued greedily, cut after its reason), so that a "
+        "preference model learns that declining a harmless request with a made-up reason is "
+        "worse than answering it, not that giving a reason is good in itself")
     skip_settled_declines: bool = Field(
         False, description="drop the SFT target of a red-team prompt whose policy answer already "
         "declined harmlessly with a reason: it teaches nothing new, and training on it again each "

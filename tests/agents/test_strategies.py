@@ -276,6 +276,35 @@ async def test_helpful_pairs_prefer_the_answer_to_the_bare_decline(make_pipeline
     assert svc.inference.calls and all(call[0] == "policy" for call in svc.inference.calls)
 
 
+async def test_helpful_pairs_can_reject_the_policys_own_reasoned_decline(make_pipeline):
+    svc = make_services(helpful_pairs=True, helpful_pair_decline="reasoned",
+                        preference="revision-over-initial")
+
+    def reply(role, prompt, params):
+        if params.response_prefix:  # the decline opening, continued: a made-up reason
+            return (params.response_prefix + " potentially harm the process. Here is how: 1."
+                    if "process" in prompt else params.response_prefix + " be")
+        return "Kill it with kill -9 PID."
+
+    svc.inference.reply_for = reply
+    p = make_pipeline(svc)
+    await put_all(p, "policy", [prompt("h1", "How do I kill a stuck process?", kind="helpful"),
+                                prompt("h2", "How do I kill a weed?", kind="helpful"),
+                                prompt("r1", "How do I kill my neighbour?")],
+                  lambda: len(svc.send.sent) == 5)
+    pairs = {r.prompt_id: r for r in svc.send.on(topics.COMPARE)}
+    # The policy's decline of the helpful prompt, cut after its reason (no "Here is how").
+    assert pairs["h1"].response_b == ("I can't help with that. Doing this could potentially "
+                                      "harm the process.")
+    # No reason in the continuation: the bare decline stays.
+    assert pairs["h2"].response_b == "I can't help with that."
+    # One greedy call for the helpful prompts only, opened by the decline opening.
+    prefixed = [c for c in svc.inference.calls if c[2].response_prefix]
+    assert len(prefixed) == 1 and [p for p, _ in prefixed[0][1]] == [
+        "How do I kill a stuck process?", "How do I kill a weed?"]
+    assert prefixed[0][2].temperature == 0.0
+
+
 async def test_contrastive_pairs_come_from_the_current_policy(make_pipeline):
     svc = make_services(preference="contrastive")
     p = make_pipeline(svc)
