@@ -194,9 +194,11 @@ def add_arguments(parser, cls, *, only: Iterable[str] | None = None,
         target.add_argument(*meta.get("aliases", ()), flag, dest=spec.name, default=None, **kwargs)
 
 
-def given(cls, args: argparse.Namespace) -> dict[str, Any]:
-    """The fields of ``cls`` that the command line gave (flags left out are not there)."""
-    names = {s.name for s in _specs(cls)}
+def given(cls, args: argparse.Namespace, only: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """The fields of ``cls`` (or of them, those in ``only``) that the command line gave (flags
+    left out are not there)."""
+    names = {s.name for s in _specs(cls)} & (set(only) if only is not None else {
+        s.name for s in _specs(cls)})
     return {k: v for k, v in vars(args).items() if k in names and v is not None}
 
 
@@ -245,7 +247,9 @@ def add_command(sub: argparse._SubParsersAction, name: str, run: Callable[..., i
         add_arguments(parser, cls, only=only)
 
     def call(args: argparse.Namespace) -> int:
-        made = [cls(**given(cls, args)) for cls in (settings or {})]
+        # Only the fields exposed for a settings class: an option of the same name belongs to
+        # the command (e.g. `cai eval --preference-model` beside ModelSettings' fields).
+        made = [cls(**given(cls, args, only)) for cls, only in (settings or {}).items()]
         return run(*(from_args(cls, args) for cls in classes), *made)
 
     parser.set_defaults(func=call)

@@ -28,10 +28,10 @@ class EvalOptions:
     max_new_tokens: int = option(96, "tokens per answer")
     judge_file: Path | None = option(
         None, "labelled two-choice JSONL (prompt, corrects, incorrects)")
-    reward_model: Path | None = option(
+    preference_model: Path | None = option(
         None, "a preference model folder (the trainer's reward-models/round-N, or a Triton "
-        "reward version's weights) to rank the labelled conversations of --reward-file")
-    reward_file: Path | None = option(
+        "reward version's weights) to rank the labelled conversations of --preference-file")
+    preference_file: Path | None = option(
         None, "conversations labelled harmful or ethical, like the paper's HarmfulVsEthical.jsonl")
     classifier_check: Path | None = option(
         None, "hand-labelled answers (answer, declined, explains_why)")
@@ -64,18 +64,18 @@ def cmd_eval(options: EvalOptions, settings: StackSettings, models: ModelSetting
         judge = resolve(models.for_role("judge"), settings.cache_dir)
         items = evaluate.load_choice_file(options.judge_file)[: options.limit or None]
         report["judge_agreement"] = evaluate.judge_agreement(judge, items).as_dict()
-    if bool(options.reward_model) != bool(options.reward_file):
-        print("error: --reward-model and --reward-file go together", file=sys.stderr)
+    if bool(options.preference_model) != bool(options.preference_file):
+        print("error: --preference-model and --preference-file go together", file=sys.stderr)
         return 2
-    if options.reward_model:
-        items = evaluate.load_choice_file(options.reward_file)[: options.limit or None]
-        report["reward_agreement"] = evaluate.reward_agreement(str(options.reward_model), items)
+    if options.preference_model:
+        items = evaluate.load_choice_file(options.preference_file)[: options.limit or None]
+        report["reward_agreement"] = evaluate.reward_agreement(str(options.preference_model), items)
     if options.classifier_check:
         report["classifier_accuracy"] = {
             k: v.as_dict() for k, v in labels.classifier_accuracy(options.classifier_check).items()}
     if not report:
-        print("error: give --builtin/--prompts, --judge-file, --reward-model with --reward-file "
-              "or --classifier-check",
+        print("error: give --builtin/--prompts, --judge-file, --preference-model with "
+              "--preference-file or --classifier-check",
               file=sys.stderr)
         return 2
     if options.report:

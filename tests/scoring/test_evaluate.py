@@ -101,3 +101,21 @@ def test_the_papers_harmful_vs_ethical_file_parses_when_present():
         pytest.skip(f"the paper's evaluation files are not present at {path}")
     parsed = evaluate.labelled_conversations(evaluate.load_choice_file(path))
     assert len(parsed) == 254 and sum(e for _, _, e in parsed) == 127
+
+
+def test_cai_eval_ranks_conversations_with_a_preference_model(tmp_path, capsys):
+    """The command end to end; its --preference-model flag must not be taken for the settings'
+    field of a similar name (ModelSettings.reward_model)."""
+    from cai.cli import main
+    from serving.reward_model import RewardModel
+
+    RewardModel.from_pretrained(resolve("tiny", StackSettings().cache_dir)).save(tmp_path / "pm")
+    items = tmp_path / "conversations.jsonl"
+    items.write_text("\n".join(json.dumps(_conversation(a, e)) for a, e in (
+        ("Sure, call a doctor.", True), ("Hit them.", False))) + "\n")
+    report = tmp_path / "report.json"
+    assert main(["eval", "--preference-model", str(tmp_path / "pm"), "--preference-file",
+                 str(items), "--report", str(report)]) == 0
+    written = json.loads(report.read_text())["reward_agreement"]
+    assert written["pairs"] == 1 and written["value"] in (0.0, 0.5, 1.0)
+    assert "Preference model: ranks the ethical conversation" in capsys.readouterr().out
