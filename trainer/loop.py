@@ -383,26 +383,19 @@ class TrainerLoop:
         raised (the process restarts and tries again); at ``publish_attempts`` failures the
         round is quarantined instead (None), so a round Triton never loads cannot make a
         crash loop."""
-        attempt = 0
-        while True:
-            try:
-                return self._publish_once(folder)
-            except Exception as exc:
-                if getattr(exc, "retryable", False) or isinstance(exc, OSError):
-                    delay = min(60.0, 2.0 * 2**min(attempt, 5))
-                    attempt += 1
-                    logger.warning("publishing %s: a service is unreachable (%s); retry %d in "
-                                   "%.0fs", folder.name, exc, attempt, delay)
-                    if self._stop.wait(delay):
-                        raise
-                    continue
-                failures = ckpt.count_publish_failure(folder, str(exc))
-                logger.error("publishing %s failed (%d of %d): %s", folder.name, failures,
-                             self.config.publish_attempts, exc)
-                if failures >= self.config.publish_attempts:
-                    self._quarantine(folder, str(exc))
-                    return None
+        try:
+            return self._with_retries(f"publishing {folder.name}",
+                                      lambda: self._publish_once(folder))
+        except Exception as exc:
+            if _is_outage(exc):  # the stop came while an outage was waited out
                 raise
+            failures = ckpt.count_publish_failure(folder, str(exc))
+            logger.error("publishing %s failed (%d of %d): %s", folder.name, failures,
+                         self.config.publish_attempts, exc)
+            if failures >= self.config.publish_attempts:
+                self._quarantine(folder, str(exc))
+                return None
+            raise
 
     def _quarantine(self, folder: Path, reason: str) -> None:
         """Treat a round Triton never loads as rejected: the previous weights go on."""
@@ -675,7 +668,8 @@ class TrainerLoop:
             folder = self._save_reward_model()
             try:
                 version = self._with_retries("publishing the preference model",
-                                             lambda: self.publisher.publish_reward(folder))
+                                             lambda: self.publisher.publish_reward(folder),
+                                             attempts=6)
             except Exception as exc:  # noqa: BLE001 - Triton refused it: the old PM serves on
                 logger.error("round %d: the preference model was not published (%s); reward "
                              "v%d serves on", self.round_no, exc, self.reward_version)
@@ -699,7 +693,7 @@ class TrainerLoop:
         try:
             samples = self._with_retries("sampling and scoring", lambda: self.rollouts.collect(
                 prompts, cfg.rl_samples, cfg.rl_temperature, cfg.rl_max_new_tokens,
-                cfg.seed + self.round_no))
+                cfg.seed + self.round_no), attempts=6)
         except Exception as exc:  # noqa: BLE001
             logger.error("round %d: no RL samples (%s); the round trains on SFT alone",
                          self.round_no, exc)
@@ -718,23 +712,22 @@ class TrainerLoop:
         metrics["rl/samples_used"] = float(len(used))
         return used, metrics
 
-    def _with_retries(self, what: str, call):
-        """``call()``, with an outage (a ``retryable`` error, or a refused connection) waited
-        out with backoff for a few minutes; other errors are raised at once."""
-        delay = 2.0
-        for attempt in range(1, 7):
+    def _with_retries(self, what: str, call, attempts: int | None = None):
+        """``call()``, with an outage (``_is_outage``) waited out with backoff (2 s doubling to
+        60 s), ``attempts`` times in all or until the stop; other errors are raised at once."""
+        attempt = 0
+        while True:
             try:
                 return call()
             except Exception as exc:
-                if not (getattr(exc, "retryable", False) or isinstance(exc, OSError)) \
-                        or attempt == 6:
+                attempt += 1
+                if not _is_outage(exc) or attempt == attempts:
                     raise
+                delay = min(60.0, 2.0 * 2**min(attempt - 1, 5))
                 logger.warning("%s: a service is unreachable (%s); retry %d in %.0fs", what, exc,
                                attempt, delay)
                 if self._stop.wait(delay):
                     raise
-                delay = min(60.0, delay * 2)
-        raise AssertionError("unreachable")
 
     def _save_reward_model(self) -> Path:
         """The preference model's weights in ``reward-models/round-N`` (written whole, then
@@ -781,6 +774,12 @@ class TrainerLoop:
 
     def close(self) -> None:
         self.source.close()
+
+
+def _is_outage(exc: Exception) -> bool:
+    """A service that could not be reached (a ``retryable`` error, a refused connection), as
+    opposed to one that answered with an error."""
+    return getattr(exc, "retryable", False) or isinstance(exc, OSError)
 
 
 def _dead_letter(message: Message, reason: str):

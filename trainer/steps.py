@@ -14,6 +14,7 @@ and ``AutoModelForCausalLM.from_pretrained`` load them with no peft involved.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import math
@@ -170,10 +171,18 @@ class PolicyLearner:
         precomputed for this round when ``precompute_reference`` saw its examples."""
         if "ref_logps" in batch:
             return batch["ref_logps"]
+        with self._reference() as reference:
+            return self._logps(reference, batch)
+
+    @contextlib.contextmanager
+    def _reference(self):
+        """The round-start policy: under LoRA the model with its adapters off, else the frozen
+        copy made at round start."""
         if self.config.lora:
             with self.model.disable_adapter():
-                return self._logps(self.model, batch)
-        return self._logps(self._ref, batch)
+                yield self.model
+        else:
+            yield self._ref
 
     def _logps(self, model, batch: dict) -> torch.Tensor:
         if "pairs" not in batch:
@@ -244,12 +253,9 @@ class PolicyLearner:
             if not chunk:
                 continue
             batch = self.rl_batch(chunk)
-            args = (batch["input_ids"], batch["attention_mask"], batch["labels"])
-            if self.config.lora:
-                with self.model.disable_adapter():
-                    logps, rows = token_logps(self.model, *args)
-            else:
-                logps, rows = token_logps(self._ref, *args)
+            with self._reference() as reference:
+                logps, rows = token_logps(reference, batch["input_ids"], batch["attention_mask"],
+                                          batch["labels"])
             for i, sample in enumerate(chunk):
                 self._ref_tokens[_sample_key(sample)] = logps[rows == i].clone()
 
