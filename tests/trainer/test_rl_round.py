@@ -41,16 +41,22 @@ def _loop(tmp_path, tiny_path, inference, publisher, source) -> TrainerLoop:
                        PREFERENCES, rollouts=Rollouts(lambda: inference, close=False))
 
 
-def test_one_rl_round_publishes_a_reward_model_and_a_policy_version(tmp_path, tiny_path):
+def _first_round(tmp_path, tiny_path, prompts: int, publisher_type=LocalPublisher):
+    """A fresh trainer that reads ``prompts`` prompts' records and runs one round: (inference,
+    publisher, loop, round folder)."""
     inference = LocalInference(tiny_path, threads=1)
-    publisher, source = LocalPublisher(inference), MemorySource()
-    sft, prefs = _records(8)
+    publisher, source = publisher_type(inference), MemorySource()
+    sft, prefs = _records(prompts)
     source.push(SFT, sft)
     source.push(PREFERENCES, prefs)
     loop = _loop(tmp_path, tiny_path, inference, publisher, source)
     loop.resume()
     loop.gather()
-    folder = loop.run_round()
+    return inference, publisher, loop, loop.run_round()
+
+
+def test_one_rl_round_publishes_a_reward_model_and_a_policy_version(tmp_path, tiny_path):
+    inference, publisher, loop, folder = _first_round(tmp_path, tiny_path, 8)
 
     # The preference model is the reward role's version 2, loaded from the trainer's folder.
     assert publisher.reward_version == 2 and loop.reward_version == 2
@@ -93,15 +99,7 @@ def test_a_reward_model_published_after_the_last_round_folder_is_the_one_resumed
     round's pointer."""
     from trainer.loop import REWARD_MODELS_DIR, REWARD_SERVING_FILE
 
-    inference = LocalInference(tiny_path, threads=1)
-    publisher, source = LocalPublisher(inference), MemorySource()
-    sft, prefs = _records(4)
-    source.push(SFT, sft)
-    source.push(PREFERENCES, prefs)
-    loop = _loop(tmp_path, tiny_path, inference, publisher, source)
-    loop.resume()
-    loop.gather()
-    loop.run_round()
+    inference, _, loop, _ = _first_round(tmp_path, tiny_path, 4)
     models = tmp_path / "trainer" / REWARD_MODELS_DIR
     assert json.loads((models / REWARD_SERVING_FILE).read_text()) == {
         "version": 2, "folder": "round-000001"}
@@ -122,15 +120,7 @@ class _RefusingPublisher(LocalPublisher):
 
 
 def test_a_reward_model_triton_refuses_costs_the_round_its_rl_part_only(tmp_path, tiny_path):
-    inference = LocalInference(tiny_path, threads=1)
-    publisher, source = _RefusingPublisher(inference), MemorySource()
-    sft, prefs = _records(4)
-    source.push(SFT, sft)
-    source.push(PREFERENCES, prefs)
-    loop = _loop(tmp_path, tiny_path, inference, publisher, source)
-    loop.resume()
-    loop.gather()
-    folder = loop.run_round()
+    _, publisher, loop, folder = _first_round(tmp_path, tiny_path, 4, _RefusingPublisher)
     metrics = json.loads((folder / "metrics.json").read_text())
     assert loop.reward_version == 1 and metrics["reward/version"] == 1
     assert publisher.samples == [] and "loss/rl" not in metrics and "loss/sft" in metrics
