@@ -29,7 +29,8 @@ _CONTEXT_PIPELINE = {"strategy": "context", "preference": "revision-over-initial
                      "context_placement": "user-suffix", "context_temperature": 0,
                      "context_opening": True, "policy_max_new_tokens": 64}
 _CONTEXT_TRAINER = {"lr": 1e-3, "lr_schedule": "linear", "epochs": 6, "max_length": 256,
-                    "gate_every_epochs": 2, "helpful_mix": 0.7, "replay_helpful": 48}
+                    "gate_every_epochs": 2, "helpful_mix": 0.7, "replay_helpful": 48,
+                    "replay_harmful": 48}
 
 RECIPES: dict[str, Recipe] = {
     # Context distillation (docs/strategies.md): the policy answers red-team prompts again with
@@ -47,7 +48,10 @@ RECIPES: dict[str, Recipe] = {
     # grid's second round passed the gate (same log, "helpful_mix"). Each round also trains
     # again on the helpful examples of the promoted rounds before it (replay_helpful): a later
     # round otherwise saw only its own 12 benign prompts against the decline targets, and
-    # over-refused from its first epoch (same log, "replay").
+    # over-refused from its first epoch (same log, "replay"). The red-team examples of promoted
+    # rounds are replayed too (replay_harmful): a round otherwise learnt the decline from its
+    # own 12 red-team prompts only, and a later round could lose held-out ground that the one
+    # before had won (same log, "replaying red-team examples").
     "context-distillation": Recipe(pipeline=_CONTEXT_PIPELINE, trainer=_CONTEXT_TRAINER),
     # RL-CAI online (trainer/rl.py): the same data as context distillation, but the preference
     # pairs teach a preference model, served as the Triton role 'reward', and the policy learns

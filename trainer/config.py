@@ -118,6 +118,11 @@ class TrainerConfig:
         "promoted rounds, newest first, that later rounds train on again: each round then sees "
         "where the line runs on more benign prompts than its own. They join the pool an epoch "
         "draws from without lengthening it; 0 turns replay off")
+    replay_harmful: int = option(
+        0, "red-team examples (decline targets and their decline-over-answer pairs) of promoted "
+        "rounds, newest first, that later rounds train on again, beside replay_helpful: a "
+        "round then learns the decline from every promoted round's red-team prompts, not only "
+        "its own. Like replay_helpful they do not lengthen an epoch; 0 turns it off")
     # Online RL (mode 'rloo', trainer/rl.py): each round samples answers from the serving policy.
     rl_samples: int = option(
         4, "k: answers the serving policy samples per prompt; each answer's baseline is the mean "

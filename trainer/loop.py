@@ -68,7 +68,7 @@ logger = logging.getLogger(__name__)
 
 SEEN_IDS_FILE = "seen_ids.json"
 CARRIED_FILE = "carried.json"  # a rejected round's examples, trained again in the next round
-REPLAY_FILE = "replay.json"  # helpful examples of promoted rounds, trained again in later rounds
+REPLAY_FILE = "replay.json"  # examples of promoted rounds, trained again in later rounds
 PM_HELDOUT_FILE = "pm_heldout.json"  # pairs the preference model never trains on (mode 'rloo')
 PM_HELDOUT_LIMIT = 400
 REWARD_MODELS_DIR = "reward-models"  # preference models published as the reward role
@@ -275,7 +275,7 @@ class TrainerLoop:
         self._seen_set: set[str] = set()
         self._backlog: deque[Message] = deque()
         self._pending = _Pending(clock=clock)
-        self._replay: list = []  # helpful examples of promoted rounds (``replay_helpful``)
+        self._replay: list = []  # examples of promoted rounds (replay_helpful, replay_harmful)
         self._serving_figures: dict | None = None  # the gate's dev figures, kept across rounds
         self._base_figures: dict | None = None
         self.runner: RoundRunner | None = None
@@ -748,15 +748,17 @@ class TrainerLoop:
         return target
 
     def _replayed(self, pending: _Pending) -> list:
-        """The replay pool after a promoted round: its helpful examples first, then the pool's,
-        at most ``replay_helpful``. A replayed example is never new (``carries`` >= 1), so it
-        does not lengthen an epoch (``rounds.epoch_budget``)."""
-        limit = self.config.replay_helpful
-        if limit <= 0:
-            return []
-        fresh = [replace(e, carries=max(1, e.carries))
-                 for e in pending.sft + pending.preferences if e.kind == "helpful"]
-        return (fresh + self._replay)[:limit]
+        """The replay pool after a promoted round: per kind, the round's examples first, then
+        the pool's, at most ``replay_helpful`` helpful and ``replay_harmful`` red-team ones. A
+        replayed example is never new (``carries`` >= 1), so it does not lengthen an epoch
+        (``rounds.epoch_budget``)."""
+        fresh = [replace(e, carries=max(1, e.carries)) for e in pending.sft + pending.preferences]
+        pool = []
+        for helpful, limit in ((True, self.config.replay_helpful),
+                               (False, self.config.replay_harmful)):
+            pool += [e for e in fresh + self._replay
+                     if (e.kind == "helpful") == helpful][:max(0, limit)]
+        return pool
 
     def _carry(self, pending: _Pending) -> list:
         """The examples of a rejected round that go on to the next one (each at most

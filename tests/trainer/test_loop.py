@@ -642,6 +642,41 @@ def test_helpful_examples_of_promoted_rounds_are_replayed_in_later_rounds_after_
     assert metrics["data/replayed"] == 3
 
 
+def test_red_team_examples_of_promoted_rounds_are_replayed_beside_helpful_ones(
+        tmp_path, tiny_path):
+    from trainer.rounds import RoundResult, epoch_budget
+
+    log, pub = Log(), FakePublisher()
+    fill(log, 4, 4, helpful=(2, 3))  # s0, s1, p0, p1 are red-team; s2, s3, p2, p3 helpful
+    given, budgets = [], []
+
+    def promoting(round_no, sft, prefs, probe, **_):
+        given.append(sorted(e.prompt_id for e in sft + prefs))
+        budgets.append(epoch_budget(sft + prefs))
+        return RoundResult(True, {}, [])
+
+    loop = make_loop(tmp_path, tiny_path, log, pub, round_every_examples=8, replay_helpful=1,
+                     replay_harmful=3, probe_size=0)
+    loop.resume()
+    loop.runner.run = promoting
+    loop.run(max_rounds=1)
+    fill(log, 4, 4, start=10)  # round 2: red-team only
+    loop.run(max_rounds=1)
+    folder = ckpt.latest_round(tmp_path / "trainer")
+    pool = json.loads((folder / "replay.json").read_text())
+    kinds = [e["kind"] for e in pool["sft"] + pool["preferences"]]
+    # at most 1 helpful and 3 red-team examples, newest rounds first
+    assert kinds.count("helpful") == 1 and kinds.count("harmful") == 3
+    red = {e["prompt_id"] for e in pool["sft"] + pool["preferences"] if e["kind"] == "harmful"}
+    round_2 = {f"{k}{i}" for k in "sp" for i in range(10, 14)}
+    assert len(red) == 3 and red <= round_2
+    # round 2 trained on round 1's replayed red-team and helpful examples beside its own eight
+    assert len(given[1]) == 8 + 1 + 3 and round_2 <= set(given[1])
+    assert len(set(given[1]) & {"s0", "s1", "p0", "p1"}) == 3
+    assert len(set(given[1]) & {"s2", "s3", "p2", "p3"}) == 1
+    assert budgets[1] == 8  # replayed examples do not lengthen the epoch
+
+
 def test_carried_examples_alone_start_no_round(tmp_path, tiny_path):
     from trainer.rounds import RoundResult
 
