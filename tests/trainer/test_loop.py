@@ -606,18 +606,26 @@ def test_a_rejected_rounds_examples_carry_into_the_next_round_even_after_a_resta
     assert sorted(e["prompt_id"] for e in carried["sft"] + carried["preferences"]) == sorted(second)
 
 
-def test_helpful_examples_of_promoted_rounds_are_replayed_in_later_rounds_after_a_restart(
-        tmp_path, tiny_path):
+def promotions_recorded():
+    """A round runner that promotes every round, recording each round's example ids (sorted)
+    and its epoch budget: (given, budgets, runner)."""
     from trainer.rounds import RoundResult, epoch_budget
 
-    log, pub = Log(), FakePublisher()
-    fill(log, 4, 4, helpful=(2, 3))  # s2, s3, p2, p3 are helpful
     given, budgets = [], []
 
     def promoting(round_no, sft, prefs, probe, **_):
         given.append(sorted(e.prompt_id for e in sft + prefs))
         budgets.append(epoch_budget(sft + prefs))
         return RoundResult(True, {}, [])
+
+    return given, budgets, promoting
+
+
+def test_helpful_examples_of_promoted_rounds_are_replayed_in_later_rounds_after_a_restart(
+        tmp_path, tiny_path):
+    log, pub = Log(), FakePublisher()
+    fill(log, 4, 4, helpful=(2, 3))  # s2, s3, p2, p3 are helpful
+    given, budgets, promoting = promotions_recorded()
 
     loop = make_loop(tmp_path, tiny_path, log, pub, round_every_examples=8, replay_helpful=3,
                      probe_size=0)
@@ -644,16 +652,9 @@ def test_helpful_examples_of_promoted_rounds_are_replayed_in_later_rounds_after_
 
 def test_red_team_examples_of_promoted_rounds_are_replayed_beside_helpful_ones(
         tmp_path, tiny_path):
-    from trainer.rounds import RoundResult, epoch_budget
-
     log, pub = Log(), FakePublisher()
     fill(log, 4, 4, helpful=(2, 3))  # s0, s1, p0, p1 are red-team; s2, s3, p2, p3 helpful
-    given, budgets = [], []
-
-    def promoting(round_no, sft, prefs, probe, **_):
-        given.append(sorted(e.prompt_id for e in sft + prefs))
-        budgets.append(epoch_budget(sft + prefs))
-        return RoundResult(True, {}, [])
+    given, budgets, promoting = promotions_recorded()
 
     loop = make_loop(tmp_path, tiny_path, log, pub, round_every_examples=8, replay_helpful=1,
                      replay_harmful=3, probe_size=0)
