@@ -62,6 +62,10 @@ class RunOptions:
     prompts: int = option(RUN_PROMPTS, "training prompts fed per round")
     benign_share: float = option(0.5, "share of the fed prompts that are benign; the rest are "
                                       "red-team", type=fraction)
+    contrast_benign: bool = option(True, "feed with each red-team prompt the benign prompt "
+                                         "closest to it in wording, so that meaning, not "
+                                         "wording, tells the two apart (--no-contrast-benign: "
+                                         "a random draw)")
     revisions: int = option(PipelineSettings.model_fields["rounds"].default,
                             "critique/revision rounds per prompt (recipes that revise)")
     recipe: str = option(DEFAULT_RECIPE, "how revisions and preference labels are made, and how "
@@ -94,8 +98,10 @@ def trainer_config(options: RunOptions) -> TrainerConfig:
 
 def training_mix(options: RunOptions) -> list[list]:
     """The prompts to feed, one list per round: a seeded sample of the training split of the
-    built-in sets, never the same prompt twice."""
+    built-in sets, never the same prompt twice. With ``contrast_benign`` a round's benign
+    prompts are those closest in wording to its red-team ones (``scoring.contrast``)."""
     from scoring import prompt_sets
+    from scoring.contrast import closest_in_form
 
     rng = random.Random(options.seed)
     harmful = [p for name in HARMFUL_SETS for p in splits.train_part(prompt_sets.builtin(name))]
@@ -103,11 +109,18 @@ def training_mix(options: RunOptions) -> list[list]:
     n_benign = round(options.prompts * options.benign_share)
     n_harmful = options.prompts - n_benign
     harmful = rng.sample(harmful, min(len(harmful), n_harmful * options.rounds))
-    benign = rng.sample(benign, min(len(benign), n_benign * options.rounds))
+    benign = rng.sample(benign, min(len(benign), n_benign * options.rounds)
+                        if not options.contrast_benign else len(benign))
     slices = []
     for r in range(options.rounds):
-        mix = (harmful[r * n_harmful:(r + 1) * n_harmful]
-               + benign[r * n_benign:(r + 1) * n_benign])
+        reds = harmful[r * n_harmful:(r + 1) * n_harmful]
+        if options.contrast_benign:
+            greens = closest_in_form([p.prompt for p in reds], benign,
+                                     min(n_benign, len(benign)))
+            benign = [p for p in benign if p not in greens]
+        else:
+            greens = benign[r * n_benign:(r + 1) * n_benign]
+        mix = reds + greens
         rng.shuffle(mix)
         slices.append(mix)
     return slices

@@ -95,6 +95,9 @@ class GridOptions:
     prompts: int = option(_run_default("prompts"), "prompts per round, as `cai run --prompts`")
     benign_share: float = option(_run_default("benign_share"),
                                  "share of benign prompts, as `cai run --benign-share`")
+    contrast_benign: bool = option(_run_default("contrast_benign"),
+                                   "benign prompts closest in wording to the red-team ones, as "
+                                   "`cai run --contrast-benign`")
     revisions: int = option(_run_default("revisions"), "critique/revision rounds per prompt")
     eval_harmful: int = option(_run_default("eval_harmful"), "held-out harmful prompts")
     eval_benign: int = option(_run_default("eval_benign"), "held-out benign prompts")
@@ -122,7 +125,8 @@ class GridOptions:
     def run_options(self, cell: Cell, seed: int) -> RunOptions:
         """The `cai run` options this cell and seed stand for."""
         return RunOptions(model=self.model, rounds=self.rounds, prompts=self.prompts,
-                          benign_share=self.benign_share, revisions=self.revisions,
+                          benign_share=self.benign_share,
+                          contrast_benign=self.contrast_benign, revisions=self.revisions,
                           recipe=cell.recipe, eval_harmful=self.eval_harmful,
                           eval_benign=self.eval_benign,
                           eval_max_new_tokens=self.eval_max_new_tokens, seed=seed,

@@ -232,3 +232,22 @@ def test_cai_trainer_recipe_gives_the_config_of_cai_run_and_flags_go_on_top(tmp_
     config_file = tmp_path / "c.json"
     config_file.write_text('{"epochs": 9}')
     assert build_config(config_file, {}, options.recipe).epochs == 9
+
+
+def test_each_rounds_benign_prompts_are_the_ones_closest_in_wording_to_its_red_team_ones():
+    from scoring.contrast import form_similarity
+
+    def openings(slices):
+        """Per round, the leading words each red-team prompt shares with the closest benign
+        prompt of its round, summed."""
+        return [sum(max(form_similarity(red.prompt, green.prompt)[0]
+                        for green in s if green.kind == "helpful")
+                    for red in s if red.kind != "helpful")
+                for s in slices]
+
+    contrast = run.training_mix(run.RunOptions(prompts=24, rounds=3))
+    drawn = run.training_mix(run.RunOptions(prompts=24, rounds=3, contrast_benign=False))
+    # The same red-team prompts either way; only the benign ones are chosen differently.
+    assert ([sorted(p.prompt_id for p in s if p.kind != "helpful") for s in contrast]
+            == [sorted(p.prompt_id for p in s if p.kind != "helpful") for s in drawn])
+    assert all(c > d for c, d in zip(openings(contrast), openings(drawn)))
