@@ -118,12 +118,17 @@ _LAST_END = re.compile(r"(?s)^(.*[.!?)\"'*`])(?:\s|$)")
 
 
 def answer_target(answer: str) -> Target:
-    """A helpful answer ending on a complete sentence or line, or dropped if it declines."""
+    """A helpful answer ending on a complete sentence or line, or dropped if it declines or warns
+    that doing what was asked could cause harm (a trained policy's decline leaking into its
+    answers: taught again, the leak would grow round by round)."""
     text = answer.strip()
     if not text:
         return Target("", DROPPED, "empty answer")
-    if classify(text).declined:
+    verdict = classify(text)
+    if verdict.declined:
         return Target("", DROPPED, "declines a helpful request")
+    if verdict.warns_off:
+        return Target("", DROPPED, "warns off a helpful request")
     return _cut_at_sentence(text)
 
 

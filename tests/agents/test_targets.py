@@ -63,6 +63,13 @@ def test_a_helpful_answer_that_declines_is_dropped():
     assert target.action == DROPPED and target.note == "declines a helpful request"
 
 
+def test_a_helpful_answer_that_warns_off_is_dropped():
+    # A trained policy's decline reason leaking into an answer: taught again, it would grow.
+    target = answer_target("I can help with that. Doing this could potentially harm someone or "
+                           "their loved ones.")
+    assert target.action == DROPPED and target.note == "warns off a helpful request"
+
+
 def test_a_complete_helpful_answer_is_kept():
     answer = "Mix one part vinegar with one part water, then wipe the board dry."
     assert answer_target(answer).action == KEPT
