@@ -62,10 +62,11 @@ class RunOptions:
     prompts: int = option(RUN_PROMPTS, "training prompts fed per round")
     benign_share: float = option(0.5, "share of the fed prompts that are benign; the rest are "
                                       "red-team", type=fraction)
-    contrast_benign: bool = option(True, "feed with each red-team prompt the benign prompt "
+    contrast_benign: bool = option(False, "feed with each red-team prompt the benign prompt "
                                          "closest to it in wording, so that meaning, not "
-                                         "wording, tells the two apart (--no-contrast-benign: "
-                                         "a random draw)")
+                                         "wording, tells the two apart (off: a random draw; "
+                                         "measured, it taught the decline's reason to benign "
+                                         "answers, docs/results-log.md)")
     revisions: int = option(PipelineSettings.model_fields["rounds"].default,
                             "critique/revision rounds per prompt (recipes that revise)")
     recipe: str = option(DEFAULT_RECIPE, "how revisions and preference labels are made, and how "

@@ -27,7 +27,8 @@ class Recipe:
 _CONTEXT_PIPELINE = {"strategy": "context", "preference": "revision-over-initial",
                      "compare": "initial-vs-final", "helpful_pairs": True,
                      "context_placement": "user-suffix", "context_temperature": 0,
-                     "context_opening": True, "policy_max_new_tokens": 64}
+                     "context_opening": True, "policy_max_new_tokens": 64,
+                     "helpful_pair_decline": "reasoned"}
 _CONTEXT_TRAINER = {"lr": 1e-3, "lr_schedule": "linear", "epochs": 6, "max_length": 256,
                     "gate_every_epochs": 2, "helpful_mix": 0.7, "replay_helpful": 48,
                     "replay_harmful": 48}
@@ -38,7 +39,11 @@ RECIPES: dict[str, Recipe] = {
     # constitution's decline opening so that it writes the reason itself; the cleaned decline
     # (agents/targets.py: it ends after the reason) is the SFT target, and is preferred over the
     # policy's plain answer (DPO). Helpful prompts give their answer as SFT target and a pair
-    # preferring it over the bare decline, so the line between the two is learnt by meaning.
+    # preferring it over the policy's own reasoned decline of them (helpful_pair_decline), so
+    # the line between the two is learnt by meaning: with the bare "I can't help with that." as
+    # the rejected side, nothing taught that the decline's reason ("Doing this could potentially
+    # harm ...") does not belong in a benign answer, and it leaked into them (docs/results-log.md,
+    # "warned off").
     # The trainer interleaves SFT and DPO in every epoch at a falling learning rate and checks
     # the dev gate after every second epoch, keeping the best passing one (a check after every
     # epoch cost three more minutes a round and kept the same epochs): one round on the same data

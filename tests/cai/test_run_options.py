@@ -245,7 +245,7 @@ def test_each_rounds_benign_prompts_are_the_ones_closest_in_wording_to_its_red_t
                     for red in s if red.kind != "helpful")
                 for s in slices]
 
-    contrast = run.training_mix(run.RunOptions(prompts=24, rounds=3))
+    contrast = run.training_mix(run.RunOptions(prompts=24, rounds=3, contrast_benign=True))
     drawn = run.training_mix(run.RunOptions(prompts=24, rounds=3, contrast_benign=False))
     # The same red-team prompts either way; only the benign ones are chosen differently.
     assert ([sorted(p.prompt_id for p in s if p.kind != "helpful") for s in contrast]
