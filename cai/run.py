@@ -110,8 +110,9 @@ def training_mix(options: RunOptions) -> list[list]:
     n_benign = round(options.prompts * options.benign_share)
     n_harmful = options.prompts - n_benign
     harmful = rng.sample(harmful, min(len(harmful), n_harmful * options.rounds))
-    benign = rng.sample(benign, min(len(benign), n_benign * options.rounds)
-                        if not options.contrast_benign else len(benign))
+    # Contrasting draws from the whole (shuffled) pool; a random draw takes what it feeds.
+    drawn = len(benign) if options.contrast_benign else min(len(benign), n_benign * options.rounds)
+    benign = rng.sample(benign, drawn)
     slices = []
     for r in range(options.rounds):
         reds = harmful[r * n_harmful:(r + 1) * n_harmful]
