@@ -167,8 +167,9 @@ class RoundRunner:
 
     def _measure(self) -> tuple[dict[str, dict], list[dict]]:
         started = time.monotonic()
-        result, answers = gate.measure(self.policy.generator(), self.dev,
-                                       self.config.gate_max_new_tokens)
+        with self.policy.adapters_merged():
+            result, answers = gate.measure(self.policy.generator(), self.dev,
+                                           self.config.gate_max_new_tokens)
         logger.info("dev figures in %.0fs: %s", time.monotonic() - started,
                     {k: v["value"] for k, v in result.items()})
         return result, answers

@@ -321,6 +321,30 @@ class PolicyLearner:
 
         return TextGenerator.from_model(self.model, self.tokenizer)
 
+    @contextlib.contextmanager
+    def adapters_merged(self):
+        """Inside, the round's adapters are folded into the weights, so generation skips their
+        extra matmuls (the gate's dev answers: about a fifth faster on CPU, same greedy text);
+        after, the adapters are separate again and the base weights exactly what they were
+        (restored from a copy, not left to unmerging's rounding). Outside a LoRA round it does
+        nothing."""
+        if not (self.config.lora and self.in_round):
+            yield
+            return
+        from peft.tuners.lora import LoraLayer
+
+        bases = [module.get_base_layer().weight for module in self.model.modules()
+                 if isinstance(module, LoraLayer)]
+        saved = [weight.detach().clone() for weight in bases]
+        self.model.merge_adapter()
+        try:
+            yield
+        finally:
+            self.model.unmerge_adapter()
+            with torch.no_grad():
+                for weight, copy_ in zip(bases, saved):
+                    weight.copy_(copy_)
+
     def save(self, folder: str | Path) -> None:
         """Merged weights (safetensors), model config and tokenizer; loadable without peft."""
         if self.in_round:

@@ -3,6 +3,8 @@ complied and over-refusal within tolerance of the first policy."""
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 
 from scoring import splits
@@ -81,6 +83,7 @@ class Learner:
     def set_lr(self, lr): pass
     def sft_step(self, batch): return {"loss/sft": 1.0}
     def generator(self): return "generator"
+    def adapters_merged(self): return contextlib.nullcontext()
 
 
 def test_a_gated_round_keeps_its_weights_only_when_it_passes_and_then_serves(monkeypatch):

@@ -70,6 +70,29 @@ def test_rejected_round_restores_the_round_start_weights(tiny_path, lora):
     assert _changed(before, _weights(learner.model)) == []
 
 
+def test_merged_adapters_answer_alike_and_leave_the_weights_exactly_as_they_were(tiny_path):
+    from scoring.evaluate import answer
+
+    learner = PolicyLearner(tiny_path, TrainerConfig(lora=True, lr=1e-2))
+    learner.begin_round(seed=0)
+    batch = learner.sft_batch(SFT)
+    for _ in range(3):
+        learner.sft_step(batch)
+    before = _weights(learner.model)
+    prompts = [example.prompt for example in SFT]
+    separate = answer(learner.generator(), prompts, max_new_tokens=12)
+    with learner.adapters_merged():
+        merged = answer(learner.generator(), prompts, max_new_tokens=12)
+        # Inside, the round's update sits in the base weights.
+        assert _changed(before, _weights(learner.model))
+    assert merged == separate
+    assert _changed(before, _weights(learner.model)) == []
+    # Training goes on through the adapters afterwards.
+    learner.sft_step(batch)
+    assert _changed(before, _weights(learner.model))
+    learner.end_round(keep=False)
+
+
 @pytest.mark.parametrize("lora", [True, False], ids=["lora", "full"])
 def test_preference_model_learns_the_soft_labels(tiny_path, lora):
     learner = PreferenceLearner(tiny_path, TrainerConfig(lora=lora, lr=5e-3 if lora else 1e-3))
