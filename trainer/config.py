@@ -92,11 +92,6 @@ class TrainerConfig:
     nice: int = option(
         10, "CPU priority of the trainer process (os.nice increment): serving goes first when "
         "both want the cores; 0 keeps the normal priority")
-    share_cores: bool = option(
-        True, "while a round trains and measures, take the cores that Triton's instances and "
-        "other processes leave free (serving/core_share.py): all of them while the pipeline is "
-        "drained, one thread while serving computes; off: the thread count the process started "
-        "with (OMP_NUM_THREADS)")
     carry_limit: int = option(
         1, "how many times an example of a rejected round is carried into the next round (0 "
         "drops a rejected round's examples)")

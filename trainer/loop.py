@@ -366,8 +366,7 @@ class TrainerLoop:
         preference = (self._preference_learner() if self.config.mode in ("reward", "rloo")
                       else None)
         self.runner = RoundRunner(self.config, policy, preference, load_dev_set(self.config),
-                                  self._serving_figures, self._base_figures,
-                                  cores=_core_share(self.config))
+                                  self._serving_figures, self._base_figures)
 
     def _publish_once(self, folder: Path) -> int:
         # A crash after serving took the weights but before published.json was written:
@@ -830,16 +829,3 @@ def _log_round(round_no: int, promoted: bool, version: int, metrics: dict,
     shown = " ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items()))
     logger.info("round %d %s (policy v%d): %s", round_no,
                 "promoted" if promoted else "rejected: " + "; ".join(reasons), version, shown)
-
-
-def _core_share(config: TrainerConfig):
-    """The trainer's share of the machine's cores (``share_cores``), or None."""
-    if not config.share_cores:
-        return None
-    from serving.core_share import CoreShare
-
-    try:
-        return CoreShare()
-    except OSError as exc:  # no writable temp folder
-        logger.warning("the trainer does not share cores (%s): it keeps its thread count", exc)
-        return None

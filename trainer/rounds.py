@@ -15,7 +15,6 @@ A rejected round returns to the round-start weights.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import random
 import time
@@ -147,7 +146,7 @@ class RoundRunner:
 
     def __init__(self, config: TrainerConfig, policy: PolicyLearner,
                  preference: PreferenceLearner | None = None, dev: DevSet | None = None,
-                 serving: dict | None = None, base: dict | None = None, cores=None):
+                 serving: dict | None = None, base: dict | None = None):
         if config.mode in ("reward", "rloo") and preference is None:
             raise ValueError(f"mode={config.mode!r} needs a PreferenceLearner; pass "
                              "preference=...")
@@ -157,9 +156,6 @@ class RoundRunner:
         self.dev = dev
         self.serving = serving
         self.base = base
-        # A serving.core_share.CoreShare: the round marks itself busy and takes its share of the
-        # cores before every step and generated token (None: the process's own thread count).
-        self.cores = cores
 
     def _evaluate(self, probe: Probe) -> dict[str, float]:
         """Stream-probe metrics of the current weights."""
@@ -172,10 +168,8 @@ class RoundRunner:
     def _measure(self) -> tuple[dict[str, dict], list[dict]]:
         started = time.monotonic()
         with self.policy.adapters_merged():
-            generator = self.policy.generator()
-            if self.cores is not None:
-                generator.core_share = self.cores
-            result, answers = gate.measure(generator, self.dev, self.config.gate_max_new_tokens)
+            result, answers = gate.measure(self.policy.generator(), self.dev,
+                                           self.config.gate_max_new_tokens)
         logger.info("dev figures in %.0fs: %s", time.monotonic() - started,
                     {k: v["value"] for k, v in result.items()})
         return result, answers
@@ -253,12 +247,6 @@ class RoundRunner:
         """Train one round from the current weights, which were promoted ``promoted_versions``
         times since the first policy (it scales the round's lr by ``round_lr_decay``).
         ``rl_samples``: mode 'rloo''s scored answers of the serving policy."""
-        with self.cores.busy() if self.cores is not None else contextlib.nullcontext():
-            return self._run(round_no, sft, preferences, probe, promoted_versions, rl_samples)
-
-    def _run(self, round_no: int, sft: list[SFTExample], preferences: list[PreferenceExample],
-             probe: Probe, promoted_versions: int, rl_samples: list[RLSample] | None
-             ) -> RoundResult:
         cfg = self.config
         peak_lr = cfg.round_lr(promoted_versions)
         started = time.monotonic()
@@ -307,8 +295,6 @@ class RoundRunner:
             nonlocal step
             learner.set_lr(scheduled_lr(cfg, peak_lr, step, total_steps))
             step += 1
-            if self.cores is not None:
-                self.cores.rebalance()
 
         candidates: list[dict] = []  # the gate's look at each checked epoch
         for epoch in range(epochs):

@@ -4,10 +4,8 @@ complied and over-refusal within tolerance of the first policy."""
 from __future__ import annotations
 
 import contextlib
-import os
 
 import pytest
-import torch
 
 from scoring import splits
 from scoring.shares import Share
@@ -104,39 +102,6 @@ def test_a_gated_round_keeps_its_weights_only_when_it_passes_and_then_serves(mon
     assert "over-refusal" in second.reasons[1]
     assert learner.kept == [True, False] and runner.serving == figures(harmless=(5, 10),
                                                                          explains=(5, 5))
-
-
-class ThreadCountingLearner(Learner):
-    """Records torch's thread count and the busy marks at every step."""
-
-    def __init__(self, folder):
-        super().__init__()
-        self.folder, self.seen = folder, []
-
-    def sft_step(self, batch):
-        self.seen.append((torch.get_num_threads(), sorted(p.name for p in self.folder.iterdir())))
-        return {"loss/sft": 1.0}
-
-
-@pytest.mark.parametrize("outside, threads", [(0.0, 2), (1.0, 1)], ids=["idle", "busy"])
-def test_a_round_takes_the_cores_left_free_and_marks_itself_busy(tmp_path, outside, threads):
-    """The scheduling policy's other half: a round trains on the cores serving leaves free,
-    all of them while the pipeline is drained, one while another process computes."""
-    from serving.core_share import CoreShare
-
-    started_with = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        learner = ThreadCountingLearner(tmp_path)
-        cores = CoreShare(folder=tmp_path, cores=2, load=lambda: outside)
-        runner = RoundRunner(TrainerConfig(batch_size=2, epochs=2), learner, cores=cores)
-        result = runner.run(1, [SFTExample("s", "q", DECLINE)] * 4, [], Probe())
-        assert result.promoted
-        assert learner.seen and all(seen == (threads, [str(os.getpid())])
-                                    for seen in learner.seen)
-        assert list(tmp_path.iterdir()) == []  # the mark goes with the round
-    finally:
-        torch.set_num_threads(started_with)
 
 
 def test_a_tiny_model_that_learns_nothing_useful_is_not_promoted(tiny_path):
