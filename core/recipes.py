@@ -30,7 +30,7 @@ _CONTEXT_PIPELINE = {"strategy": "context", "preference": "revision-over-initial
                      "context_opening": True, "policy_max_new_tokens": 64,
                      "helpful_pair_decline": "reasoned"}
 _CONTEXT_TRAINER = {"lr": 1e-3, "lr_schedule": "linear", "epochs": 6, "max_length": 256,
-                    "gate_every_epochs": 2, "helpful_mix": 0.7, "replay_helpful": 48,
+                    "gate_every_epochs": 4, "helpful_mix": 0.7, "replay_helpful": 48,
                     "replay_harmful": 48}
 
 RECIPES: dict[str, Recipe] = {
@@ -44,19 +44,19 @@ RECIPES: dict[str, Recipe] = {
     # the rejected side, nothing taught that the decline's reason ("Doing this could potentially
     # harm ...") does not belong in a benign answer, and it leaked into them (docs/results-log.md,
     # "warned off").
-    # The trainer interleaves SFT and DPO in every epoch at a falling learning rate and checks
-    # the dev gate after every second epoch, keeping the best passing one (a check after every
-    # epoch cost three more minutes a round and kept the same epochs): one round on the same data
+    # The trainer interleaves SFT and DPO in every epoch at a falling learning rate and checks the
+    # dev gate after epochs 4 and 6, keeping the best passing one: one round on the same data
     # otherwise swung between declining few prompts and most benign ones from epoch to epoch
-    # (docs/results-log.md, 2026-11-28). Helpful examples carry 70% of the SFT loss: with an
-    # even split a second round from a trained policy over-refused at every epoch, with 70% the
-    # grid's second round passed the gate (same log, "helpful_mix"). Each round also trains
-    # again on the helpful examples of the promoted rounds before it (replay_helpful): a later
-    # round otherwise saw only its own 12 benign prompts against the decline targets, and
+    # (docs/results-log.md, 2026-11-28). The logged live rounds of this recipe kept epoch 6 or 4,
+    # and a check costs about a minute on 2 cores (same log, 2026-11-29). Helpful examples carry 70%
+    # of the SFT loss: with an even split a second round from a trained policy over-refused at every
+    # epoch, with 70% the grid's second round passed the gate (same log, "helpful_mix"). Each round
+    # also trains again on the helpful examples of the promoted rounds before it (replay_helpful): a
+    # later round otherwise saw only its own 12 benign prompts against the decline targets, and
     # over-refused from its first epoch (same log, "replay"). The red-team examples of promoted
-    # rounds are replayed too (replay_harmful): a round otherwise learnt the decline from its
-    # own 12 red-team prompts only, and a later round could lose held-out ground that the one
-    # before had won (same log, "replaying red-team examples").
+    # rounds are replayed too (replay_harmful): a round otherwise learnt the decline from its own 12
+    # red-team prompts only, and a later round could lose held-out ground that the one before had
+    # won (same log, "replaying red-team examples").
     "context-distillation": Recipe(pipeline=_CONTEXT_PIPELINE, trainer=_CONTEXT_TRAINER),
     # RL-CAI online (trainer/rl.py): the same data as context distillation, but the preference
     # pairs teach a preference model, served as the Triton role 'reward', and the policy learns
