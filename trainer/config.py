@@ -168,8 +168,9 @@ class TrainerConfig:
         "with the most harmless dev answers (0: only after the last epoch); a round that would "
         "over-train is then cut back instead of rejected")
     gate_stop_early: bool = option(
-        True, "with gate_every_epochs, end the round at the first checked epoch that fails the "
-        "gate after an earlier checked epoch passed, and keep the passing one (saves the "
+        True, "with gate_every_epochs, end the round once a checked epoch fails the gate after an "
+        "earlier checked epoch passed, and keep the passing one (a check's figures are in at the "
+        "next check, as its dev answers are generated while the round trains on; saves the "
         "remaining epochs and checks)")
     gate_min_harmless_gain: int = option(
         1, "dev prompts the candidate must decline harmlessly beyond the serving policy")

@@ -10,6 +10,11 @@ preference model, and decides whether to promote:
   against the serving policy's figures (harmless up, explains-why not down, declined-then-
   complied and over-refusal within tolerance of the first policy).
 
+The dev answers of a check are generated from a frozen copy of the weights on a second thread
+while the round trains on: the trainer's steps use one core, and during a round the rest of the
+stack leaves the other nearly idle. A check is decided when the next one starts or the round
+ends, and the first round's look at the serving policy overlaps its first epochs.
+
 A rejected round returns to the round-start weights.
 """
 
@@ -19,6 +24,7 @@ import logging
 import random
 import time
 from collections import defaultdict
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
 from trainer import gate
@@ -156,6 +162,8 @@ class RoundRunner:
         self.dev = dev
         self.serving = serving
         self.base = base
+        self._gate_thread: ThreadPoolExecutor | None = None  # measures the dev set
+        self._serving_measuring: Future | None = None  # the serving policy's figures, pending
 
     def _evaluate(self, probe: Probe) -> dict[str, float]:
         """Stream-probe metrics of the current weights."""
@@ -165,27 +173,46 @@ class RoundRunner:
             out.update(self.preference.evaluate(probe.preferences))
         return out
 
-    def _measure(self) -> tuple[dict[str, dict], list[dict]]:
-        started = time.monotonic()
-        with self.policy.adapters_merged():
-            result, answers = gate.measure(self.policy.generator(), self.dev,
-                                           self.config.gate_max_new_tokens)
-        logger.info("dev figures in %.0fs: %s", time.monotonic() - started,
-                    {k: v["value"] for k, v in result.items()})
-        return result, answers
+    def _measure_later(self) -> Future:
+        """Start measuring the current weights on the dev set: a frozen copy answers on the
+        gate's thread while the caller trains on. The future holds (figures, answers)."""
+        generator = self.policy.frozen_generator()
+
+        def measure() -> tuple[dict[str, dict], list[dict]]:
+            started = time.monotonic()
+            result, answers = gate.measure(generator, self.dev, self.config.gate_max_new_tokens)
+            logger.info("dev figures in %.0fs: %s", time.monotonic() - started,
+                        {k: v["value"] for k, v in result.items()})
+            return result, answers
+
+        if self._gate_thread is None:
+            self._gate_thread = ThreadPoolExecutor(1, thread_name_prefix="dev-gate")
+        return self._gate_thread.submit(measure)
 
     def _check_epochs(self, epochs: int) -> set[int]:
         """The epochs after which the gate looks (the last one always)."""
         every = self.config.gate_every_epochs if self.dev is not None else 0
         return set(range(every, epochs + 1, every)) | {epochs} if every else {epochs}
 
-    def _gate_check(self, epoch: int, keep_state: bool) -> dict:
-        figures, answers = self._measure()
+    def _check_later(self, epoch: int, keep_state: bool = True) -> dict:
+        """The gate's look at ``epoch``, measured in the background; ``_settle`` decides it.
+        ``keep_state``: copy the weights, to return to them if a later epoch is worse."""
+        return {"epoch": epoch, "measuring": self._measure_later(),
+                "state": self.policy.trainable_state() if keep_state else None}
+
+    def _settle(self, check: dict) -> dict:
+        """Wait for ``check``'s figures (and the serving policy's, when still measuring) and
+        decide it; a failing epoch's weights are not kept."""
+        if self._serving_measuring is not None:
+            self.serving, _ = self._serving_measuring.result()
+            self.base = self.base or self.serving
+            self._serving_measuring = None
+        figures, answers = check.pop("measuring").result()
         reasons = gate.decide(self.serving, figures, self.base, self.config)
-        logger.info("epoch %d: dev %s: gate %s", epoch, gate.summary(figures),
+        logger.info("epoch %d: dev %s: gate %s", check["epoch"], gate.summary(figures),
                     "passed" if not reasons else reasons)
-        return {"epoch": epoch, "figures": figures, "answers": answers, "reasons": reasons,
-                "state": self.policy.trainable_state() if keep_state and not reasons else None}
+        return {**check, "figures": figures, "answers": answers, "reasons": reasons,
+                "state": check["state"] if not reasons else None}
 
     def _stop_early(self, candidates: list[dict]) -> bool:
         """Whether the round ends at the newest check: it failed after an earlier one passed
@@ -257,9 +284,10 @@ class RoundRunner:
         rl_samples = rl_samples or []
         train_rl = cfg.mode == "rloo" and bool(rl_samples)
 
-        if self.dev is not None and self.serving is None:
-            self.serving, _ = self._measure()
-            self.base = self.base or self.serving
+        if self.dev is not None and self.serving is None and self._serving_measuring is None:
+            # The round-start weights, measured while the round trains; settled at its first
+            # check.
+            self._serving_measuring = self._measure_later()
         self.policy.begin_round(cfg.seed + round_no)
         if train_pm:  # mode 'rloo' trains its preference model apart (``train_reward``)
             self.preference.begin_round(cfg.seed + round_no)
@@ -296,7 +324,8 @@ class RoundRunner:
             learner.set_lr(scheduled_lr(cfg, peak_lr, step, total_steps))
             step += 1
 
-        candidates: list[dict] = []  # the gate's look at each checked epoch
+        candidates: list[dict] = []  # the gate's look at each checked epoch, decided
+        measuring: list[dict] = []  # checks whose dev answers are still being generated
         for epoch in range(epochs):
             if train_policy_sft and epoch < cfg.epochs:
                 for chunk in _batches(sft, cfg.batch_size, rng, epoch_budget(sft)):
@@ -316,11 +345,15 @@ class RoundRunner:
                     next_lr(self.preference)
                     record(self.preference.step(self.preference.preference_batch(chunk)))
             if counts and epoch + 1 in checks and epoch + 1 < epochs:
-                candidates.append(self._gate_check(epoch + 1, keep_state=True))
-                if self._stop_early(candidates):
+                # The checks before this one had the epochs since to finish.
+                candidates += [self._settle(check) for check in measuring]
+                measuring = []
+                if candidates and self._stop_early(candidates):
                     logger.info("epoch %d failed the dev gate after an earlier epoch passed: the "
-                                "round stops here and keeps the passing epoch", epoch + 1)
+                                "round stops at epoch %d and keeps the passing one",
+                                candidates[-1]["epoch"], epoch + 1)
                     break
+                measuring.append(self._check_later(epoch + 1))
         trained_epochs = epoch + 1  # fewer than epochs when the round stopped early
         train_s = time.monotonic() - started
 
@@ -331,7 +364,8 @@ class RoundRunner:
             promoted, reasons = False, ["nothing to train with this config"]
         elif self.dev is not None:
             if trained_epochs == epochs:
-                candidates.append(self._gate_check(epochs, keep_state=False))
+                measuring.append(self._check_later(epochs, keep_state=False))
+            candidates += [self._settle(check) for check in measuring]
             chosen = self._choose(candidates)
             dev = {"before": self.serving, "after": chosen["figures"], "base": self.base,
                    "answers": chosen["answers"], "epoch": chosen["epoch"],

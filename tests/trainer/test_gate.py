@@ -3,7 +3,7 @@ complied and over-refusal within tolerance of the first policy."""
 
 from __future__ import annotations
 
-import contextlib
+import threading
 
 import pytest
 
@@ -82,8 +82,7 @@ class Learner:
     def sft_batch(self, chunk, weights): return chunk
     def set_lr(self, lr): pass
     def sft_step(self, batch): return {"loss/sft": 1.0}
-    def generator(self): return "generator"
-    def adapters_merged(self): return contextlib.nullcontext()
+    def frozen_generator(self): return "generator"
 
 
 def test_a_gated_round_keeps_its_weights_only_when_it_passes_and_then_serves(monkeypatch):
@@ -161,11 +160,13 @@ def test_without_epoch_checks_the_gate_looks_once(monkeypatch):
     assert len(calls) == 1
 
 
-@pytest.mark.parametrize("stop_early, trained", [(True, 3), (False, 6)])
+@pytest.mark.parametrize("stop_early, trained", [(True, 4), (False, 6)])
 def test_a_round_stops_at_the_first_failing_check_after_a_passing_one(monkeypatch, stop_early,
                                                                       trained):
     """Epoch 1 gains nothing, epoch 2 passes, epoch 3 over-refuses: with gate_stop_early the
-    round trains no further and keeps epoch 2; without it, it trains all 6 and still keeps 2."""
+    round stops when epoch 3's figures are in (at the next check, epoch 4: each check is
+    measured while the next epoch trains) and keeps epoch 2; without it, it trains all 6 and
+    still keeps 2."""
     over = figures(harmless=(8, 10), explains=(8, 8), over=(3, 8))
     measured = iter([figures(), figures(), figures(harmless=(5, 10), explains=(5, 5))]
                     + [over] * 4)
@@ -176,5 +177,49 @@ def test_a_round_stops_at_the_first_failing_check_after_a_passing_one(monkeypatc
     result = RoundRunner(config, learner, dev=DevSet(["h"], ["b"])).run(
         1, [SFTExample("s", "q", DECLINE)], [], Probe())
     assert learner.weights == trained and result.metrics["round/epochs_trained"] == trained
-    assert [c["epoch"] for c in result.gate["checked"]] == list(range(1, trained + 1))
+    checked = list(range(1, 4)) if stop_early else list(range(1, 7))
+    assert [c["epoch"] for c in result.gate["checked"]] == checked
     assert result.promoted and result.gate["epoch"] == 2 and learner.loaded == {"w": 2}
+
+
+class SnapshotLearner(StatefulLearner):
+    """Hands the gate its weights as they are when a check starts, and says when it stepped."""
+
+    def __init__(self):
+        super().__init__()
+        self.stepped = {}
+
+    def sft_step(self, batch):
+        out = super().sft_step(batch)
+        self.stepped.setdefault(self.weights, threading.Event()).set()
+        return out
+
+    def frozen_generator(self): return {"w": self.weights}
+
+    def has_stepped(self, weights: int) -> threading.Event:
+        return self.stepped.setdefault(weights, threading.Event())
+
+
+def test_a_check_is_measured_while_the_round_trains_on(monkeypatch):
+    """The serving policy's dev answers are generated while epoch 1 trains, and epoch 2's while
+    epochs 3 and 4 train, each from the weights of the moment it started: a measurement that
+    held the round up would wait here for a step that never comes."""
+    learner = SnapshotLearner()
+    seen = []
+
+    def measure(generator, dev, tokens):
+        seen.append(generator["w"])
+        if generator["w"] in (0, 2):  # the serving policy's, and the epoch-2 check's
+            assert learner.has_stepped(generator["w"] + 1).wait(timeout=30), (
+                f"the round did not train on while weights {generator['w']} were measured")
+            return (figures() if generator["w"] == 0
+                    else figures(harmless=(5, 10), explains=(5, 5))), []
+        return figures(harmless=(8, 10), explains=(8, 8), over=(3, 8)), []
+
+    monkeypatch.setattr(gate, "measure", measure)
+    config = TrainerConfig(batch_size=1, epochs=4, gate_every_epochs=2)
+    result = RoundRunner(config, learner, dev=DevSet(["h"], ["b"])).run(
+        1, [SFTExample("s", "q", DECLINE)], [], Probe())
+    assert seen == [0, 2, 4]
+    assert result.promoted and result.gate["epoch"] == 2 and learner.loaded == {"w": 2}
+    assert result.gate["before"] == figures()

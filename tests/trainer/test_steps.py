@@ -70,26 +70,31 @@ def test_rejected_round_restores_the_round_start_weights(tiny_path, lora):
     assert _changed(before, _weights(learner.model)) == []
 
 
-def test_merged_adapters_answer_alike_and_leave_the_weights_exactly_as_they_were(tiny_path):
+@pytest.mark.parametrize("lora", [True, False], ids=["lora", "full"])
+def test_the_gate_answers_from_a_frozen_copy_that_training_does_not_reach(tiny_path, lora):
+    """The copy answers as the live weights did when it was made, the round's adapters folded
+    in, and keeps answering so while the round trains on; the live weights are untouched."""
     from scoring.evaluate import answer
+    from serving.textgen import TextGenerator
 
-    learner = PolicyLearner(tiny_path, TrainerConfig(lora=True, lr=1e-2))
+    learner = PolicyLearner(tiny_path, TrainerConfig(lora=lora, lr=5e-2))
     learner.begin_round(seed=0)
     batch = learner.sft_batch(SFT)
     for _ in range(3):
         learner.sft_step(batch)
-    before = _weights(learner.model)
     prompts = [example.prompt for example in SFT]
-    separate = answer(learner.generator(), prompts, max_new_tokens=12)
-    with learner.adapters_merged():
-        merged = answer(learner.generator(), prompts, max_new_tokens=12)
-        # Inside, the round's update sits in the base weights.
-        assert _changed(before, _weights(learner.model))
-    assert merged == separate
+    live = answer(TextGenerator.from_model(learner.model, learner.tokenizer), prompts,
+                  max_new_tokens=12)
+    before = _weights(learner.model)
+    frozen = learner.frozen_generator()
     assert _changed(before, _weights(learner.model)) == []
-    # Training goes on through the adapters afterwards.
-    learner.sft_step(batch)
-    assert _changed(before, _weights(learner.model))
+    assert not any(p.requires_grad for p in frozen.model.parameters())
+    assert answer(frozen, prompts, max_new_tokens=12) == live
+    copied = _weights(frozen.model)
+    for _ in range(5):
+        learner.sft_step(batch)
+    assert _changed(before, _weights(learner.model))  # training goes on, through the adapters
+    assert _changed(copied, _weights(frozen.model)) == []
     learner.end_round(keep=False)
 
 
