@@ -12,9 +12,11 @@
    A supervisor (``stack/supervisor.py``) restarts a crashed worker or trainer with backoff,
    restarts a service that died or hangs, and restarts a worker whose lag stopped moving
    with nothing in flight (an alarm in the monitor);
-4. stop the worker and the trainer (the CPU goes to evaluation) and evaluate every version that
-   served, the first one included, on held-out prompts: harmless, explains-why,
-   declined-then-complied and over-refusal, each with a 95% interval;
+4. evaluate every version that served, the first one included, on held-out prompts: harmless,
+   explains-why, declined-then-complied and over-refusal, each with a 95% interval. Each
+   version's evaluation starts once it is published, in a child process on CPU time the stack
+   leaves idle (``cai/evaluations.py``); after the last round the worker and the trainer stop and
+   what is left runs on both cores;
 5. write the report (JSON, a Markdown copy and a PNG of the curve beside it) and stop what it
    started, unless ``--keep``.
 
@@ -37,6 +39,7 @@ from agents.settings import PipelineSettings
 from agents.strategies import recipe_roles
 from cai import monitor
 from cai import report as run_report
+from cai.evaluations import Evaluations
 from core.options import fraction, option
 from core.recipes import DEFAULT_RECIPE, RECIPES, RUN_PROMPTS, pipeline_env, trainer_fields
 from core.settings import ModelSettings, StackSettings
@@ -226,12 +229,15 @@ def _rounds_done(settings: StackSettings) -> int:
 
 
 def watch(settings: StackSettings, stream: StreamSettings, until, deadline: float,
-          live=None, supervisor: Supervisor | None = None) -> dict:
+          live=None, supervisor: Supervisor | None = None, tick=None) -> dict:
     """Refresh the live monitor until ``until(snapshot)`` holds or the deadline passes. The
     supervisor restarts a child that died (with backoff) or stalled and heals the services;
-    without one, a dead child ends the run with the place of its log."""
+    without one, a dead child ends the run with the place of its log. ``tick`` is called on
+    every refresh (background work of the caller)."""
     snap = _snapshot(settings, stream)
     while time.monotonic() < deadline and (snap is None or not until(snap)):
+        if tick is not None:
+            tick()
         if supervisor is not None:
             supervisor.check()
         else:
@@ -304,9 +310,10 @@ def served_versions(rounds: list[dict]) -> list[int]:
 
 
 def run_rounds(settings: StackSettings, stream: StreamSettings, options: RunOptions,
-               deadline: float, supervisor: Supervisor | None = None) -> tuple[dict, int]:
+               deadline: float, supervisor: Supervisor | None = None,
+               tick=None) -> tuple[dict, int]:
     """Feed each round's prompts once the previous round has finished; return the last
-    snapshot and how many prompts were fed."""
+    snapshot and how many prompts were fed. ``tick``: see ``watch``."""
     from rich.console import Console
     from rich.live import Live
 
@@ -329,7 +336,7 @@ def run_rounds(settings: StackSettings, stream: StreamSettings, options: RunOpti
                 f"v{snap.get('serving_policy_version') or 1} answers them")
             snap = watch(settings, stream,
                          lambda s, n=number: _rounds_done(settings) >= n, deadline, live,
-                         supervisor)
+                         supervisor, tick)
             if _rounds_done(settings) < number:
                 live.console.print(f"cai run: the {options.duration:.0f}-minute limit ran out in "
                                    f"round {number}; evaluating what is there")
@@ -359,6 +366,18 @@ def run(settings: StackSettings, options: RunOptions) -> dict:
                     "rounds": options.rounds, "prompts_per_round": options.prompts,
                     "recipe_settings": pipeline_env(options.recipe),
                     "trainer_config": trainer_config(options).to_dict()}
+    harmful, benign = evaluation_sets(options)
+    evaluations = Evaluations(settings.state_dir / "evaluations", harmful, benign,
+                              options.eval_max_new_tokens,
+                              progress=lambda line: print(line, flush=True))
+
+    def evaluate_published() -> None:
+        """Queue each version published so far for its held-out evaluation."""
+        committed = trainer_rounds(settings)[:_rounds_done(settings)]
+        for version in served_versions(committed):
+            evaluations.offer(version, policy_source(settings, models, version))
+        evaluations.poll()
+
     try:
         supervisor = start_children(settings, options, stream)
         address = start_dashboard(settings, options) if options.dashboard else None
@@ -366,7 +385,7 @@ def run(settings: StackSettings, options: RunOptions) -> dict:
             print(f"cai run: dashboard at {address}", flush=True)
         print(f"cai run: worker and trainer logs in {settings.logs_dir}", flush=True)
         snap, fed = run_rounds(settings, stream, options, started + options.duration * 60,
-                               supervisor)
+                               supervisor, tick=evaluate_published)
         supervisor.close()
         report["supervisor"] = {"restarts": supervisor.restarts(), "alarms": supervisor.events}
         report["trainer_rounds"] = trainer_rounds(settings)
@@ -379,19 +398,24 @@ def run(settings: StackSettings, options: RunOptions) -> dict:
         if not options.keep:
             children.stop(settings)  # free the CPU for evaluation
         versions = served_versions(report["trainer_rounds"])
-        harmful, benign = evaluation_sets(options)
+        for version in versions:
+            evaluations.offer(version, policy_source(settings, models, version))
+        evaluated = evaluations.finish()
         report["policies"] = {}
         for version in versions:
-            print(f"cai run: evaluating policy v{version} on {len(harmful)} held-out harmful and "
-                  f"{len(benign)} held-out benign prompts", flush=True)
-            report["policies"][f"v{version}"] = evaluate.evaluate_policy(
-                policy_source(settings, models, version), harmful, benign,
-                options.eval_max_new_tokens)
+            if evaluated.get(version) is None:  # its child failed: its log says why
+                print(f"cai run: evaluating policy v{version} on {len(harmful)} held-out harmful "
+                      f"and {len(benign)} held-out benign prompts", flush=True)
+                evaluated[version] = evaluate.evaluate_policy(
+                    policy_source(settings, models, version), harmful, benign,
+                    options.eval_max_new_tokens)
+            report["policies"][f"v{version}"] = evaluated[version]
         # The rules were written against the tuning labels; the held-out ones measure them fairly.
         report.update(labels.builtin_accuracy())
         report["total_seconds"] = round(time.monotonic() - started, 1)
         run_report.write(report, options.report)
     finally:
+        evaluations.stop()
         if not options.keep:
             children.stop(settings)
             services.down(settings)

@@ -43,6 +43,9 @@ def test_cai_run_trains_rounds_of_fresh_prompts_and_reports_every_served_version
         versions = {e["policy_version"] for e in examples["sft"] + examples["preferences"]}
         assert versions == {number}, (number, versions)
     assert list(report["policies"]) == ["v1", "v2", "v3"]
+    # Each version was evaluated by its own child process (cai/evaluations.py).
+    evaluated = settings.state_dir / "evaluations"
+    assert sorted(p.name for p in evaluated.glob("v*.json")) == ["v1.json", "v2.json", "v3.json"]
     for figures in report["policies"].values():
         assert figures["harmless"]["n"] == 3 and figures["over_refusal"]["n"] == 2
         assert "declined_then_complied" in figures
