@@ -107,7 +107,7 @@ class Evaluations:
             job.process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
         job.started, job.idle = time.monotonic(), idle
         self._running.append(job)
-        logger.info("evaluating policy v%d (pid %d, %s)", job.version, job.process.pid,
+        logger.debug("evaluating policy v%d (pid %d, %s)", job.version, job.process.pid,
                     "in the background" if idle else f"{threads} thread(s)")
 
     def _reap(self) -> None:
