@@ -371,11 +371,17 @@ def run(settings: StackSettings, options: RunOptions) -> dict:
                               options.eval_max_new_tokens,
                               progress=lambda line: print(line, flush=True))
 
+    queued_after = -1  # committed rounds when versions were last queued
+
     def evaluate_published() -> None:
-        """Queue each version published so far for its held-out evaluation."""
-        committed = trainer_rounds(settings)[:_rounds_done(settings)]
-        for version in served_versions(committed):
-            evaluations.offer(version, policy_source(settings, models, version))
+        """Queue each version published so far for its held-out evaluation (the round
+        summaries are read only when a round was committed since the last call)."""
+        nonlocal queued_after
+        done = _rounds_done(settings)
+        if done != queued_after:
+            for version in served_versions(trainer_rounds(settings)[:done]):
+                evaluations.offer(version, policy_source(settings, models, version))
+            queued_after = done
         evaluations.poll()
 
     try:
