@@ -60,8 +60,14 @@ HARMFUL_SETS = ("harmbench", "donotanswer", "advbench")
 class RunOptions:
     model: str = option(default_factory=lambda: ModelSettings().model,
                         help="smollm2, tiny, a folder or a hub id (env CAI_MODEL)")
-    rounds: int = option(3, "training rounds; each feeds fresh prompts, which the policy serving "
-                            "at that moment answers, and trains on them once they are through")
+    rounds: int = option(3, "training rounds at least; each feeds fresh prompts, which the "
+                            "policy serving at that moment answers, and trains on them once they "
+                            "are through")
+    max_rounds: int = option(5, "rounds at most: after --rounds, another round starts while it "
+                                "is expected to end within --more-rounds-within minutes")
+    more_rounds_within: float = option(
+        25.0, "minutes from the start within which a round beyond --rounds must be expected to "
+              "end (the last round's time, plus 15%), leaving time for the evaluation")
     prompts: int = option(RUN_PROMPTS, "training prompts fed per round")
     benign_share: float = option(0.5, "share of the fed prompts that are benign; the rest are "
                                       "red-team", type=fraction)
@@ -100,10 +106,16 @@ def trainer_config(options: RunOptions) -> TrainerConfig:
                             "seed": options.seed, **options.trainer_overrides})
 
 
+def planned_rounds(options: RunOptions) -> int:
+    """Rounds the fed mix is drawn for: --max-rounds, and never fewer than --rounds."""
+    return max(options.rounds, options.max_rounds)
+
+
 def training_mix(options: RunOptions) -> list[list]:
-    """The prompts to feed, one list per round: a seeded sample of the training split of the
-    built-in sets, never the same prompt twice. With ``contrast_benign`` a round's benign
-    prompts are those closest in wording to its red-team ones (``scoring.contrast``)."""
+    """The prompts to feed, one list per round (``planned_rounds``): a seeded sample of the
+    training split of the built-in sets, never the same prompt twice. With ``contrast_benign``
+    a round's benign prompts are those closest in wording to its red-team ones
+    (``scoring.contrast``)."""
     from scoring import prompt_sets
     from scoring.contrast import closest_in_form
 
@@ -112,12 +124,13 @@ def training_mix(options: RunOptions) -> list[list]:
     benign = splits.train_part(prompt_sets.builtin("benign"))
     n_benign = round(options.prompts * options.benign_share)
     n_harmful = options.prompts - n_benign
-    harmful = rng.sample(harmful, min(len(harmful), n_harmful * options.rounds))
+    rounds = planned_rounds(options)
+    harmful = rng.sample(harmful, min(len(harmful), n_harmful * rounds))
     # Contrasting draws from the whole (shuffled) pool; a random draw takes what it feeds.
-    drawn = len(benign) if options.contrast_benign else min(len(benign), n_benign * options.rounds)
+    drawn = len(benign) if options.contrast_benign else min(len(benign), n_benign * rounds)
     benign = rng.sample(benign, drawn)
     slices = []
-    for r in range(options.rounds):
+    for r in range(rounds):
         reds = harmful[r * n_harmful:(r + 1) * n_harmful]
         if options.contrast_benign:
             greens = closest_in_form([p.prompt for p in reds], benign,
@@ -309,19 +322,30 @@ def served_versions(rounds: list[dict]) -> list[int]:
     return [1] + [r["version"] for r in rounds if r["promoted"] and r.get("version")]
 
 
+def another_round_fits(options: RunOptions, elapsed_s: float, last_round_s: float) -> bool:
+    """Whether a round beyond --rounds is expected to end within --more-rounds-within minutes
+    of the start: the next round is taken to last as long as the last one, plus 15% (later
+    rounds replay a bounded number of earlier examples, so they grow little)."""
+    return elapsed_s + 1.15 * last_round_s <= options.more_rounds_within * 60
+
+
 def run_rounds(settings: StackSettings, stream: StreamSettings, options: RunOptions,
                deadline: float, supervisor: Supervisor | None = None,
-               tick=None) -> tuple[dict, int]:
-    """Feed each round's prompts once the previous round has finished; return the last
-    snapshot and how many prompts were fed. ``tick``: see ``watch``."""
+               tick=None, started: float | None = None) -> tuple[dict, int]:
+    """Feed each round's prompts once the previous round has finished: --rounds rounds, then
+    more up to --max-rounds while ``another_round_fits``; return the last snapshot and how many
+    prompts were fed. ``started``: the run's start (``time.monotonic``), default now.
+    ``tick``: see ``watch``."""
     from rich.console import Console
     from rich.live import Live
 
     from agents import feed
 
+    started = time.monotonic() if started is None else started
     slices, fed = training_mix(options), 0
     console = Console()
     snap = monitor.snapshot(settings, stream)
+    last_round_s = 0.0
     with Live(monitor.render(snap), console=console, refresh_per_second=1,
               transient=False) as live:
         for number, prompts in enumerate(slices, 1):
@@ -329,6 +353,15 @@ def run_rounds(settings: StackSettings, stream: StreamSettings, options: RunOpti
             if done_before >= number:  # a resumed run: this round finished before
                 fed += len(prompts)
                 continue
+            elapsed = time.monotonic() - started
+            if number > options.rounds and not another_round_fits(options, elapsed,
+                                                                  last_round_s):
+                live.console.print(
+                    f"cai run: no round {number}: at {elapsed / 60:.1f} min, one more "
+                    f"({last_round_s / 60:.1f} min last time) would end past the "
+                    f"{options.more_rounds_within:.0f}-minute mark (--more-rounds-within)")
+                break
+            round_started = time.monotonic()
             feed.publish(prompts, stream, progress=False)
             fed += len(prompts)
             live.console.print(
@@ -341,6 +374,7 @@ def run_rounds(settings: StackSettings, stream: StreamSettings, options: RunOpti
                 live.console.print(f"cai run: the {options.duration:.0f}-minute limit ran out in "
                                    f"round {number}; evaluating what is there")
                 break
+            last_round_s = time.monotonic() - round_started
             snap = monitor.snapshot(settings, stream)
             live.update(monitor.render(snap))
             live.console.print(round_line(trainer_rounds(settings)[number - 1], len(slices)))
@@ -356,14 +390,15 @@ def run(settings: StackSettings, options: RunOptions) -> dict:
     models = ModelSettings(model=options.model)
     called = recipe_roles(options.recipe)
     print(f"cai run: model {options.model}, recipe {options.recipe} (roles {', '.join(called)}), "
-          f"{options.rounds} rounds of {options.prompts} prompts, up to {options.duration:.0f} "
-          "min", flush=True)
+          f"{options.rounds} to {planned_rounds(options)} rounds of {options.prompts} prompts, "
+          f"up to {options.duration:.0f} min", flush=True)
     setup_machine.run(settings, with_models=(options.model,))
     services.print_status(settings, services.up(settings, models, roles=called), as_json=False)
     stream = StreamSettings(kafka_bootstrap=settings.kafka_address)
     ensure_topics(stream)
     report: dict = {"model": options.model, "recipe": options.recipe, "roles": list(called),
-                    "rounds": options.rounds, "prompts_per_round": options.prompts,
+                    "rounds": options.rounds, "max_rounds": planned_rounds(options),
+                    "prompts_per_round": options.prompts,
                     "recipe_settings": pipeline_env(options.recipe),
                     "trainer_config": trainer_config(options).to_dict()}
     harmful, benign = evaluation_sets(options)
@@ -391,10 +426,11 @@ def run(settings: StackSettings, options: RunOptions) -> dict:
             print(f"cai run: dashboard at {address}", flush=True)
         print(f"cai run: worker and trainer logs in {settings.logs_dir}", flush=True)
         snap, fed = run_rounds(settings, stream, options, started + options.duration * 60,
-                               supervisor, tick=evaluate_published)
+                               supervisor, tick=evaluate_published, started=started)
         supervisor.close()
         report["supervisor"] = {"restarts": supervisor.restarts(), "alarms": supervisor.events}
         report["trainer_rounds"] = trainer_rounds(settings)
+        report["rounds"] = len(report["trainer_rounds"])  # run: --rounds, or more if time allowed
         report["pipeline_done"] = pipeline_done(snap, fed, len(report["trainer_rounds"]),
                                                 options.rounds)
         report["stream_seconds"] = round(time.monotonic() - started, 1)

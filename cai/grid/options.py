@@ -124,7 +124,8 @@ class GridOptions:
 
     def run_options(self, cell: Cell, seed: int) -> RunOptions:
         """The `cai run` options this cell and seed stand for."""
-        return RunOptions(model=self.model, rounds=self.rounds, prompts=self.prompts,
+        return RunOptions(model=self.model, rounds=self.rounds, max_rounds=self.rounds,
+                          prompts=self.prompts,
                           benign_share=self.benign_share,
                           contrast_benign=self.contrast_benign, revisions=self.revisions,
                           recipe=cell.recipe, eval_harmful=self.eval_harmful,

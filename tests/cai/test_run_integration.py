@@ -20,9 +20,11 @@ def test_cai_run_trains_rounds_of_fresh_prompts_and_reports_every_served_version
     for name in ("CAI_KAFKA_BOOTSTRAP", "CAI_REDIS_URL", "CAI_TRITON_HTTP_URL",
                  "CAI_TRITON_GRPC_URL"):
         monkeypatch.delenv(name, raising=False)
+    # One round at least, a second because the time allows it (--more-rounds-within).
     options = run.RunOptions(
-        model="tiny", rounds=2, prompts=4, eval_harmful=3, eval_benign=2, eval_max_new_tokens=4,
-        duration=12, report=tmp_path / "report" / "run.json",
+        model="tiny", rounds=1, max_rounds=2, more_rounds_within=10, prompts=4, eval_harmful=3,
+        eval_benign=2, eval_max_new_tokens=4, duration=12,
+        report=tmp_path / "report" / "run.json",
         # The tiny random model never passes the dev gate: this test is about the loop.
         trainer_overrides={"gate": False, "max_length": 64, "nice": 0})
     try:
@@ -32,6 +34,7 @@ def test_cai_run_trains_rounds_of_fresh_prompts_and_reports_every_served_version
             print(log.name, log.read_text(errors="replace")[-3000:])
         raise
     assert report["pipeline_done"] is True
+    assert (report["rounds"], report["max_rounds"]) == (2, 2)
     assert report["roles"] == ["policy"]  # the default recipe calls the policy only
     rounds = report["trainer_rounds"]
     assert [r["round"] for r in rounds] == [1, 2] and all(r["promoted"] for r in rounds)
@@ -73,8 +76,9 @@ def test_cai_run_recipe_rl_serves_a_reward_model_and_streams_its_samples(tmp_pat
                  "CAI_TRITON_GRPC_URL"):
         monkeypatch.delenv(name, raising=False)
     options = run.RunOptions(
-        model="tiny", recipe="rl", rounds=1, prompts=4, eval_harmful=2, eval_benign=2,
-        eval_max_new_tokens=4, duration=12, report=tmp_path / "report" / "run.json", keep=True,
+        model="tiny", recipe="rl", rounds=1, max_rounds=1, prompts=4, eval_harmful=2,
+        eval_benign=2, eval_max_new_tokens=4, duration=12,
+        report=tmp_path / "report" / "run.json", keep=True,
         trainer_overrides={"gate": False, "max_length": 64, "nice": 0, "epochs": 1,
                            "rl_epochs": 1, "rl_samples": 2, "rl_max_new_tokens": 8,
                            # the tiny preference model's held-out accuracy is noise: keep it

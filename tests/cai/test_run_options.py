@@ -72,15 +72,62 @@ def test_the_reward_role_is_loaded_only_for_a_trainer_that_scores_with_it(monkey
 def test_each_round_feeds_fresh_training_prompts_half_benign():
     from scoring import splits
 
-    options = run.RunOptions(prompts=24, rounds=3)
+    options = run.RunOptions(prompts=24, rounds=3, max_rounds=5)
     slices = run.training_mix(options)
-    assert [len(s) for s in slices] == [24, 24, 24]
+    assert [len(s) for s in slices] == [24] * 5  # drawn for every round the run may take
     assert all(sum(p.kind == "helpful" for p in s) == 12 for s in slices)
     ids = [p.prompt_id for s in slices for p in s]
-    assert len(set(ids)) == 72  # no prompt is fed twice
+    assert len(set(ids)) == 120  # no prompt is fed twice
     # Only the training split: the gate's dev prompts and the held-out prompts are never fed.
     assert {splits.split_of(p.prompt) for s in slices for p in s} == {"train"}
     assert run.training_mix(options) == slices  # seeded
+
+
+class _Rounds:
+    """A trainer stand-in for ``run_rounds``: each fed round takes ``minutes[i]`` on a fake clock
+    and then counts as done."""
+
+    def __init__(self, minutes):
+        self.minutes, self.now, self.done, self.fed = list(minutes), 0.0, 0, []
+
+    def watch(self, settings, stream, until, deadline, live, supervisor, tick):
+        self.now += 60 * self.minutes[self.done]
+        self.done += 1
+        return {}
+
+
+def _run_rounds(monkeypatch, options, minutes):
+    from types import SimpleNamespace
+
+    from agents import feed
+
+    trainer = _Rounds(minutes)
+    monkeypatch.setattr(run, "time", SimpleNamespace(monotonic=lambda: trainer.now))
+    monkeypatch.setattr(run, "watch", trainer.watch)
+    monkeypatch.setattr(run, "_rounds_done", lambda settings: trainer.done)
+    monkeypatch.setattr(run, "trainer_rounds", lambda settings: [{}] * trainer.done)
+    monkeypatch.setattr(run, "round_line", lambda summary, total: "round done")
+    monkeypatch.setattr(run.monitor, "snapshot", lambda settings, stream: {})
+    monkeypatch.setattr(run.monitor, "render", lambda snap: "")
+    monkeypatch.setattr(feed, "publish", lambda prompts, stream, progress: trainer.fed.append(
+        len(prompts)))
+    _, fed = run.run_rounds(None, None, options, deadline=10 ** 9, started=0.0)
+    return trainer, fed
+
+
+def test_rounds_beyond_the_minimum_start_only_while_one_more_would_end_in_time(monkeypatch):
+    options = run.RunOptions(prompts=4, rounds=2, max_rounds=5, more_rounds_within=25)
+    # After 6 + 5 minutes a third round is expected to end at 11 + 1.15 * 5 <= 25 and a fourth
+    # at 16 + 1.15 * 5; a fifth, at 20.5 + 1.15 * 4.5 = 25.2 minutes, is not started (it
+    # would fit only without the 15% margin).
+    trainer, fed = _run_rounds(monkeypatch, options, [6, 5, 5, 4.5, 4])
+    assert trainer.done == 4 and fed == 16 and trainer.fed == [4, 4, 4, 4]
+    # The minimum is always run, however long the rounds take.
+    trainer, fed = _run_rounds(monkeypatch, options, [20, 20, 20, 20, 20])
+    assert trainer.done == 2 and fed == 8
+    # Fast rounds: up to --max-rounds, no more.
+    trainer, fed = _run_rounds(monkeypatch, options, [1] * 5)
+    assert trainer.done == 5 and fed == 20
 
 
 def test_the_evaluation_holds_out_at_least_48_benign_prompts():
