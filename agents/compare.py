@@ -20,8 +20,15 @@ import logging
 from agents import prompts, strategies, targets
 from agents.delivery import Output, Stage, stable_seed
 from agents.services import Services
+from scoring.classify import classify
 from streams import topics
-from streams.records import ANSWER_OVER_DECLINE, CompareRecord, PreferenceRecord, now
+from streams.records import (
+    ANSWER_OVER_DECLINE,
+    REASON_OVER_BARE,
+    CompareRecord,
+    PreferenceRecord,
+    now,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +89,9 @@ async def _judge(svc: Services, pairs: list[tuple[CompareRecord, str, str]]) -> 
 
 def _preference(svc: Services, r: CompareRecord, chosen: str, rejected: str, p_chosen: float,
                 strategy: str, judged: dict | None = None,
-                policy_version: int | None = None) -> Output:
+                policy_version: int | None = None, pair: str | None = None) -> Output:
+    """The preference record of ``r``'s pair, its chosen side cleaned (``targets``). ``pair``
+    names a second pair made from the same compare record (its own record id)."""
     judged = judged or {}
     target = targets.training_target(chosen, r.kind)
     return Output(topics.PREFERENCES, r.prompt_id, PreferenceRecord(
@@ -92,12 +101,30 @@ def _preference(svc: Services, r: CompareRecord, chosen: str, rejected: str, p_c
         principle_ids=judged.get("principle_ids", ""),
         policy_version=r.policy_version if policy_version is None else policy_version,
         judge_version=judged.get("judge_version", 0), strategy=strategy,
-        revision_strategy=r.strategy if r.pair == "initial-vs-final" else "", pair=r.pair,
+        revision_strategy=r.strategy if r.pair == "initial-vs-final" else "",
+        pair=pair or r.pair,
         kind=r.kind,
         source=r.source, constitution_version=svc.constitution.version,
         probs_json=json.dumps(judged.get("probs", [])), seed=r.seed,
         prompt_created_at=r.prompt_created_at,
-        record_id=f"pref:{key(r)}", created_at=now()))
+        record_id=(f"pref:{key(r)}" if pair is None
+                   else f"pref:{r.prompt_id}:{pair}:{r.pair_index}"),
+        created_at=now()))
+
+
+def _reason_pair(svc: Services, r: CompareRecord, chosen: str) -> list[Output]:
+    """With ``reason_pairs``: the red-team target ``chosen`` over the bare decline, when the
+    target is a refusal that begins with that decline and gives its reason (so the two sides
+    differ only in what follows it); else nothing."""
+    bare = strategies.bare_decline(svc.constitution)
+    if not svc.settings.reason_pairs or r.kind == "helpful":
+        return []
+    target = targets.training_target(chosen, r.kind)
+    verdict = classify(target.text)
+    if not (target.usable and verdict.refused and verdict.explains_why
+            and target.text.startswith(bare) and target.text.strip() != bare):
+        return []
+    return [_preference(svc, r, chosen, bare, 1.0, REASON_OVER_BARE, pair=REASON_OVER_BARE)]
 
 
 async def process(svc: Services, records: list[CompareRecord]) -> list[list[Output]]:
@@ -115,7 +142,8 @@ async def process(svc: Services, records: list[CompareRecord]) -> list[list[Outp
         if s.preference == "revision-over-initial" and r.pair == "initial-vs-final":
             hard = strategies.hard_label(r.response_a, r.response_b)
             outputs[id(r)] = ([] if hard is None
-                              else [_preference(svc, r, *hard, strategy=s.preference)])
+                              else [_preference(svc, r, *hard, strategy=s.preference),
+                                    *_reason_pair(svc, r, hard[0])])
         else:
             judged.append((r, r.response_a, r.response_b))
 

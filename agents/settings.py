@@ -72,6 +72,12 @@ class PipelineSettings(BaseSettings):
         "of that prompt (decline_opening continued greedily, cut after its reason), so that a "
         "preference model learns that declining a harmless request with a made-up reason is "
         "worse than answering it, not that giving a reason is good in itself")
+    reason_pairs: bool = Field(
+        False, description="for each red-team prompt whose target is a decline with its reason, "
+        "also a pair preferring it over the constitution's bare decline (the first sentence of "
+        "decline_opening). Both start alike, so the pair moves only what follows the decline: "
+        "the reason rather than nothing (helpful pairs that reject a reasoned decline otherwise "
+        "teach the policy to decline without one)")
     skip_settled_declines: bool = Field(
         False, description="drop the SFT target of a red-team prompt whose policy answer already "
         "declined harmlessly with a reason: it teaches nothing new, and training on it again each "

@@ -28,7 +28,7 @@ _CONTEXT_PIPELINE = {"strategy": "context", "preference": "revision-over-initial
                      "compare": "initial-vs-final", "helpful_pairs": True,
                      "context_placement": "user-suffix", "context_temperature": 0,
                      "context_opening": True, "policy_max_new_tokens": 64,
-                     "helpful_pair_decline": "reasoned"}
+                     "helpful_pair_decline": "reasoned", "reason_pairs": True}
 _CONTEXT_TRAINER = {"lr": 1e-3, "lr_schedule": "linear", "epochs": 6, "max_length": 256,
                     "gate_every_epochs": 4, "helpful_mix": 0.7, "replay_helpful": 48,
                     "replay_harmful": 48}
@@ -43,7 +43,10 @@ RECIPES: dict[str, Recipe] = {
     # the line between the two is learnt by meaning: with the bare "I can't help with that." as
     # the rejected side, nothing taught that the decline's reason ("Doing this could potentially
     # harm ...") does not belong in a benign answer, and it leaked into them (docs/results-log.md,
-    # "warned off").
+    # "warned off"). Rejecting the reasoned decline there also taught declines without a reason
+    # (explains-why fell from 90-100% to 68-84%), so each red-team target that declines with
+    # its reason is also preferred over the bare decline (reason_pairs): the two sides share
+    # the decline, so the pair moves only what follows it.
     # The trainer interleaves SFT and DPO in every epoch at a falling learning rate and checks the
     # dev gate after epochs 4 and 6, keeping the best passing one: one round on the same data
     # otherwise swung between declining few prompts and most benign ones from epoch to epoch

@@ -38,7 +38,10 @@ PREFERENCE_STRATEGIES = ("judge", "revision-over-initial", "contrastive")
 # How a preference label can be made besides the strategies: a helpful prompt's answer over the
 # constitution's bare decline, by construction (PipelineSettings.helpful_pairs).
 ANSWER_OVER_DECLINE = "answer-over-decline"
-STRATEGIES = REVISION_STRATEGIES + PREFERENCE_STRATEGIES + (ANSWER_OVER_DECLINE,)
+# A red-team prompt's reasoned decline preferred over the bare decline (reason_pairs).
+REASON_OVER_BARE = "reason-over-bare"
+STRATEGIES = (REVISION_STRATEGIES + PREFERENCE_STRATEGIES
+              + (ANSWER_OVER_DECLINE, REASON_OVER_BARE))
 # Ids become Redis keys and Kafka keys: bounded, so a hostile id cannot bloat either.
 MAX_ID_CHARS = 512
 INT64 = 2**63

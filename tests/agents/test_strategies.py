@@ -249,6 +249,46 @@ async def test_revision_over_initial_is_a_hard_label_without_the_judge(make_pipe
     assert svc.inference.calls == []                                   # no judge call
 
 
+async def test_reason_pairs_prefer_a_red_team_decline_with_its_reason_to_the_bare_one(
+        make_pipeline):
+    svc = make_services(preference="revision-over-initial", reason_pairs=True)
+    p = make_pipeline(svc)
+    reasoned = ("I can't help with that. Doing this could hurt your neighbour, and assault is "
+                "a crime.")
+    recs = [
+        # A target that declines with its reason (its compliance after the reason is cut off).
+        CompareRecord(prompt_id="r1", prompt="How do I hurt my neighbour?",
+                      response_a="Sure, here is how: 1. Wait.",
+                      response_b=reasoned + " Here is how: 1. Wait.", strategy="context"),
+        # A decline without a reason: nothing to prefer over the bare decline.
+        CompareRecord(prompt_id="r2", prompt="Pick a lock for me", response_a="Sure: 1. Pick.",
+                      response_b="I can't help with that. Ask someone else.",
+                      strategy="context"),
+        # A helpful prompt never gets one.
+        CompareRecord(prompt_id="h1", prompt="How do I kill a process?", kind="helpful",
+                      response_a="I can't help with that.", response_b="Use kill -9 PID.",
+                      strategy="context"),
+    ]
+    await put_all(p, "compare", [encode(r) for r in recs],
+                  lambda: svc.ledger.redis.data.get("cai:count:compare:out") == "4")
+    prefs = {(r.prompt_id, r.pair): r for r in svc.send.on(topics.PREFERENCES)}
+    assert sorted(prefs) == [("h1", "initial-vs-final"), ("r1", "initial-vs-final"),
+                             ("r1", "reason-over-bare"), ("r2", "initial-vs-final")]
+    pair = prefs["r1", "reason-over-bare"]
+    assert (pair.chosen, pair.rejected, pair.p_chosen) == (reasoned, "I can't help with that.",
+                                                          1.0)
+    assert pair.strategy == "reason-over-bare" and pair.target == "cut"
+    assert prefs["r1", "initial-vs-final"].chosen == reasoned
+    # Two records of one compare record, each with its own id (the trainer dedupes by id).
+    assert pair.record_id != prefs["r1", "initial-vs-final"].record_id
+    # Off by default.
+    svc = make_services(preference="revision-over-initial")
+    p = make_pipeline(svc)
+    await put_all(p, "compare", [encode(recs[0])],
+                  lambda: svc.ledger.redis.data.get("cai:count:compare:out") == "1")
+    assert [r.pair for r in svc.send.on(topics.PREFERENCES)] == ["initial-vs-final"]
+
+
 async def test_helpful_pairs_prefer_the_answer_to_the_bare_decline(make_pipeline):
     svc = make_services(helpful_pairs=True, preference="revision-over-initial")
     svc.inference.reply_for = lambda role, prompt, params: (
