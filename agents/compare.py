@@ -9,7 +9,10 @@ clamped to 40-60% (the paper's finding that CoT labels are overconfident).
 ``preference`` (agents/strategies.py) changes how labels are made: "revision-over-initial"
 gives the final revision a hard label with no judge call; "contrastive" pairs arrive empty and
 are filled here by the current policy (toward / away from the constitution), labelled by
-construction or, with ``contrastive_label='judge'``, by the judge.
+construction or, with ``contrastive_label='judge'``, by the judge. With ``reason_pairs`` a
+red-team prompt's hard label also yields a "reason-over-bare" pair (``_reason_pair``);
+"answer-vs-warning" pairs (``warning_pairs``) are labelled by construction like
+"answer-vs-decline".
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from scoring.classify import classify
 from streams import topics
 from streams.records import (
     ANSWER_OVER_DECLINE,
+    ANSWER_OVER_WARNING,
     REASON_OVER_BARE,
     CompareRecord,
     PreferenceRecord,
@@ -135,9 +139,11 @@ async def process(svc: Services, records: list[CompareRecord]) -> list[list[Outp
     for r in records:
         if r.pair == strategies.CONTRASTIVE_PAIR:
             continue
-        if r.pair == strategies.ANSWER_VS_DECLINE:
-            outputs[id(r)] = [_preference(svc, r, r.response_a, r.response_b, 1.0,
-                                          ANSWER_OVER_DECLINE)]
+        if r.pair in (strategies.ANSWER_VS_DECLINE, strategies.ANSWER_VS_WARNING):
+            outputs[id(r)] = [_preference(
+                svc, r, r.response_a, r.response_b, 1.0,
+                ANSWER_OVER_DECLINE if r.pair == strategies.ANSWER_VS_DECLINE
+                else ANSWER_OVER_WARNING)]
             continue
         if s.preference == "revision-over-initial" and r.pair == "initial-vs-final":
             hard = strategies.hard_label(r.response_a, r.response_b)

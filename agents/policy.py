@@ -63,6 +63,12 @@ def _outputs(svc: Services, record: PromptRecord, samples: list,
             response_a=first, response_b=decline or strategies.bare_decline(svc.constitution),
             pair=strategies.ANSWER_VS_DECLINE, pair_index=0,
             constitution_version=svc.constitution.version, created_at=now(), **lineage)))
+        warning = strategies.warning_of(svc.constitution, decline or "")
+        if s.warning_pairs and warning:
+            outs.append(Output(topics.COMPARE, record.prompt_id, CompareRecord(
+                response_a=first, response_b=warning, pair=strategies.ANSWER_VS_WARNING,
+                pair_index=0, constitution_version=svc.constitution.version, created_at=now(),
+                **lineage)))
     if pairs == strategies.CONTRASTIVE_PAIR:
         outs.append(Output(topics.COMPARE, record.prompt_id, CompareRecord(
             response_a="", response_b="", pair=pairs, pair_index=0,

@@ -78,6 +78,11 @@ class PipelineSettings(BaseSettings):
         "decline_opening). Both start alike, so the pair moves only what follows the decline: "
         "the reason rather than nothing (helpful pairs that reject a reasoned decline otherwise "
         "teach the policy to decline without one)")
+    warning_pairs: bool = Field(
+        False, description="with helpful_pair_decline='reasoned': for each helpful prompt also "
+        "its answer over the reason of the policy's decline alone (\"Doing this could "
+        "potentially harm ...\"): the decline's reason given as a warning, without the "
+        "decline, is how a trained policy's reason leaked into benign answers")
     skip_settled_declines: bool = Field(
         False, description="drop the SFT target of a red-team prompt whose policy answer already "
         "declined harmlessly with a reason: it teaches nothing new, and training on it again each "

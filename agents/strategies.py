@@ -52,6 +52,7 @@ logger = logging.getLogger(__name__)
 CONTEXT_PRINCIPLE = "constitution"  # principle id recorded for context answers (the whole text)
 CONTRASTIVE_PAIR = "contrastive"
 ANSWER_VS_DECLINE = "answer-vs-decline"
+ANSWER_VS_WARNING = "answer-vs-warning"
 
 
 @dataclass(frozen=True)
@@ -251,6 +252,13 @@ def bare_decline(constitution: Constitution) -> str:
     from agents.targets import sentences
 
     return sentences(constitution.decline_opening)[0]
+
+
+def warning_of(constitution: Constitution, decline: str) -> str:
+    """What a reasoned decline says after the bare decline (its reason, and any alternative),
+    or '' when it does not begin with the bare decline or says nothing more."""
+    bare = bare_decline(constitution)
+    return decline[len(bare):].strip() if decline.startswith(bare) else ""
 
 
 def contrast_calls(constitution: Constitution, settings: PipelineSettings, prompt: str,

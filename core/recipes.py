@@ -28,7 +28,8 @@ _CONTEXT_PIPELINE = {"strategy": "context", "preference": "revision-over-initial
                      "compare": "initial-vs-final", "helpful_pairs": True,
                      "context_placement": "user-suffix", "context_temperature": 0,
                      "context_opening": True, "policy_max_new_tokens": 64,
-                     "helpful_pair_decline": "reasoned", "reason_pairs": True}
+                     "helpful_pair_decline": "reasoned", "reason_pairs": True,
+                     "warning_pairs": True}
 _CONTEXT_TRAINER = {"lr": 1e-3, "lr_schedule": "linear", "epochs": 6, "max_length": 256,
                     "gate_every_epochs": 4, "helpful_mix": 0.7, "replay_helpful": 48,
                     "replay_harmful": 48}
@@ -46,7 +47,9 @@ RECIPES: dict[str, Recipe] = {
     # "warned off"). Rejecting the reasoned decline there also taught declines without a reason
     # (explains-why fell from 90-100% to 68-84%), so each red-team target that declines with
     # its reason is also preferred over the bare decline (reason_pairs): the two sides share
-    # the decline, so the pair moves only what follows it.
+    # the decline, so the pair moves only what follows it. That alone made the reason leak into
+    # benign answers as a warning ("... doing so could potentially harm someone."), so each
+    # helpful answer is also preferred over the reason of its decline alone (warning_pairs).
     # The trainer interleaves SFT and DPO in every epoch at a falling learning rate and checks the
     # dev gate after epochs 4 and 6, keeping the best passing one: one round on the same data
     # otherwise swung between declining few prompts and most benign ones from epoch to epoch

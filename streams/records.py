@@ -40,8 +40,11 @@ PREFERENCE_STRATEGIES = ("judge", "revision-over-initial", "contrastive")
 ANSWER_OVER_DECLINE = "answer-over-decline"
 # A red-team prompt's reasoned decline preferred over the bare decline (reason_pairs).
 REASON_OVER_BARE = "reason-over-bare"
+# A helpful prompt's answer preferred over the reason of the policy's decline alone, a
+# warning off (warning_pairs).
+ANSWER_OVER_WARNING = "answer-over-warning"
 STRATEGIES = (REVISION_STRATEGIES + PREFERENCE_STRATEGIES
-              + (ANSWER_OVER_DECLINE, REASON_OVER_BARE))
+              + (ANSWER_OVER_DECLINE, REASON_OVER_BARE, ANSWER_OVER_WARNING))
 # Ids become Redis keys and Kafka keys: bounded, so a hostile id cannot bloat either.
 MAX_ID_CHARS = 512
 INT64 = 2**63

@@ -345,6 +345,40 @@ async def test_helpful_pairs_can_reject_the_policys_own_reasoned_decline(make_pi
     assert prefixed[0][2].temperature == 0.0
 
 
+async def test_warning_pairs_prefer_the_answer_to_the_declines_reason_alone(make_pipeline):
+    svc = make_services(helpful_pairs=True, helpful_pair_decline="reasoned", warning_pairs=True,
+                        preference="revision-over-initial")
+
+    def reply(role, prompt, params):
+        if params.response_prefix:
+            return (params.response_prefix + " potentially harm the process."
+                    if "process" in prompt else params.response_prefix + " be")
+        return "Kill it with kill -9 PID."
+
+    svc.inference.reply_for = reply
+    p = make_pipeline(svc)
+    await put_all(p, "policy", [prompt("h1", "How do I kill a stuck process?", kind="helpful"),
+                                prompt("h2", "How do I kill a weed?", kind="helpful"),
+                                prompt("r1", "How do I kill my neighbour?")],
+                  lambda: len(svc.send.sent) == 6)
+    pairs = {(r.prompt_id, r.pair): r for r in svc.send.on(topics.COMPARE)}
+    # h2's decline gave no reason: it has no warning to reject; red-team prompts get none.
+    assert sorted(pairs) == [("h1", "answer-vs-decline"), ("h1", "answer-vs-warning"),
+                             ("h2", "answer-vs-decline")]
+    warning = pairs["h1", "answer-vs-warning"]
+    assert (warning.response_a, warning.response_b) == (
+        "Kill it with kill -9 PID.", "Doing this could potentially harm the process.")
+    svc.send.sent.clear()
+    await put_all(p, "compare", [encode(r) for r in pairs.values()],
+                  lambda: len(svc.send.sent) == 3)
+    prefs = {(r.prompt_id, r.pair): r for r in svc.send.on(topics.PREFERENCES)}
+    pref = prefs["h1", "answer-vs-warning"]
+    assert (pref.chosen, pref.rejected, pref.p_chosen, pref.strategy) == (
+        "Kill it with kill -9 PID.", "Doing this could potentially harm the process.", 1.0,
+        "answer-over-warning")
+    assert pref.record_id != prefs["h1", "answer-vs-decline"].record_id
+
+
 async def test_contrastive_pairs_come_from_the_current_policy(make_pipeline):
     svc = make_services(preference="contrastive")
     p = make_pipeline(svc)
