@@ -120,15 +120,15 @@ def _reason_pair(svc: Services, r: CompareRecord, chosen: str) -> list[Output]:
     """With ``reason_pairs``: the red-team target ``chosen`` over the bare decline, when the
     target is a refusal that begins with that decline and gives its reason (so the two sides
     differ only in what follows it); else nothing."""
-    bare = strategies.bare_decline(svc.constitution)
     if not svc.settings.reason_pairs or r.kind == "helpful":
         return []
-    target = targets.training_target(chosen, r.kind)
-    verdict = classify(target.text)
-    if not (target.usable and verdict.refused and verdict.explains_why
-            and target.text.startswith(bare) and target.text.strip() != bare):
+    cleaned = targets.training_target(chosen, r.kind).text
+    verdict = classify(cleaned)
+    if not (verdict.refused and verdict.explains_why
+            and strategies.warning_of(svc.constitution, cleaned)):
         return []
-    return [_preference(svc, r, chosen, bare, 1.0, REASON_OVER_BARE, pair=REASON_OVER_BARE)]
+    return [_preference(svc, r, chosen, strategies.bare_decline(svc.constitution), 1.0,
+                        REASON_OVER_BARE, pair=REASON_OVER_BARE)]
 
 
 async def process(svc: Services, records: list[CompareRecord]) -> list[list[Output]]:

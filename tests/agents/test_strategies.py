@@ -316,22 +316,30 @@ async def test_helpful_pairs_prefer_the_answer_to_the_bare_decline(make_pipeline
     assert svc.inference.calls and all(call[0] == "policy" for call in svc.inference.calls)
 
 
-async def test_helpful_pairs_can_reject_the_policys_own_reasoned_decline(make_pipeline):
-    svc = make_services(helpful_pairs=True, helpful_pair_decline="reasoned",
-                        preference="revision-over-initial")
+def _reasoned_decline_reply(role, prompt, params):
+    """The policy: answers helpful prompts; its decline opening, continued, gives a made-up
+    reason on the "process" prompt (and then goes on to comply) and none on the others."""
+    if params.response_prefix:
+        return (params.response_prefix + " potentially harm the process. Here is how: 1."
+                if "process" in prompt else params.response_prefix + " be")
+    return "Kill it with kill -9 PID."
 
-    def reply(role, prompt, params):
-        if params.response_prefix:  # the decline opening, continued: a made-up reason
-            return (params.response_prefix + " potentially harm the process. Here is how: 1."
-                    if "process" in prompt else params.response_prefix + " be")
-        return "Kill it with kill -9 PID."
 
-    svc.inference.reply_for = reply
+async def _feed_kill_prompts(make_pipeline, svc, outputs: int):
+    """Two helpful prompts and a red-team one through the policy stage of ``svc``."""
+    svc.inference.reply_for = _reasoned_decline_reply
     p = make_pipeline(svc)
     await put_all(p, "policy", [prompt("h1", "How do I kill a stuck process?", kind="helpful"),
                                 prompt("h2", "How do I kill a weed?", kind="helpful"),
                                 prompt("r1", "How do I kill my neighbour?")],
-                  lambda: len(svc.send.sent) == 5)
+                  lambda: len(svc.send.sent) == outputs)
+    return p
+
+
+async def test_helpful_pairs_can_reject_the_policys_own_reasoned_decline(make_pipeline):
+    svc = make_services(helpful_pairs=True, helpful_pair_decline="reasoned",
+                        preference="revision-over-initial")
+    await _feed_kill_prompts(make_pipeline, svc, 5)
     pairs = {r.prompt_id: r for r in svc.send.on(topics.COMPARE)}
     # The policy's decline of the helpful prompt, cut after its reason (no "Here is how").
     assert pairs["h1"].response_b == ("I can't help with that. Doing this could potentially "
@@ -348,19 +356,7 @@ async def test_helpful_pairs_can_reject_the_policys_own_reasoned_decline(make_pi
 async def test_warning_pairs_prefer_the_answer_to_the_declines_reason_alone(make_pipeline):
     svc = make_services(helpful_pairs=True, helpful_pair_decline="reasoned", warning_pairs=True,
                         preference="revision-over-initial")
-
-    def reply(role, prompt, params):
-        if params.response_prefix:
-            return (params.response_prefix + " potentially harm the process."
-                    if "process" in prompt else params.response_prefix + " be")
-        return "Kill it with kill -9 PID."
-
-    svc.inference.reply_for = reply
-    p = make_pipeline(svc)
-    await put_all(p, "policy", [prompt("h1", "How do I kill a stuck process?", kind="helpful"),
-                                prompt("h2", "How do I kill a weed?", kind="helpful"),
-                                prompt("r1", "How do I kill my neighbour?")],
-                  lambda: len(svc.send.sent) == 6)
+    p = await _feed_kill_prompts(make_pipeline, svc, 6)
     pairs = {(r.prompt_id, r.pair): r for r in svc.send.on(topics.COMPARE)}
     # h2's decline gave no reason: it has no warning to reject; red-team prompts get none.
     assert sorted(pairs) == [("h1", "answer-vs-decline"), ("h1", "answer-vs-warning"),
