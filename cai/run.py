@@ -334,8 +334,10 @@ def _rounds_text(options: RunOptions) -> str:
 def another_round_fits(options: RunOptions, elapsed_s: float, last_round_s: float) -> bool:
     """Whether a round beyond --rounds is expected to end within --more-rounds-within minutes
     of the start: the next round is taken to last as long as the last one, plus 15% (later
-    rounds replay a bounded number of earlier examples, so they grow little)."""
-    return elapsed_s + 1.15 * last_round_s <= options.more_rounds_within * 60
+    rounds replay a bounded number of earlier examples, so they grow little). Without a round
+    timed (``last_round_s`` 0: a resumed run whose rounds all ran before), it is not known to
+    fit, so it does not start."""
+    return 0 < last_round_s and elapsed_s + 1.15 * last_round_s <= options.more_rounds_within * 60
 
 
 def run_rounds(settings: StackSettings, stream: StreamSettings, options: RunOptions,
@@ -366,6 +368,8 @@ def run_rounds(settings: StackSettings, stream: StreamSettings, options: RunOpti
             if number > options.rounds and not another_round_fits(options, elapsed,
                                                                   last_round_s):
                 live.console.print(
+                    f"cai run: no round {number}: no round has been timed since the resume, so "
+                    "whether one more would end in time is not known" if not last_round_s else
                     f"cai run: no round {number}: at {elapsed / 60:.1f} min, one more "
                     f"({last_round_s / 60:.1f} min last time) would end past the "
                     f"{options.more_rounds_within:.0f}-minute mark (--more-rounds-within)")

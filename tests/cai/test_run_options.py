@@ -87,8 +87,8 @@ class _Rounds:
     """A trainer stand-in for ``run_rounds``: each fed round takes ``minutes[i]`` on a fake clock
     and then counts as done."""
 
-    def __init__(self, minutes):
-        self.minutes, self.now, self.done, self.fed = list(minutes), 0.0, 0, []
+    def __init__(self, minutes, done=0):
+        self.minutes, self.now, self.done, self.fed = list(minutes), 0.0, done, []
 
     def watch(self, settings, stream, until, deadline, live, supervisor, tick):
         self.now += 60 * self.minutes[self.done]
@@ -96,12 +96,12 @@ class _Rounds:
         return {}
 
 
-def _run_rounds(monkeypatch, options, minutes):
+def _run_rounds(monkeypatch, options, minutes, done=0):
     from types import SimpleNamespace
 
     from agents import feed
 
-    trainer = _Rounds(minutes)
+    trainer = _Rounds(minutes, done)
     monkeypatch.setattr(run, "time", SimpleNamespace(monotonic=lambda: trainer.now))
     monkeypatch.setattr(run, "watch", trainer.watch)
     monkeypatch.setattr(run, "_rounds_done", lambda settings: trainer.done)
@@ -128,6 +128,12 @@ def test_rounds_beyond_the_minimum_start_only_while_one_more_would_end_in_time(m
     # Fast rounds: up to --max-rounds, no more.
     trainer, fed = _run_rounds(monkeypatch, options, [1] * 5)
     assert trainer.done == 5 and fed == 20
+    # A resumed run whose minimum rounds all ran before has timed no round: none more starts.
+    trainer, fed = _run_rounds(monkeypatch, options, [1] * 5, done=2)
+    assert trainer.done == 2 and trainer.fed == []
+    # Resumed after one round: the second is timed, and the extra rounds are judged on it.
+    trainer, fed = _run_rounds(monkeypatch, options, [1] * 5, done=1)
+    assert trainer.done == 5 and trainer.fed == [4, 4, 4, 4]
 
 
 def test_the_evaluation_holds_out_at_least_48_benign_prompts():
