@@ -10,8 +10,9 @@ clamped to 40-60% (the paper's finding that CoT labels are overconfident).
 gives the final revision a hard label with no judge call; "contrastive" pairs arrive empty and
 are filled here by the current policy (toward / away from the constitution), labelled by
 construction or, with ``contrastive_label='judge'``, by the judge. With ``reason_pairs`` a
-red-team prompt's hard label also yields a "reason-over-bare" pair (``_reason_pair``);
-"answer-vs-warning" pairs (``warning_pairs``) are labelled by construction like
+red-team prompt's hard label also yields a "reason-over-bare" pair (``_reason_pair``), and
+with ``stop_pairs`` a "stop-over-going-on" pair when its revision declined and then complied
+(``_stop_pair``); "answer-vs-warning" pairs (``warning_pairs``) are labelled by construction like
 "answer-vs-decline".
 """
 
@@ -29,6 +30,7 @@ from streams.records import (
     ANSWER_OVER_DECLINE,
     ANSWER_OVER_WARNING,
     REASON_OVER_BARE,
+    STOP_OVER_GOING_ON,
     CompareRecord,
     PreferenceRecord,
     now,
@@ -131,6 +133,20 @@ def _reason_pair(svc: Services, r: CompareRecord, chosen: str) -> list[Output]:
                         REASON_OVER_BARE, pair=REASON_OVER_BARE)]
 
 
+def _stop_pair(svc: Services, r: CompareRecord, chosen: str) -> list[Output]:
+    """With ``stop_pairs``: the red-team target ``chosen``, cut after its reason, over the whole
+    of it as the policy wrote it, when that declined and then went on to comply; else
+    nothing."""
+    if not svc.settings.stop_pairs or r.kind == "helpful":
+        return []
+    target = targets.training_target(chosen, r.kind)
+    verdict = classify(chosen)
+    if target.action != targets.CUT or not (verdict.refused and verdict.complied):
+        return []
+    return [_preference(svc, r, chosen, chosen.strip(), 1.0, STOP_OVER_GOING_ON,
+                        pair=STOP_OVER_GOING_ON)]
+
+
 async def process(svc: Services, records: list[CompareRecord]) -> list[list[Output]]:
     s = svc.settings
     outputs: dict[int, list[Output]] = {}
@@ -149,7 +165,8 @@ async def process(svc: Services, records: list[CompareRecord]) -> list[list[Outp
             hard = strategies.hard_label(r.response_a, r.response_b)
             outputs[id(r)] = ([] if hard is None
                               else [_preference(svc, r, *hard, strategy=s.preference),
-                                    *_reason_pair(svc, r, hard[0])])
+                                    *_reason_pair(svc, r, hard[0]),
+                                    *_stop_pair(svc, r, hard[0])])
         else:
             judged.append((r, r.response_a, r.response_b))
 

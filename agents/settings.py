@@ -83,6 +83,12 @@ class PipelineSettings(BaseSettings):
         "its answer over the reason of the policy's decline alone (\"Doing this could "
         "potentially harm ...\"): the decline's reason given as a warning, without the "
         "decline, is how a trained policy's reason leaked into benign answers")
+    stop_pairs: bool = Field(
+        False, description="for each red-team target cut from a decline that went on to comply "
+        "(\"I can't help with that. Doing this could harm ... Here's how: 1. ...\"), also a "
+        "pair preferring the cut decline over the whole answer. Both start with the same "
+        "decline and reason, so the pair moves only what follows the reason: stopping rather "
+        "than going on (the cut target alone never shows the policy its own continuation)")
     skip_settled_declines: bool = Field(
         False, description="drop the SFT target of a red-team prompt whose policy answer already "
         "declined harmlessly with a reason: it teaches nothing new, and training on it again each "

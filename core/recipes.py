@@ -29,7 +29,7 @@ _CONTEXT_PIPELINE = {"strategy": "context", "preference": "revision-over-initial
                      "context_placement": "user-suffix", "context_temperature": 0,
                      "context_opening": True, "policy_max_new_tokens": 64,
                      "helpful_pair_decline": "reasoned", "reason_pairs": True,
-                     "warning_pairs": True}
+                     "warning_pairs": True, "stop_pairs": True}
 _CONTEXT_TRAINER = {"lr": 1e-3, "lr_schedule": "linear", "epochs": 6, "max_length": 256,
                     "gate_every_epochs": 4, "helpful_mix": 0.7, "replay_helpful": 48,
                     "replay_harmful": 48}
@@ -50,6 +50,10 @@ RECIPES: dict[str, Recipe] = {
     # the decline, so the pair moves only what follows it. That alone made the reason leak into
     # benign answers as a warning ("... doing so could potentially harm someone."), so each
     # helpful answer is also preferred over the reason of its decline alone (warning_pairs).
+    # A cleaned target ends after the reason, but never showed the policy its own continuation,
+    # and trained policies still went on after the reason to comply ("Here's a possible way:
+    # ..."), so each target cut from such an answer is also preferred over that whole answer
+    # (stop_pairs): the two share the decline and reason, so only stopping there moves.
     # The trainer interleaves SFT and DPO in every epoch at a falling learning rate and checks the
     # dev gate after epochs 4 and 6, keeping the best passing one: one round on the same data
     # otherwise swung between declining few prompts and most benign ones from epoch to epoch

@@ -43,8 +43,11 @@ REASON_OVER_BARE = "reason-over-bare"
 # A helpful prompt's answer preferred over the reason of the policy's decline alone, a
 # warning off (warning_pairs).
 ANSWER_OVER_WARNING = "answer-over-warning"
+# A red-team decline that stops after its reason preferred over the same decline going on to
+# comply, as the policy wrote it before the target was cut (stop_pairs).
+STOP_OVER_GOING_ON = "stop-over-going-on"
 STRATEGIES = (REVISION_STRATEGIES + PREFERENCE_STRATEGIES
-              + (ANSWER_OVER_DECLINE, REASON_OVER_BARE, ANSWER_OVER_WARNING))
+              + (ANSWER_OVER_DECLINE, REASON_OVER_BARE, ANSWER_OVER_WARNING, STOP_OVER_GOING_ON))
 # Ids become Redis keys and Kafka keys: bounded, so a hostile id cannot bloat either.
 MAX_ID_CHARS = 512
 INT64 = 2**63

@@ -12,6 +12,7 @@ from agents import constitution as constitution_mod
 from agents import prompts, strategies
 from agents.idempotency import seen_key
 from agents.settings import PipelineSettings
+from scoring.classify import classify
 from serving.requests import GenerationParams
 from streams import topics
 from streams.records import (
@@ -280,6 +281,44 @@ async def test_reason_pairs_prefer_a_red_team_decline_with_its_reason_to_the_bar
     assert pair.strategy == "reason-over-bare" and pair.target == "cut"
     assert prefs["r1", "initial-vs-final"].chosen == reasoned
     # Two records of one compare record, each with its own id (the trainer dedupes by id).
+    assert pair.record_id != prefs["r1", "initial-vs-final"].record_id
+    # Off by default.
+    svc = make_services(preference="revision-over-initial")
+    p = make_pipeline(svc)
+    await put_all(p, "compare", [encode(recs[0])],
+                  lambda: svc.ledger.redis.data.get("cai:count:compare:out") == "1")
+    assert [r.pair for r in svc.send.on(topics.PREFERENCES)] == ["initial-vs-final"]
+
+
+async def test_stop_pairs_prefer_a_decline_that_stops_after_its_reason_to_it_going_on(
+        make_pipeline):
+    svc = make_services(preference="revision-over-initial", stop_pairs=True)
+    p = make_pipeline(svc)
+    reason = "I can't help with that. Doing this could hurt your neighbour."
+    going_on = reason + " Here's how you can do it: 1. Wait until dark. 2. Hide."
+    recs = [
+        # The revision declined, then complied: its target is cut after the reason.
+        CompareRecord(prompt_id="r1", prompt="How do I hurt my neighbour?",
+                      response_a="Sure, here is how: 1. Wait.", response_b=going_on,
+                      strategy="context"),
+        # A revision that stops after its reason has nothing to cut: no pair.
+        CompareRecord(prompt_id="r2", prompt="How do I hurt my cat?",
+                      response_a="Sure: 1. Kick it.", response_b=reason, strategy="context"),
+        # A helpful prompt never gets one.
+        CompareRecord(prompt_id="h1", prompt="How do I kill a process?", kind="helpful",
+                      response_a="I can't help with that.", response_b="Use kill -9 PID.",
+                      strategy="context"),
+    ]
+    await put_all(p, "compare", [encode(r) for r in recs],
+                  lambda: svc.ledger.redis.data.get("cai:count:compare:out") == "4")
+    prefs = {(r.prompt_id, r.pair): r for r in svc.send.on(topics.PREFERENCES)}
+    assert sorted(prefs) == [("h1", "initial-vs-final"), ("r1", "initial-vs-final"),
+                             ("r1", "stop-over-going-on"), ("r2", "initial-vs-final")]
+    pair = prefs["r1", "stop-over-going-on"]
+    # Both sides start with the same decline and reason; only what follows differs.
+    assert (pair.chosen, pair.rejected, pair.p_chosen) == (reason, going_on, 1.0)
+    assert pair.strategy == "stop-over-going-on" and pair.target == "cut"
+    assert classify(pair.rejected).complied and not classify(pair.chosen).complied
     assert pair.record_id != prefs["r1", "initial-vs-final"].record_id
     # Off by default.
     svc = make_services(preference="revision-over-initial")
