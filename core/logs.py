@@ -11,6 +11,18 @@ import logging
 NOISY = ("kafka", "aiokafka", "faust", "mode", "urllib3", "httpx")
 
 
+class ExpectedKafkaNoise(logging.Filter):
+    """Drops two kafka-python records that report no fault: a metadata refresh "failed" because
+    its request was cancelled when the client closed (logged at ERROR), and the warning that an
+    event-loop task ran long, which on two busy cores only says the CPU is shared."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = str(record.msg)
+        if record.name == "kafka.cluster" and message.startswith("Metadata refresh: failed"):
+            return not any(type(arg).__name__ == "Cancelled" for arg in record.args or ())
+        return not (record.name == "kafka.net.selector" and " ran for " in message)
+
+
 def setup(verbose: bool = False) -> None:
     """INFO (DEBUG with ``verbose``) for the project; WARNING for the noisy libraries."""
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
@@ -20,3 +32,8 @@ def setup(verbose: bool = False) -> None:
     # kafka-python warns on every SASL/PLAIN connection without TLS; the README says when that
     # is fine (loopback, the compose network) and the warning would drown every command's output.
     logging.getLogger("kafka.net.sasl.plain").setLevel(logging.ERROR)
+    if not verbose:
+        for name in ("kafka.cluster", "kafka.net.selector"):
+            logger = logging.getLogger(name)
+            if not any(isinstance(f, ExpectedKafkaNoise) for f in logger.filters):
+                logger.addFilter(ExpectedKafkaNoise())
