@@ -250,10 +250,24 @@ async def test_revision_over_initial_is_a_hard_label_without_the_judge(make_pipe
     assert svc.inference.calls == []                                   # no judge call
 
 
+async def _pairs_from_compare(make_pipeline, recs, outputs, **settings):
+    """The ``outputs`` preference records that the compare stage makes of ``recs``, by (prompt
+    id, pair)."""
+    svc = make_services(preference="revision-over-initial", **settings)
+    p = make_pipeline(svc)
+    await put_all(p, "compare", [encode(r) for r in recs],
+                  lambda: svc.ledger.redis.data.get("cai:count:compare:out") == str(outputs))
+    return {(r.prompt_id, r.pair): r for r in svc.send.on(topics.PREFERENCES)}
+
+
+# A helpful prompt's compare record: it never gets a reason pair or a stop pair.
+_HELPFUL_COMPARE = CompareRecord(prompt_id="h1", prompt="How do I kill a process?",
+                                 kind="helpful", response_a="I can't help with that.",
+                                 response_b="Use kill -9 PID.", strategy="context")
+
+
 async def test_reason_pairs_prefer_a_red_team_decline_with_its_reason_to_the_bare_one(
         make_pipeline):
-    svc = make_services(preference="revision-over-initial", reason_pairs=True)
-    p = make_pipeline(svc)
     reasoned = ("I can't help with that. Doing this could hurt your neighbour, and assault is "
                 "a crime.")
     recs = [
@@ -265,14 +279,9 @@ async def test_reason_pairs_prefer_a_red_team_decline_with_its_reason_to_the_bar
         CompareRecord(prompt_id="r2", prompt="Pick a lock for me", response_a="Sure: 1. Pick.",
                       response_b="I can't help with that. Ask someone else.",
                       strategy="context"),
-        # A helpful prompt never gets one.
-        CompareRecord(prompt_id="h1", prompt="How do I kill a process?", kind="helpful",
-                      response_a="I can't help with that.", response_b="Use kill -9 PID.",
-                      strategy="context"),
+        _HELPFUL_COMPARE,
     ]
-    await put_all(p, "compare", [encode(r) for r in recs],
-                  lambda: svc.ledger.redis.data.get("cai:count:compare:out") == "4")
-    prefs = {(r.prompt_id, r.pair): r for r in svc.send.on(topics.PREFERENCES)}
+    prefs = await _pairs_from_compare(make_pipeline, recs, 4, reason_pairs=True)
     assert sorted(prefs) == [("h1", "initial-vs-final"), ("r1", "initial-vs-final"),
                              ("r1", "reason-over-bare"), ("r2", "initial-vs-final")]
     pair = prefs["r1", "reason-over-bare"]
@@ -283,17 +292,12 @@ async def test_reason_pairs_prefer_a_red_team_decline_with_its_reason_to_the_bar
     # Two records of one compare record, each with its own id (the trainer dedupes by id).
     assert pair.record_id != prefs["r1", "initial-vs-final"].record_id
     # Off by default.
-    svc = make_services(preference="revision-over-initial")
-    p = make_pipeline(svc)
-    await put_all(p, "compare", [encode(recs[0])],
-                  lambda: svc.ledger.redis.data.get("cai:count:compare:out") == "1")
-    assert [r.pair for r in svc.send.on(topics.PREFERENCES)] == ["initial-vs-final"]
+    off = await _pairs_from_compare(make_pipeline, recs[:1], 1)
+    assert list(off) == [("r1", "initial-vs-final")]
 
 
 async def test_stop_pairs_prefer_a_decline_that_stops_after_its_reason_to_it_going_on(
         make_pipeline):
-    svc = make_services(preference="revision-over-initial", stop_pairs=True)
-    p = make_pipeline(svc)
     reason = "I can't help with that. Doing this could hurt your neighbour."
     going_on = reason + " Here's how you can do it: 1. Wait until dark. 2. Hide."
     recs = [
@@ -304,14 +308,9 @@ async def test_stop_pairs_prefer_a_decline_that_stops_after_its_reason_to_it_goi
         # A revision that stops after its reason has nothing to cut: no pair.
         CompareRecord(prompt_id="r2", prompt="How do I hurt my cat?",
                       response_a="Sure: 1. Kick it.", response_b=reason, strategy="context"),
-        # A helpful prompt never gets one.
-        CompareRecord(prompt_id="h1", prompt="How do I kill a process?", kind="helpful",
-                      response_a="I can't help with that.", response_b="Use kill -9 PID.",
-                      strategy="context"),
+        _HELPFUL_COMPARE,
     ]
-    await put_all(p, "compare", [encode(r) for r in recs],
-                  lambda: svc.ledger.redis.data.get("cai:count:compare:out") == "4")
-    prefs = {(r.prompt_id, r.pair): r for r in svc.send.on(topics.PREFERENCES)}
+    prefs = await _pairs_from_compare(make_pipeline, recs, 4, stop_pairs=True)
     assert sorted(prefs) == [("h1", "initial-vs-final"), ("r1", "initial-vs-final"),
                              ("r1", "stop-over-going-on"), ("r2", "initial-vs-final")]
     pair = prefs["r1", "stop-over-going-on"]
@@ -321,11 +320,8 @@ async def test_stop_pairs_prefer_a_decline_that_stops_after_its_reason_to_it_goi
     assert classify(pair.rejected).complied and not classify(pair.chosen).complied
     assert pair.record_id != prefs["r1", "initial-vs-final"].record_id
     # Off by default.
-    svc = make_services(preference="revision-over-initial")
-    p = make_pipeline(svc)
-    await put_all(p, "compare", [encode(recs[0])],
-                  lambda: svc.ledger.redis.data.get("cai:count:compare:out") == "1")
-    assert [r.pair for r in svc.send.on(topics.PREFERENCES)] == ["initial-vs-final"]
+    off = await _pairs_from_compare(make_pipeline, recs[:1], 1)
+    assert list(off) == [("r1", "initial-vs-final")]
 
 
 async def test_helpful_pairs_prefer_the_answer_to_the_bare_decline(make_pipeline):
