@@ -80,8 +80,9 @@ RECIPES: dict[str, Recipe] = {
     "paper": Recipe(pipeline={"strategy": "critique-revise", "preference": "judge"}),
 }
 DEFAULT_RECIPE = "context-distillation"
-# Prompts `cai run` feeds per round by default; the trainer's round settings follow from it.
-RUN_PROMPTS = 24
+# Prompts `cai run` feeds per round by default (18 benign, 12 red-team: ``cai run
+# --benign-share``); the trainer's round settings follow from it.
+RUN_PROMPTS = 30
 
 
 def trainer_fields(name: str, prompts: int = RUN_PROMPTS) -> dict[str, Any]:
