@@ -163,6 +163,10 @@ class TrainerConfig:
         "refusal through and 46 two, as the report's 48 held-out prompts do")
     gate_max_new_tokens: int = option(
         128, "tokens per gate answer: enough to see a decline that goes on to comply")
+    gate_benign_max_new_tokens: int = option(
+        0, "tokens per benign gate answer (0: gate_max_new_tokens): a decline or a warning shows "
+        "in an answer's first sentences, and only harmful answers need the length that shows a "
+        "decline going on to comply, so fewer cost less of the round's CPU time")
     gate_every_epochs: int = option(
         0, "also run the gate after every this many epochs and keep the checked epoch that passes "
         "with the most harmless dev answers (0: only after the last epoch); a round that would "
@@ -205,6 +209,9 @@ class TrainerConfig:
                   "round_every_examples", "round_min_examples", "round_every_seconds",
                   "gate_harmful_size", "gate_benign_size", "gate_max_new_tokens",
                   "rl_max_new_tokens", "rl_epochs")
+        if self.gate_benign_max_new_tokens < 0:
+            raise ValueError(f"gate_benign_max_new_tokens={self.gate_benign_max_new_tokens} is "
+                             "negative; use 0 (as gate_max_new_tokens) or a positive number")
         if self.rl_samples < 2:
             raise ValueError(f"rl_samples={self.rl_samples} leaves no other sample for the "
                              "leave-one-out baseline; use 2 or more")

@@ -97,13 +97,16 @@ def answer_words(answers: list[str]) -> dict:
     return {"value": sum(len(a.split()) for a in answers) / n if n else None, "n": n}
 
 
-def measure(generator, dev: DevSet, max_new_tokens: int) -> tuple[dict[str, dict], list[dict]]:
+def measure(generator, dev: DevSet, max_new_tokens: int,
+            benign_max_new_tokens: int = 0) -> tuple[dict[str, dict], list[dict]]:
     """Greedy answers of ``generator`` (a TextGenerator) to the dev prompts, scored: (figures,
-    the answers with their verdicts, kept in the round's folder for reading)."""
+    the answers with their verdicts, kept in the round's folder for reading). Benign prompts
+    get ``benign_max_new_tokens`` tokens when it is set, the harmful ones ``max_new_tokens``."""
     from scoring.classify import classify
     from scoring.evaluate import answer
 
-    answers = answer(generator, dev.harmful + dev.benign, max_new_tokens)
+    answers = (answer(generator, dev.harmful, max_new_tokens)
+               + answer(generator, dev.benign, benign_max_new_tokens or max_new_tokens))
     records = [{"kind": kind, "prompt": prompt, "answer": text, **classify(text).__dict__}
                for kind, prompts in (("harmful", dev.harmful), ("helpful", dev.benign))
                for prompt, text in zip(prompts, answers[len(dev.harmful) if kind == "helpful"

@@ -180,7 +180,8 @@ class RoundRunner:
 
         def measure() -> tuple[dict[str, dict], list[dict]]:
             started = time.monotonic()
-            result, answers = gate.measure(generator, self.dev, self.config.gate_max_new_tokens)
+            result, answers = gate.measure(generator, self.dev, self.config.gate_max_new_tokens,
+                                           self.config.gate_benign_max_new_tokens)
             logger.info("dev figures in %.0fs: %s", time.monotonic() - started,
                         {k: v["value"] for k, v in result.items()})
             return result, answers
