@@ -71,10 +71,8 @@ class RunOptions:
         25.0, "minutes from the start within which a round beyond --rounds must be expected to "
               "end (the last round's time, plus 15%), leaving time for the evaluation")
     prompts: int = option(RUN_PROMPTS, "training prompts fed per round")
-    benign_share: float = option(0.6, "share of the fed prompts that are benign; the rest are "
-                                      "red-team (18 of 30 by default: benign prompts are what "
-                                      "teaches the policy where the line is, and it turned "
-                                      "benign prompts away with 12 a round)", type=fraction)
+    benign_share: float = option(0.5, "share of the fed prompts that are benign; the rest are "
+                                      "red-team", type=fraction)
     contrast_benign: bool = option(False, "feed with each red-team prompt the benign prompt "
                                          "closest to it in wording, so that meaning, not "
                                          "wording, tells the two apart (off: a random draw; "

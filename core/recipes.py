@@ -30,8 +30,8 @@ _CONTEXT_PIPELINE = {"strategy": "context", "preference": "revision-over-initial
                      "context_opening": True, "policy_max_new_tokens": 64,
                      "helpful_pair_decline": "reasoned", "reason_pairs": True,
                      "warning_pairs": True, "stop_pairs": True}
-_CONTEXT_TRAINER = {"lr": 1e-3, "lr_schedule": "linear", "epochs": 5, "max_length": 256,
-                    "gate_every_epochs": 3, "gate_benign_max_new_tokens": 64,
+_CONTEXT_TRAINER = {"lr": 1e-3, "lr_schedule": "linear", "epochs": 6, "max_length": 256,
+                    "gate_every_epochs": 4, "gate_benign_max_new_tokens": 64,
                     "helpful_mix": 0.7, "replay_helpful": 48, "replay_harmful": 48}
 
 RECIPES: dict[str, Recipe] = {
@@ -55,12 +55,11 @@ RECIPES: dict[str, Recipe] = {
     # ..."), so each target cut from such an answer is also preferred over that whole answer
     # (stop_pairs): the two share the decline and reason, so only stopping there moves.
     # The trainer interleaves SFT and DPO in every epoch at a falling learning rate and checks the
-    # dev gate after epochs 3 and 5, keeping the best passing one: one round on the same data
+    # dev gate after epochs 4 and 6, keeping the best passing one: one round on the same data
     # otherwise swung between declining few prompts and most benign ones from epoch to epoch
-    # (docs/results-log.md, 2026-11-28). Five epochs, not six, since a round feeds 18 benign
-    # prompts instead of 12 (RUN_PROMPTS): the round then takes as many steps as before, which
-    # a 30-minute run has room for. A check costs about a minute on 2 cores (same log,
-    # 2026-11-29); its benign answers stop at 64 tokens, enough to show a decline or a warning.
+    # (docs/results-log.md, 2026-11-28). The logged live rounds of this recipe kept epoch 6 or 4,
+    # and a check costs about a minute on 2 cores (same log, 2026-11-29); its benign answers
+    # stop at 64 tokens, enough to show a decline or a warning, to leave the round more time.
     # Helpful examples carry 70% of the SFT loss: with an even split a second round from a
     # trained policy over-refused at every epoch, with 70% the grid's second round passed the
     # gate (same log, "helpful_mix"). Each round also trains again on the helpful examples of
@@ -83,9 +82,11 @@ RECIPES: dict[str, Recipe] = {
     "paper": Recipe(pipeline={"strategy": "critique-revise", "preference": "judge"}),
 }
 DEFAULT_RECIPE = "context-distillation"
-# Prompts `cai run` feeds per round by default (18 benign, 12 red-team: ``cai run
-# --benign-share``); the trainer's round settings follow from it.
-RUN_PROMPTS = 30
+# Prompts `cai run` feeds per round by default (half benign: ``cai run --benign-share``); the
+# trainer's round settings follow from it. 30 a round with 18 benign did not fit 30 minutes
+# with six epochs, and five epochs left round 1 short of the decline (docs/results-log.md,
+# "Runs BA-BB").
+RUN_PROMPTS = 24
 
 
 def trainer_fields(name: str, prompts: int = RUN_PROMPTS) -> dict[str, Any]:

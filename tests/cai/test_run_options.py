@@ -73,12 +73,12 @@ def test_each_round_feeds_fresh_training_prompts_benign_by_the_default_share():
     from scoring import splits
 
     options = run.RunOptions(rounds=3, max_rounds=5)
-    assert (options.prompts, options.benign_share) == (30, 0.6)
+    assert (options.prompts, options.benign_share) == (24, 0.5)
     slices = run.training_mix(options)
-    assert [len(s) for s in slices] == [30] * 5  # drawn for every round the run may take
-    assert all(sum(p.kind == "helpful" for p in s) == 18 for s in slices)
+    assert [len(s) for s in slices] == [24] * 5  # drawn for every round the run may take
+    assert all(sum(p.kind == "helpful" for p in s) == 12 for s in slices)
     ids = [p.prompt_id for s in slices for p in s]
-    assert len(set(ids)) == 150  # no prompt is fed twice
+    assert len(set(ids)) == 120  # no prompt is fed twice
     # Only the training split: the gate's dev prompts and the held-out prompts are never fed.
     assert {splits.split_of(p.prompt) for s in slices for p in s} == {"train"}
     assert run.training_mix(options) == slices  # seeded
