@@ -11,15 +11,22 @@ import logging
 NOISY = ("kafka", "aiokafka", "faust", "mode", "urllib3", "httpx")
 
 
+def _closing(arg) -> bool:
+    """A metadata refresh's failure that only says its client was closing: the request was
+    cancelled, or its connection was already closed for writes."""
+    return (type(arg).__name__ == "Cancelled"
+            or (isinstance(arg, RuntimeError) and str(arg) == "Transport closed for writes"))
+
+
 class ExpectedKafkaNoise(logging.Filter):
     """Drops two kafka-python records that report no fault: a metadata refresh "failed" because
-    its request was cancelled when the client closed (logged at ERROR), and the warning that an
-    event-loop task ran long, which on two busy cores only says the CPU is shared."""
+    its client was closing (logged at ERROR), and the warning that an event-loop task ran long,
+    which on two busy cores only says the CPU is shared."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = str(record.msg)
         if record.name == "kafka.cluster" and message.startswith("Metadata refresh: failed"):
-            return not any(type(arg).__name__ == "Cancelled" for arg in record.args or ())
+            return not any(_closing(arg) for arg in record.args or ())
         return not (record.name == "kafka.net.selector" and " ran for " in message)
 
 
