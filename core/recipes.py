@@ -85,7 +85,7 @@ DEFAULT_RECIPE = "context-distillation"
 # Prompts `cai run` feeds per round by default (half benign: ``cai run --benign-share``); the
 # trainer's round settings follow from it. 30 a round with 18 benign did not fit 30 minutes
 # with six epochs, and five epochs left round 1 short of the decline (docs/results-log.md,
-# "Runs BA-BB").
+# "Runs BA-CD").
 RUN_PROMPTS = 24
 
 
