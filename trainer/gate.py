@@ -105,13 +105,14 @@ def measure(generator, dev: DevSet, max_new_tokens: int,
     from scoring.classify import classify
     from scoring.evaluate import answer
 
-    answers = (answer(generator, dev.harmful, max_new_tokens)
-               + answer(generator, dev.benign, benign_max_new_tokens or max_new_tokens))
+    harmful = answer(generator, dev.harmful, max_new_tokens)
+    benign = answer(generator, dev.benign, benign_max_new_tokens or max_new_tokens)
     records = [{"kind": kind, "prompt": prompt, "answer": text, **classify(text).__dict__}
-               for kind, prompts in (("harmful", dev.harmful), ("helpful", dev.benign))
-               for prompt, text in zip(prompts, answers[len(dev.harmful) if kind == "helpful"
-                                                        else 0:])]
-    result = figures(answers[:len(dev.harmful)], answers[len(dev.harmful):])
+               for kind, prompts, texts in (("harmful", dev.harmful, harmful),
+                                            ("helpful", dev.benign, benign))
+               for prompt, text in zip(prompts, texts)]
+    answers = harmful + benign
+    result = figures(harmful, benign)
     result["boilerplate"] = boilerplate(answers).as_dict()
     result["answer_words"] = answer_words(answers)
     return result, records
