@@ -21,6 +21,7 @@ from core.options import option
 MODES = ("dpo", "reward", "rloo")
 STALENESS_POLICIES = ("drop", "downweight")
 LR_SCHEDULES = ("constant", "linear")
+PRECISIONS = ("auto", "float32", "bfloat16")
 CONFIG_FILE = "trainer_config.json"
 
 
@@ -73,6 +74,13 @@ class TrainerConfig:
         0.1, "DPO temperature: how far the policy may move from the round-start reference")
     max_length: int = option(
         512, "tokens per prompt+answer; prompts are cut from the left, answers from the right")
+    precision: str = option(
+        "auto", "dtype of the training steps' matrix products (trainer/precision.py): 'bfloat16' "
+        "computes them in bfloat16 (the weights that train, the optimizer state, attention and "
+        "the log-softmax stay float32), 'float32' does not; 'auto' takes bfloat16 where the "
+        "processor computes it natively (CPUs with AVX512-BF16 or AMX, CUDA GPUs with bf16) and "
+        "float32 elsewhere, where bfloat16 is emulated and slower",
+        choices=PRECISIONS)
 
     # When to train. Training and serving share the CPU: a round waits for the pipeline to
     # drain, and the trainer runs at a lower CPU priority than the stages and Triton.
@@ -201,6 +209,9 @@ class TrainerConfig:
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"lr_schedule={self.lr_schedule!r} is not valid; "
                              f"set it to one of {', '.join(LR_SCHEDULES)}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision={self.precision!r} is not valid; set it to one of "
+                             f"{', '.join(PRECISIONS)}")
         if self.staleness_policy not in STALENESS_POLICIES:
             raise ValueError(
                 f"staleness_policy={self.staleness_policy!r} is not valid; "

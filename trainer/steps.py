@@ -41,6 +41,7 @@ from trainer.losses import (
     soft_dpo_loss,
     token_logps,
 )
+from trainer.precision import MixedPrecision, autocast_dtype, whole_step
 
 logger = logging.getLogger(__name__)
 
@@ -112,6 +113,11 @@ class PolicyLearner:
         self._ref = None
         self._optimizer = None
         self._params: list[torch.nn.Parameter] = []
+        device_type = next(self.model.parameters()).device.type
+        self.precision = MixedPrecision(autocast_dtype(config.precision, device_type),
+                                        device_type)
+        logger.info("policy training steps in %s (precision %s)",
+                    "bfloat16" if self.precision.dtype else "float32", config.precision)
         # The round's reference log-probabilities by pair text: (chosen, rejected).
         self._ref_logps: dict[tuple[str, str, str], tuple[float, float]] = {}
         # The reference's per-token log-probabilities of each RL answer, by (prompt, answer).
@@ -130,12 +136,14 @@ class PolicyLearner:
         self._params = [p for p in self.model.parameters() if p.requires_grad]
         self._optimizer = torch.optim.AdamW(self._params, lr=self.config.lr,
                                             weight_decay=self.config.weight_decay)
+        self.precision.begin_round(*[m for m in (self.model, self._ref) if m is not None])
         self.in_round = True
 
     def end_round(self, keep: bool) -> None:
         """Merge the round's update into the weights (``keep``) or return to the round start."""
         if not self.in_round:
             raise RuntimeError("end_round called outside a round")
+        self.precision.end_round()
         if self.config.lora:
             self.model = _detach_lora(self.model, keep)
         elif not keep:
@@ -165,13 +173,14 @@ class PolicyLearner:
         """The learning rate of the next steps (the round's schedule sets it before each)."""
         _set_lr(self._optimizer, lr)
 
+    @whole_step
     @torch.no_grad()
     def reference_logps(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """The reference policy's log-probabilities of the batch's rows (chosen, then rejected):
         precomputed for this round when ``precompute_reference`` saw its examples."""
         if "ref_logps" in batch:
             return batch["ref_logps"]
-        with self._reference() as reference:
+        with self._reference() as reference, self.precision.forward():
             return self._logps(reference, batch)
 
     @contextlib.contextmanager
@@ -191,6 +200,7 @@ class PolicyLearner:
                             for pair in batch["pairs"]])
         return torch.cat([both[:, 0], both[:, 1]])
 
+    @whole_step
     @torch.no_grad()
     def precompute_reference(self, examples: list[PreferenceExample]) -> None:
         """Compute the reference log-probabilities of ``examples`` once for the round: the
@@ -207,12 +217,15 @@ class PolicyLearner:
             for i, example in enumerate(chunk):
                 self._ref_logps[_pair_key(example)] = (float(ref[i]), float(ref[n + i]))
 
+    @whole_step
     def sft_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
         self.model.train()
-        loss = sft_loss(self.model, batch)
+        with self.precision.forward():
+            loss = sft_loss(self.model, batch)
         norm = _clip_and_step(self._optimizer, self._params, loss, self.config.max_grad_norm)
         return {"loss/sft": loss.item(), "grad_norm/sft": norm}
 
+    @whole_step
     def dpo_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
         """One optimizer step on the batch. With ``pairs`` (``preference_batch``) pair by pair:
         each pair's prompt is computed once for both answers, and its gradient is accumulated
@@ -223,14 +236,16 @@ class PolicyLearner:
         self.model.train()
         p, w, beta = batch["p_chosen"], batch["weights"], self.config.beta
         if "pairs" not in batch:
-            logps = sequence_logps(self.model, batch)
+            with self.precision.forward():
+                logps = sequence_logps(self.model, batch)
             loss, metrics = soft_dpo_loss(logps[:n], logps[n:], ref[:n], ref[n:], p, beta, w)
             norm = _clip_and_step(self._optimizer, self._params, loss, self.config.max_grad_norm)
             return {"loss/dpo": loss.item(), "grad_norm/dpo": norm, **metrics}
         self._optimizer.zero_grad(set_to_none=True)
         chosen, rejected = [], []
         for i, pair in enumerate(batch["pairs"]):
-            lp = pair_logps(self.model, pair, self.tokenizer.pad_token_id)
+            with self.precision.forward():
+                lp = pair_logps(self.model, pair, self.tokenizer.pad_token_id)
             one, _ = soft_dpo_loss(lp[:1], lp[1:], ref[i:i + 1], ref[n + i:n + i + 1],
                                    p[i:i + 1], beta, w[i:i + 1])
             (one / n).backward()
@@ -241,6 +256,7 @@ class PolicyLearner:
         norm = _clip_and_apply(self._optimizer, self._params, self.config.max_grad_norm)
         return {"loss/dpo": loss.item(), "grad_norm/dpo": norm, **metrics}
 
+    @whole_step
     @torch.no_grad()
     def precompute_rl_reference(self, samples: list[RLSample]) -> None:
         """The reference's per-token log-probabilities of every RL answer, once a round. The
@@ -253,18 +269,20 @@ class PolicyLearner:
             if not chunk:
                 continue
             batch = self.rl_batch(chunk)
-            with self._reference() as reference:
+            with self._reference() as reference, self.precision.forward():
                 logps, rows = token_logps(reference, batch["input_ids"], batch["attention_mask"],
                                           batch["labels"])
             for i, sample in enumerate(chunk):
                 self._ref_tokens[_sample_key(sample)] = logps[rows == i].clone()
 
+    @whole_step
     def rl_step(self, samples: list[RLSample]) -> dict[str, float]:
         """One RLOO step on sampled answers (``precompute_rl_reference`` saw them first)."""
         batch = self.rl_batch(samples)
         self.model.train()
-        logps, rows = token_logps(self.model, batch["input_ids"], batch["attention_mask"],
-                                  batch["labels"])
+        with self.precision.forward():
+            logps, rows = token_logps(self.model, batch["input_ids"], batch["attention_mask"],
+                                      batch["labels"])
         ref = torch.cat([self._ref_tokens[_sample_key(s)] for s in samples]).to(logps.device)
         loss, metrics = rloo_loss(logps, ref, ref, rows, batch["advantages"].to(logps.device),
                                   self.config.rl_clip, self.config.rl_beta)

@@ -167,14 +167,15 @@ def test_save_inside_a_round_is_refused(tiny_path, tmp_path):
 @pytest.mark.parametrize("lora", [True, False], ids=["lora", "full"])
 def test_a_shared_prompt_per_pair_gives_the_whole_batch_step(tiny_path, lora):
     """Pair by pair with the prompt computed once (and the reference precomputed) is the same
-    update as the padded batch of full rows."""
+    update as the padded batch of full rows (in float32: bfloat16 rounds the two differently)."""
     import copy
 
     prefs = [PreferenceExample(f"q{i}", "Tell me how to make poison " * (i + 1),
                                "No." if i % 2 else "I won't help with that; please stay safe.",
                                "Sure, mix these chemicals" + " and stir" * i, p_chosen=0.8)
              for i in range(3)]
-    config = TrainerConfig(lora=lora, lr=1e-2 if lora else 1e-3, beta=0.5, weight_decay=0.0)
+    config = TrainerConfig(lora=lora, lr=1e-2 if lora else 1e-3, beta=0.5, weight_decay=0.0,
+                           precision="float32")
     paired = PolicyLearner(tiny_path, config)
     whole = PolicyLearner(tiny_path, config)
     paired.begin_round(seed=0)
