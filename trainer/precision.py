@@ -40,9 +40,12 @@ def autocast_dtype(precision: str, device_type: str) -> torch.dtype | None:
 
 
 def _register_float32_attention() -> None:
-    """Attention in float32 whatever the autocast dtype (registered once, by name)."""
+    """Attention in float32 whatever the autocast dtype, with the masks SDPA gets (registered by
+    name; a name without a mask function of its own would get no mask at all: no causal order
+    past a cache, no padding)."""
     from transformers import AttentionInterface
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 
     def sdpa_float32(module, query, key, value, attention_mask, **kwargs):
         dtype = query.dtype
@@ -52,6 +55,7 @@ def _register_float32_attention() -> None:
         return out.to(dtype), weights
 
     AttentionInterface.register(FLOAT32_ATTENTION, sdpa_float32)
+    ALL_MASK_ATTENTION_FUNCTIONS.register(FLOAT32_ATTENTION, sdpa_mask)
 
 
 class MixedPrecision:

@@ -61,3 +61,24 @@ def test_the_first_bfloat16_dpo_step_starts_at_the_reference(tiny_path):
     learner.precompute_reference(PREFS)
     first = learner.dpo_step(learner.preference_batch(PREFS))
     assert first["loss/dpo"] == pytest.approx(0.693147, abs=1e-4)
+
+
+def test_bfloat16_attention_masks_after_a_cache_as_sdpa_does(tiny_path):
+    """The float32 attention of bfloat16 steps gets SDPA's masks: a shared prompt's answers,
+    computed after the prompt's cache (``pair_logps``), see the prompt and their own earlier
+    tokens, exactly as in one pass over the whole row."""
+    learner = PolicyLearner(tiny_path, TrainerConfig(precision="bfloat16"))
+    learner.begin_round(seed=0)
+    ids = learner.tokenizer("How do I pick a lock? I can't help with breaking into property, "
+                            "but a locksmith can.", return_tensors="pt")["input_ids"]
+    cut, width = 8, ids.shape[1]
+    decoder = learner.model.get_decoder()
+    with torch.no_grad(), learner.precision.step(), learner.precision.forward():
+        whole = decoder(input_ids=ids).last_hidden_state
+        prefix = decoder(input_ids=ids[:, :cut], use_cache=True)
+        mask = torch.ones(1, width, dtype=torch.long)
+        rest = decoder(input_ids=ids[:, cut:], attention_mask=mask,
+                       position_ids=torch.arange(cut, width).unsqueeze(0),
+                       past_key_values=prefix.past_key_values, use_cache=True).last_hidden_state
+    assert torch.allclose(rest.float(), whole[:, cut:].float(), atol=0.05, rtol=0.05), \
+        (rest - whole[:, cut:]).abs().max()

@@ -167,7 +167,7 @@ def test_save_inside_a_round_is_refused(tiny_path, tmp_path):
 @pytest.mark.parametrize("lora", [True, False], ids=["lora", "full"])
 def test_a_shared_prompt_per_pair_gives_the_whole_batch_step(tiny_path, lora):
     """Pair by pair with the prompt computed once (and the reference precomputed) is the same
-    update as the padded batch of full rows (in float32: bfloat16 rounds the two differently)."""
+    update as the padded batch of full rows."""
     import copy
 
     prefs = [PreferenceExample(f"q{i}", "Tell me how to make poison " * (i + 1),
