@@ -46,6 +46,9 @@ class DpoBenchOptions:
     beta: float = option(0.1, "DPO beta")
     lora_r: int = option(8, "LoRA rank (alpha = 2r)")
     threads: int = option(1, "torch threads per side")
+    precision: str = option(
+        "float32", "both sides' step precision: float32, or bfloat16 (ours: trainer/precision.py; "
+                   "TRL: the Trainer's bf16 autocast)", choices=("float32", "bfloat16"))
     trl_path: str | None = option(None, "folder holding trl (prepended to PYTHONPATH)")
     repeats: int = option(1, "alternate ours/TRL this many times; report each side's fastest run")
     trl_no_checkpointing: bool = option(
@@ -127,7 +130,8 @@ def run_ours(args, pairs: list[dict]) -> dict:
 
     config = TrainerConfig(lora=not args.full, lr=args.lr, beta=args.beta,
                            batch_size=args.batch_size, max_length=args.max_length,
-                           lora_r=args.lora_r, lora_alpha=2 * args.lora_r)
+                           lora_r=args.lora_r, lora_alpha=2 * args.lora_r,
+                           precision=args.precision)
     learner = PolicyLearner(args.model_path, config)
     learner.begin_round(seed=0)
     examples = [PreferenceExample(f"p{i}", p["prompt"], p["chosen"], p["rejected"], 1.0)
@@ -199,6 +203,7 @@ def run_trl(args, pairs: list[dict]) -> dict:
             max_steps=args.warmup + args.steps, learning_rate=args.lr, beta=args.beta,
             max_length=args.max_length, use_cpu=True, report_to=[], logging_steps=1,
             save_strategy="no", lr_scheduler_type="constant", warmup_steps=0,
+            bf16=args.precision == "bfloat16",
             max_grad_norm=1.0, dataloader_num_workers=0,
             precompute_ref_log_probs=args.precompute_ref,
             seed=0, disable_tqdm=True, optim="adamw_torch", weight_decay=0.0,
