@@ -94,29 +94,33 @@ class MixedPrecision:
     @contextlib.contextmanager
     def step(self):
         """The low-precision frozen weights and float32 attention, for forward and backward
-        alike (autograd keeps the weights a forward pass used)."""
-        if self.dtype is None or not self._models or self._depth:
-            self._depth += 1
-            try:
-                yield
-            finally:
-                self._depth -= 1
-            return
+        alike (autograd keeps the weights a forward pass used). Only the outermost of nested
+        steps swaps."""
+        outermost = self._depth == 0 and self.dtype is not None and bool(self._models)
         self._depth += 1
-        configs = [model.config for model in self._models]
-        attention = [config._attn_implementation for config in configs]
-        for weight, _, low in self._copies:
-            weight.data = low
-        for config in configs:
-            config._attn_implementation = FLOAT32_ATTENTION
+        attention = self._swap_in() if outermost else []
         try:
             yield
         finally:
             self._depth -= 1
-            for config, implementation in zip(configs, attention):
-                config._attn_implementation = implementation
-            for weight, full, _ in self._copies:
-                weight.data = full
+            if outermost:
+                self._swap_out(attention)
+
+    def _swap_in(self) -> list[str]:
+        """Put the low-precision copies and the float32 attention in; return the models' own
+        attention implementations."""
+        for weight, _, low in self._copies:
+            weight.data = low
+        own = [model.config._attn_implementation for model in self._models]
+        for model in self._models:
+            model.config._attn_implementation = FLOAT32_ATTENTION
+        return own
+
+    def _swap_out(self, attention: list[str]) -> None:
+        for model, implementation in zip(self._models, attention):
+            model.config._attn_implementation = implementation
+        for weight, full, _ in self._copies:
+            weight.data = full
 
     def forward(self):
         """Autocast to ``dtype`` (nothing in float32)."""
