@@ -39,10 +39,11 @@ def autocast_dtype(precision: str, device_type: str) -> torch.dtype | None:
     return None
 
 
+@functools.cache
 def _register_float32_attention() -> None:
-    """Attention in float32 whatever the autocast dtype, with the masks SDPA gets (registered by
-    name; a name without a mask function of its own would get no mask at all: no causal order
-    past a cache, no padding)."""
+    """Attention in float32 whatever the autocast dtype, with the masks SDPA gets (registered
+    once per process, by name; a name without a mask function of its own would get no mask at
+    all: no causal order past a cache, no padding)."""
     from transformers import AttentionInterface
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
     from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
